@@ -1,0 +1,57 @@
+"""Command-line entry point: parse settings, build collectors, serve until stopped."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from aiohttp import web
+
+from exporter import __version__
+from exporter.collectors.gunicorn import GunicornCollector, GunicornOptions
+from exporter.collectors.netstat import NetstatCollector
+from exporter.config import Config, load
+from exporter.http import create_app
+from exporter.linux.procfs import ProcFS
+from exporter.scrape import Scraper
+
+log = logging.getLogger("exporter")
+
+
+def build_collectors(config: Config) -> list:
+    procfs = ProcFS(config.procfs)
+    available = {
+        "gunicorn": lambda: GunicornCollector(GunicornOptions(
+            db_ports=config.db_ports,
+            db_socket_paths=config.db_socket_paths,
+            app_names=config.app_names,
+            control_socket=config.control_socket,
+            control_timeout=config.control_timeout,
+            forget_after=config.forget_after,
+            expected_apps=config.expected_apps,
+        ), procfs),
+        "netstat": lambda: NetstatCollector(procfs),
+    }
+    return [make() for name, make in available.items() if config.collectors.get(name)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = load(argv)
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper()),
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
+        stream=sys.stderr,
+    )
+    host, port = config.host_port
+    collectors = build_collectors(config)
+    log.info("starting gunicorn-exporter %s on %s%s with collectors %s", __version__,
+             config.listen_address, config.telemetry_path,
+             ",".join(c.name for c in collectors) or "(none)")
+    app = create_app(config, Scraper(collectors, config.scrape_timeout))
+    try:
+        web.run_app(app, host=host, port=port, print=None, access_log=None,
+                    handle_signals=True)
+    except OSError as e:
+        log.error("cannot listen on %s: %s", config.listen_address, e.strerror or e)
+        return 1
+    return 0

@@ -1,0 +1,291 @@
+"""Settings: command-line flags, environment variables and an optional TOML config file.
+
+Every setting has one flag in the Prometheus style (`--web.listen-address`), one
+environment variable (`GUNICORN_EXPORTER_WEB_LISTEN_ADDRESS`) and one key in the config
+file (`web.listen-address`, i.e. `[web] listen-address = ...`). Precedence: flag > env >
+config file > default. Bad input of any kind ends in one readable message and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+
+from exporter import __version__
+
+DEFAULT_PORT = 10188
+ENV_PREFIX = "GUNICORN_EXPORTER_"
+
+# name: default on?  (the registry of collectors; --collector.NAME / --no-collector.NAME)
+COLLECTORS: dict[str, tuple[bool, str]] = {
+    "gunicorn": (True, "masters, workers, connections, heartbeats, listen queues"),
+    "netstat": (True, "net.core.somaxconn and TCP listen overflow counters"),
+}
+
+
+@dataclass
+class Config:
+    listen_address: str = f":{DEFAULT_PORT}"
+    telemetry_path: str = "/metrics"
+    log_level: str = "info"
+    procfs: str = "/proc"
+    scrape_timeout: float = 8.0
+    collectors: dict[str, bool] = field(default_factory=lambda: {k: v[0] for k, v in COLLECTORS.items()})
+    db_ports: tuple[int, ...] = (5432, 6432)
+    db_socket_paths: tuple[str, ...] = ()
+    app_names: tuple[tuple[re.Pattern, str], ...] = ()
+    expected_apps: tuple[str, ...] = ()
+    control_socket: bool = True
+    control_timeout: float = 1.0
+    forget_after: float = 0.0
+    config_file: str | None = None
+
+    @property
+    def host_port(self) -> tuple[str | None, int]:
+        return parse_listen_address(self.listen_address)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_duration(text: str | int | float) -> float:
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(text))
+        if not m:
+            raise ConfigError(f"{text!r} is not a duration (examples: 500ms, 10s, 5m, 1h)")
+        value = float(m.group(1)) * {"ms": 0.001, None: 1, "s": 1, "m": 60, "h": 3600,
+                                     "d": 86400}[m.group(2)]
+    if value < 0:
+        raise ConfigError(f"{text!r} is negative")
+    return value
+
+
+def parse_listen_address(text: str) -> tuple[str | None, int]:
+    m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*)):(\d{1,5})", text.strip())
+    if not m or not 0 < int(m.group(3)) < 65536:
+        raise ConfigError(f"{text!r} is not HOST:PORT (examples: :{DEFAULT_PORT}, "
+                          f"127.0.0.1:{DEFAULT_PORT}, [::1]:{DEFAULT_PORT})")
+    host = m.group(1) or m.group(2) or None
+    return host, int(m.group(3))
+
+
+def parse_ports(values) -> tuple[int, ...]:
+    ports = []
+    for v in _as_list(values):
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.isdigit() or not 0 < int(part) < 65536:
+                raise ConfigError(f"{part!r} is not a port number")
+            ports.append(int(part))
+    return tuple(ports)
+
+
+def parse_app_names(values) -> tuple[tuple[re.Pattern, str], ...]:
+    out = []
+    for v in _as_list(values):
+        if isinstance(v, dict):
+            pattern, name = v.get("match"), v.get("name")
+        else:
+            pattern, _, name = str(v).rpartition("=")
+        if not pattern or not name:
+            raise ConfigError(f"{v!r} is not REGEX=NAME")
+        try:
+            out.append((re.compile(pattern), name))
+        except re.error as e:
+            raise ConfigError(f"{pattern!r} is not a valid regular expression: {e}") from None
+    return tuple(out)
+
+
+def parse_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{value!r} is not true or false")
+
+
+def _as_list(values) -> list:
+    if values is None:
+        return []
+    if isinstance(values, (list, tuple)):
+        return list(values)
+    return [values]
+
+
+def _log_level(value) -> str:
+    low = str(value).lower()
+    if low not in ("debug", "info", "warn", "warning", "error"):
+        raise ConfigError(f"{value!r} is not one of debug, info, warn, error")
+    return "warning" if low == "warn" else low
+
+
+def _path(value) -> str:
+    if not str(value).startswith("/"):
+        raise ConfigError(f"{value!r} must be an absolute path")
+    return str(value)
+
+
+def _telemetry_path(value) -> str:
+    value = str(value)
+    if not value.startswith("/") or value in ("/", "/-/healthy"):
+        raise ConfigError(f"{value!r} must start with / and not be / or /-/healthy")
+    return value
+
+
+def _positive_duration(value) -> float:
+    d = parse_duration(value)
+    if d <= 0:
+        raise ConfigError(f"{value!r} must be greater than 0")
+    return d
+
+
+# key (flag without --, env and config key) -> (Config field, converter, repeatable, help)
+SETTINGS: dict[str, tuple[str, object, bool, str]] = {
+    "web.listen-address": ("listen_address", lambda v: (parse_listen_address(str(v)), str(v))[1], False,
+                           f"address to serve metrics on (default :{DEFAULT_PORT})"),
+    "web.telemetry-path": ("telemetry_path", _telemetry_path, False, "path of the metrics page (default /metrics)"),
+    "log.level": ("log_level", _log_level, False, "debug, info, warn or error (default info)"),
+    "path.procfs": ("procfs", _path, False, "proc file system root (default /proc)"),
+    "scrape.timeout": ("scrape_timeout", _positive_duration, False,
+                       "time limit for one collection; Prometheus' own scrape timeout header can only shorten it (default 8s)"),
+    "gunicorn.db-port": ("db_ports", parse_ports, True,
+                         "TCP port of Postgres/pgbouncer that worker connections are counted to (repeatable or comma-separated; default 5432,6432)"),
+    "gunicorn.db-socket": ("db_socket_paths", lambda v: tuple(map(str, _as_list(v))), True,
+                           "extra unix socket path of a database (repeatable; .s.PGSQL.<db-port> sockets are always counted)"),
+    "gunicorn.app-name": ("app_names", parse_app_names, True,
+                          "REGEX=NAME: call a master whose name or command line matches REGEX NAME (repeatable, first match wins)"),
+    "gunicorn.expected-app": ("expected_apps", lambda v: tuple(map(str, _as_list(v))), True,
+                              "an app that should always run: gunicorn_up{app} 0 from the first scrape when it is absent (repeatable)"),
+    "gunicorn.control-socket": ("control_socket", parse_bool, False,
+                                "ask the master's control socket (read-only 'show' commands) for its settings (default true)"),
+    "gunicorn.control-socket-timeout": ("control_timeout", _positive_duration, False, "time limit for one control socket query (default 1s)"),
+    "gunicorn.forget-after": ("forget_after", parse_duration, False,
+                              "stop reporting gunicorn_up 0 for an app gone this long; 0 = never (default 0)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gunicorn-exporter",
+        description="Prometheus exporter that watches gunicorn from outside.",
+        epilog=f"Every flag can also be set with an environment variable {ENV_PREFIX}<FLAG> "
+               "(upper case, dots and dashes as underscores) or a key in --config.file.")
+    p.add_argument("--version", action="version", version=f"gunicorn-exporter {__version__}")
+    p.add_argument("--config.file", dest="config_file", metavar="PATH",
+                   help="TOML file with the same keys as the flags, e.g. [web] listen-address = ':10188'")
+    for key, (dest, _conv, repeatable, text) in SETTINGS.items():
+        p.add_argument(f"--{key}", dest=dest, metavar="VALUE", help=text,
+                       action="append" if repeatable else "store", default=None)
+    for name, (on, text) in COLLECTORS.items():
+        group = p.add_mutually_exclusive_group()
+        group.add_argument(f"--collector.{name}", dest=f"collector_{name}", action="store_true",
+                           default=None, help=f"enable the {name} collector: {text}" + (" (default)" if on else ""))
+        group.add_argument(f"--no-collector.{name}", dest=f"collector_{name}", action="store_false",
+                           default=None, help=f"disable the {name} collector" + ("" if on else " (default)"))
+    return p
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + re.sub(r"[.\-]", "_", key).upper()
+
+
+def _flatten(table: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in table.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key not in ("collector",):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Parse everything; on bad input print one message and exit 2 (argparse's convention)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    environ = os.environ if environ is None else environ
+    try:
+        return _build(args, environ)
+    except ConfigError as e:
+        parser.error(str(e))
+        raise  # unreachable: parser.error exits
+
+
+def _build(args: argparse.Namespace, environ) -> Config:
+    cfg = Config()
+    layers: list[tuple[str, dict[str, object]]] = []
+    config_file = args.config_file or environ.get(env_name("config.file"))
+    if config_file:
+        layers.append((f"config file {config_file}", _read_config_file(config_file)))
+        cfg.config_file = config_file
+    env_layer: dict[str, object] = {}
+    for key in list(SETTINGS) + [f"collector.{n}" for n in COLLECTORS]:
+        name = env_name(key)
+        if name in environ:
+            value: object = environ[name]
+            if key in SETTINGS and SETTINGS[key][2]:
+                value = [v for v in str(value).split(",") if v.strip()] \
+                    if key != "gunicorn.app-name" else [value]
+            env_layer[key] = value
+    layers.append(("environment", env_layer))
+    flag_layer: dict[str, object] = {}
+    for key, (dest, _c, _r, _h) in SETTINGS.items():
+        if getattr(args, dest) is not None:
+            flag_layer[key] = getattr(args, dest)
+    for name in COLLECTORS:
+        value = getattr(args, f"collector_{name}")
+        if value is not None:
+            flag_layer[f"collector.{name}"] = value
+    layers.append(("flag", flag_layer))
+
+    for where, layer in layers:
+        for key, value in layer.items():
+            if key.startswith("collector."):
+                name = key.split(".", 1)[1]
+                if name not in COLLECTORS:
+                    raise ConfigError(f"{where}: unknown collector {name!r}; known: {', '.join(COLLECTORS)}")
+                try:
+                    cfg.collectors[name] = parse_bool(value)
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: collector.{name}: {e}") from None
+                continue
+            if key not in SETTINGS:
+                raise ConfigError(f"{where}: unknown setting {key!r}")
+            dest, conv, _rep, _help = SETTINGS[key]
+            try:
+                setattr(cfg, dest, conv(value))
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {key}: {e}") from None
+    if not cfg.db_ports:
+        raise ConfigError("gunicorn.db-port: at least one port is needed")
+    return cfg
+
+
+def _read_config_file(path: str) -> dict[str, object]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    flat = _flatten(data)
+    collectors = flat.pop("collector", None)
+    if collectors is not None:
+        if not isinstance(collectors, dict):
+            raise ConfigError(f"config file {path}: [collector] must be a table of NAME = true/false")
+        for name, on in collectors.items():
+            flat[f"collector.{name}"] = on
+    return flat

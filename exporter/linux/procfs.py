@@ -1,0 +1,189 @@
+"""Readers for the parts of /proc that psutil does not cover, or covers too slowly.
+
+Pure parsers (`parse_*`) take text and are tested on literal strings; the thin
+readers around them take a `ProcFS` so tests and containers can point them at
+another proc root (`--path.procfs`). Nothing here knows about Prometheus or gunicorn.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# Bound every read: a /proc file we parse is small; anything bigger is not what we expect.
+MAX_SMALL_FILE = 64 * 1024
+MAX_ENVIRON = 256 * 1024
+# A process may hold a million fds; we still read them all for a worker, but never more than this.
+MAX_FDS_PER_PROCESS = 200_000
+
+HEARTBEAT_PREFIX = "wgunicorn-"
+
+
+@dataclass(slots=True)
+class FdScan:
+    """What a process's fd table says, in one pass over /proc/PID/fd."""
+
+    socket_inodes: list[int]
+    heartbeats: list[tuple[int, str]]  # (fd, link target) of gunicorn heartbeat temp files
+    count: int                         # number of open fds
+    truncated: bool = False
+
+
+class ProcFS:
+    """Access to one proc root (normally /proc)."""
+
+    def __init__(self, root: str = "/proc"):
+        self.root = root.rstrip("/") or "/"
+
+    def path(self, *parts: object) -> str:
+        return os.path.join(self.root, *map(str, parts))
+
+    def read_text(self, *parts: object, limit: int = MAX_SMALL_FILE) -> str:
+        with open(self.path(*parts), "rb") as f:
+            return f.read(limit).decode("utf-8", "replace")
+
+    def read_bytes(self, *parts: object, limit: int = MAX_SMALL_FILE) -> bytes:
+        with open(self.path(*parts), "rb") as f:
+            return f.read(limit)
+
+    # --- per process -------------------------------------------------------
+
+    def cmdline(self, pid: int) -> list[str]:
+        return parse_nul_list(self.read_bytes(pid, "cmdline"))
+
+    def environ(self, pid: int) -> dict[str, str]:
+        return parse_environ(self.read_bytes(pid, "environ", limit=MAX_ENVIRON))
+
+    def stat(self, pid: int) -> "ProcStat":
+        return parse_stat(self.read_text(pid, "stat"))
+
+    def fd_limit(self, pid: int) -> int | None:
+        return parse_limits_nofile(self.read_text(pid, "limits"))
+
+    def netns(self, pid: int) -> int | None:
+        try:
+            return os.stat(self.path(pid, "ns", "net")).st_ino
+        except OSError:
+            return None
+
+    def scan_fds(self, pid: int) -> FdScan:
+        """List a process's fds once: socket inodes and heartbeat files.
+
+        Raises PermissionError when we may not look (another user's process without
+        CAP_SYS_PTRACE / CAP_DAC_READ_SEARCH) and FileNotFoundError when it is gone.
+        """
+        fd_dir = self.path(pid, "fd")
+        sockets: list[int] = []
+        heartbeats: list[tuple[int, str]] = []
+        count = 0
+        truncated = False
+        with os.scandir(fd_dir) as it:
+            for entry in it:
+                count += 1
+                if count > MAX_FDS_PER_PROCESS:
+                    truncated = True
+                    break
+                try:
+                    target = os.readlink(entry.path)
+                except OSError:  # closed between listing and reading
+                    continue
+                if target.startswith("socket:["):
+                    sockets.append(int(target[8:-1]))
+                elif HEARTBEAT_PREFIX in target and target.endswith(" (deleted)"):
+                    heartbeats.append((int(entry.name), target))
+        return FdScan(sockets, heartbeats, count, truncated)
+
+    def fd_stat(self, pid: int, fd: int) -> os.stat_result:
+        """stat() of the file behind an fd (follows the magic link, works for unlinked files)."""
+        return os.stat(self.path(pid, "fd", fd))
+
+    # --- host ---------------------------------------------------------------
+
+    def boot_time(self) -> float:
+        for line in self.read_text("stat", limit=1 << 20).splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+        raise ValueError("no btime in /proc/stat")
+
+    def somaxconn(self) -> int:
+        return int(self.read_text("sys", "net", "core", "somaxconn").strip())
+
+    def netstat_counters(self) -> dict[str, dict[str, int]]:
+        """TcpExt and friends from /proc/net/netstat plus Tcp from /proc/net/snmp."""
+        out = parse_snmp_table(self.read_text("net", "netstat", limit=1 << 20))
+        out.update(parse_snmp_table(self.read_text("net", "snmp", limit=1 << 20)))
+        return out
+
+
+@dataclass(slots=True)
+class ProcStat:
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    utime_ticks: int
+    stime_ticks: int
+    num_threads: int
+    starttime_ticks: int
+    rss_pages: int
+
+
+def parse_stat(text: str) -> ProcStat:
+    """Parse /proc/PID/stat. comm is between the first '(' and the LAST ')'."""
+    lpar = text.index("(")
+    rpar = text.rindex(")")
+    pid = int(text[:lpar])
+    comm = text[lpar + 1:rpar]
+    f = text[rpar + 2:].split()
+    # f[0] is field 3 (state); field N is f[N-3]
+    return ProcStat(
+        pid=pid,
+        comm=comm,
+        state=f[0],
+        ppid=int(f[1]),
+        utime_ticks=int(f[11]),
+        stime_ticks=int(f[12]),
+        num_threads=int(f[17]),
+        starttime_ticks=int(f[19]),
+        rss_pages=int(f[21]),
+    )
+
+
+def parse_nul_list(data: bytes) -> list[str]:
+    if not data:
+        return []
+    return [p.decode("utf-8", "replace") for p in data.rstrip(b"\0").split(b"\0")]
+
+
+def parse_environ(data: bytes) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in parse_nul_list(data):
+        key, sep, value = item.partition("=")
+        if sep:
+            env[key] = value
+    return env
+
+
+def parse_limits_nofile(text: str) -> int | None:
+    """The soft 'Max open files' limit from /proc/PID/limits; None when unlimited/absent."""
+    for line in text.splitlines():
+        if line.startswith("Max open files"):
+            soft = line[len("Max open files"):].split()[0]
+            return None if soft == "unlimited" else int(soft)
+    return None
+
+
+def parse_snmp_table(text: str) -> dict[str, dict[str, int]]:
+    """/proc/net/netstat and /proc/net/snmp: pairs of 'Prefix: names' / 'Prefix: values' lines."""
+    out: dict[str, dict[str, int]] = {}
+    lines = text.splitlines()
+    for head, values in zip(lines[0::2], lines[1::2]):
+        hp, _, hnames = head.partition(":")
+        vp, _, vvalues = values.partition(":")
+        if hp != vp:
+            continue
+        try:
+            out[hp] = dict(zip(hnames.split(), map(int, vvalues.split())))
+        except ValueError:
+            continue
+    return out

@@ -1,0 +1,162 @@
+"""The one place where metric families are named, described and rendered.
+
+`render(snapshot)` turns a `Snapshot` (plain data from the collectors) into
+prometheus_client metric families; nothing else in the package creates a metric.
+docs/metrics.md documents every family below; tests/test_docs.py keeps the two in sync.
+
+Sample output (one sync app, two workers, one busy):
+
+    gunicorn_up{app="shop"} 1.0
+    gunicorn_workers{app="shop"} 2.0
+    gunicorn_workers_busy{app="shop"} 1.0
+    gunicorn_worker_connections{app="shop",state="active",worker="0"} 1.0
+    gunicorn_worker_heartbeat_age_seconds{app="shop",worker="0"} 12.4
+    gunicorn_listener_queue_length{app="shop",listener="unix:/run/shop.sock"} 3.0
+    gunicorn_listener_queue_max{app="shop",listener="unix:/run/shop.sock"} 2048.0
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable, Iterator
+
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    InfoMetricFamily, Metric)
+
+from exporter import __version__
+from exporter.snapshot import (AppSnapshot, GunicornSnapshot, HostSnapshot, Snapshot)
+
+
+def _g(name: str, doc: str, labels: Iterable[str] = (), unit: str = "") -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels), unit=unit)
+
+
+def render(snapshot: Snapshot) -> Iterator[Metric]:
+    """All families for one scrape, data first, exporter self-metrics last."""
+    for result in snapshot.results.values():
+        if not result.success or result.data is None:
+            continue
+        if isinstance(result.data, GunicornSnapshot):
+            yield from render_gunicorn(result.data)
+        elif isinstance(result.data, HostSnapshot):
+            yield from render_host(result.data)
+    yield from render_self(snapshot)
+
+
+def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
+    up = _g("gunicorn_up", "1 if the gunicorn master of this app is running, 0 if it was seen before and is gone.", ["app"])
+    info = _g("gunicorn_info", "Gunicorn version and worker class of a running master; always 1.", ["app", "version", "worker_class"])
+    workers = _g("gunicorn_workers", "HTTP worker processes alive under the master.", ["app"])
+    desired = _g("gunicorn_workers_desired", "Number of workers the master is configured to run.", ["app"])
+    timeout = _g("gunicorn_timeout_seconds", "Worker timeout (--timeout): a worker silent this long is killed; 0 = disabled.", ["app"])
+    keepalive = _g("gunicorn_keepalive_seconds", "Keep-alive timeout (--keep-alive) for idle client connections.", ["app"])
+    capacity = _g("gunicorn_worker_capacity", "Concurrent requests one worker can serve: sync 1, gthread threads, gevent/eventlet worker_connections, uvicorn +Inf.", ["app"])
+    conn_limit = _g("gunicorn_worker_connections_limit", "Configured --worker-connections: the most client connections one worker accepts (gthread, gevent, eventlet).", ["app"])
+    busy = _g("gunicorn_workers_busy", "Workers whose active client connections are at or above their capacity.", ["app"])
+    backlog = _g("gunicorn_backlog", "Configured --backlog; the kernel caps it at net.core.somaxconn (see gunicorn_listener_queue_max).", ["app"])
+    master_start = _g("gunicorn_master_start_time_seconds", "Start time of the master process since the epoch.", ["app"])
+    spawned = CounterMetricFamily("gunicorn_workers_spawned", "Workers the master has spawned since it started (control socket only).", labels=["app"])
+    source = _g("gunicorn_setting_source_info", "Where the exporter learned each setting: control_socket, cmdline, env, config_file or default; always 1.", ["app", "setting", "source"])
+
+    w_info = _g("gunicorn_worker_info", "Process id of the worker in this slot; always 1. Slots are reused when workers are recycled.", ["app", "worker", "pid"])
+    w_conn = _g("gunicorn_worker_connections", "Client connections a worker holds that were accepted from the master's listeners, by state (active, client_closed).", ["app", "worker", "state"])
+    w_beat = _g("gunicorn_worker_heartbeat_age_seconds", "Seconds since the worker last notified the master, computed as the master does; a sync worker's current request has run this long.", ["app", "worker"])
+    w_rss = _g("gunicorn_worker_resident_memory_bytes", "Resident memory of the worker process.", ["app", "worker"])
+    w_cpu = CounterMetricFamily("gunicorn_worker_cpu_seconds", "User and system CPU time of the worker process.", labels=["app", "worker"])
+    w_threads = _g("gunicorn_worker_threads", "OS threads in the worker process.", ["app", "worker"])
+    w_fds = _g("gunicorn_worker_open_fds", "Open file descriptors of the worker process.", ["app", "worker"])
+    w_maxfds = _g("gunicorn_worker_max_fds", "Soft limit on open file descriptors (ulimit -n) of the worker process.", ["app", "worker"])
+    w_start = _g("gunicorn_worker_start_time_seconds", "Start time of the worker process since the epoch.", ["app", "worker"])
+    w_db = _g("gunicorn_worker_db_connections", "Connections the worker holds to database ports or sockets (Postgres 5432, pgbouncer 6432 by default).", ["app", "worker"])
+
+    l_len = _g("gunicorn_listener_queue_length", "Connections waiting in the listening socket's accept queue (ss Recv-Q).", ["app", "listener"])
+    l_max = _g("gunicorn_listener_queue_max", "Accept queue limit of the listening socket: min(--backlog, somaxconn) (ss Send-Q).", ["app", "listener"])
+
+    for a in snap.apps:
+        up.add_metric([a.app], 1 if a.up else 0)
+        if not a.up:
+            continue
+        info.add_metric([a.app, a.version, a.worker_class], 1)
+        workers.add_metric([a.app], len(a.workers))
+        _maybe(desired, [a.app], a.workers_desired)
+        _maybe(timeout, [a.app], a.timeout)
+        _maybe(keepalive, [a.app], a.keepalive)
+        _maybe(capacity, [a.app], a.capacity)
+        _maybe(conn_limit, [a.app], a.worker_connections)
+        _maybe(backlog, [a.app], a.backlog)
+        _maybe(master_start, [a.app], a.master_start_time)
+        if a.workers_spawned is not None:
+            spawned.add_metric([a.app], a.workers_spawned)
+        for setting, where in sorted(a.settings_source.items()):
+            source.add_metric([a.app, setting, where], 1)
+        busy.add_metric([a.app], _busy(a))
+        for w in a.workers:
+            lv = [a.app, str(w.slot)]
+            w_info.add_metric(lv + [str(w.pid)], 1)
+            if w.connections_active is not None:
+                w_conn.add_metric(lv + ["active"], w.connections_active)
+                w_conn.add_metric(lv + ["client_closed"], w.connections_client_closed or 0)
+            _maybe(w_beat, lv, w.heartbeat_age)
+            w_rss.add_metric(lv, w.rss_bytes)
+            w_cpu.add_metric(lv, w.cpu_seconds)
+            w_threads.add_metric(lv, w.threads)
+            _maybe(w_fds, lv, w.open_fds)
+            _maybe(w_maxfds, lv, w.fd_limit)
+            w_start.add_metric(lv, w.start_time)
+            _maybe(w_db, lv, w.db_connections)
+        for lst in a.listeners:
+            name = lst.address if lst.worker_slot is None else f"{lst.address}#{lst.worker_slot}"
+            _maybe(l_len, [a.app, name], lst.queue_length)
+            _maybe(l_max, [a.app, name], lst.queue_max)
+
+    yield from (up, info, workers, desired, timeout, keepalive, capacity, conn_limit, busy,
+                backlog, master_start, spawned, source, w_info, w_conn, w_beat, w_rss, w_cpu,
+                w_threads, w_fds, w_maxfds, w_start, w_db, l_len, l_max)
+
+    denied = _g("gunicorn_exporter_permission_denied_processes", "Gunicorn processes whose /proc fd table or environment the exporter may not read (0 = full view).")
+    denied.add_metric([], snap.permission_denied)
+    src = _g("gunicorn_exporter_socket_table_info", "Where socket queues and states were read from: netlink, procfs, or none; always 1.", ["source"])
+    src.add_metric([snap.socket_source], 1)
+    yield denied
+    yield src
+
+
+def _busy(a: AppSnapshot) -> int:
+    if not a.capacity:
+        return 0
+    return sum(1 for w in a.workers
+               if w.connections_active is not None and w.connections_active >= a.capacity)
+
+
+def _maybe(family: GaugeMetricFamily, labels: list[str], value) -> None:
+    if value is not None:
+        family.add_metric(labels, value)
+
+
+def render_host(snap: HostSnapshot) -> Iterator[Metric]:
+    if snap.somaxconn is not None:
+        g = _g("gunicorn_host_somaxconn", "net.core.somaxconn: the kernel's cap on every listen backlog.")
+        g.add_metric([], snap.somaxconn)
+        yield g
+    for name, value, doc in (
+            ("gunicorn_host_listen_overflows", snap.listen_overflows,
+             "TcpExt ListenOverflows: times a full accept queue made the kernel drop a connection."),
+            ("gunicorn_host_listen_drops", snap.listen_drops,
+             "TcpExt ListenDrops: SYNs dropped at listening sockets, overflows included.")):
+        if value is not None:
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], value)
+            yield c
+
+
+def render_self(snapshot: Snapshot) -> Iterator[Metric]:
+    ok = _g("gunicorn_exporter_collector_success", "1 if the collector's last run succeeded within its time limit.", ["collector"])
+    dur = _g("gunicorn_exporter_collector_duration_seconds", "How long the collector's last run took.", ["collector"], unit="")
+    for name, r in sorted(snapshot.results.items()):
+        ok.add_metric([name], 1 if r.success else 0)
+        dur.add_metric([name], r.duration)
+    yield ok
+    yield dur
+    build = InfoMetricFamily("gunicorn_exporter_build", "Version of gunicorn-exporter and the Python running it.")
+    build.add_metric([], {"version": __version__, "python_version": platform.python_version()})
+    yield build
