@@ -50,7 +50,7 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
     desired = _g("gunicorn_workers_desired", "Number of workers the master is configured to run.", ["app"])
     timeout = _g("gunicorn_timeout_seconds", "Worker timeout (--timeout): a worker silent this long is killed; 0 = disabled.", ["app"])
     keepalive = _g("gunicorn_keepalive_seconds", "Keep-alive timeout (--keep-alive) for idle client connections.", ["app"])
-    capacity = _g("gunicorn_worker_capacity", "Concurrent requests one worker can serve: sync 1, gthread threads, gevent/eventlet worker_connections, uvicorn +Inf.", ["app"])
+    capacity = _g("gunicorn_worker_capacity", "Concurrent requests one worker can serve: sync 1, gthread threads, gevent/eventlet worker_connections, asgi/uvicorn +Inf (no limit).", ["app"])
     conn_limit = _g("gunicorn_worker_connections_limit", "Configured --worker-connections: the most client connections one worker accepts (gthread, gevent, eventlet).", ["app"])
     busy = _g("gunicorn_workers_busy", "Workers whose active client connections are at or above their capacity.", ["app"])
     backlog = _g("gunicorn_backlog", "Configured --backlog; the kernel caps it at net.core.somaxconn (see gunicorn_listener_queue_max).", ["app"])

@@ -88,6 +88,9 @@ class GunicornCollector:
         self._slots: dict[str, dict[int, int]] = {}
         self._known: dict[str, float] = {}
         self._versions: dict[tuple[int, int], str] = {}
+        # Last good control socket answer per master: the socket is closed while the
+        # master forks a worker, and a failed query must not flip settings to defaults.
+        self._ctl_cache: dict[tuple[int, int], dict[str, dict]] = {}
         self._denied_logged = False
         self._own_netns = self.procfs.netns("self")
         try:
@@ -98,6 +101,15 @@ class GunicornCollector:
     async def collect(self) -> GunicornSnapshot:
         raws, snap = await asyncio.to_thread(self._measure)
         answers = await asyncio.gather(*(self._ask_control(r) for r in raws))
+        live = {_master_key(r) for r in raws}
+        for key in list(self._ctl_cache):
+            if key not in live:
+                del self._ctl_cache[key]
+        for i, (r, a) in enumerate(zip(raws, answers)):
+            if a:
+                self._ctl_cache[_master_key(r)] = a
+            else:
+                answers[i] = self._ctl_cache.get(_master_key(r), {})
         now = time.time()
         apps = [self._build_app(r, a) for r, a in zip(raws, answers)]
         _disambiguate(apps)
@@ -234,7 +246,7 @@ class GunicornCollector:
                 path = alt
         try:
             return await control.query(path, ("config", "stats"), self.options.control_timeout)
-        except (OSError, asyncio.TimeoutError, control.ControlError, ValueError) as e:
+        except (OSError, EOFError, asyncio.TimeoutError, control.ControlError, ValueError) as e:
             log.debug("control socket %s of master %d: %r", path, raw.master.proc.pid, e)
             return {}
 
@@ -264,8 +276,8 @@ class GunicornCollector:
             capacity = 1
         elif worker_class == "gthread":
             capacity = threads
-        elif worker_class == "uvicorn":
-            capacity = float("inf")
+        elif worker_class in ("uvicorn", "asgi"):
+            capacity = float("inf")  # an asyncio loop accepts without limit
         else:
             capacity = wc
 
@@ -388,6 +400,10 @@ class GunicornCollector:
                     del self._known[name]
         while len(self._known) > MAX_KNOWN_APPS:
             del self._known[min(self._known, key=self._known.__getitem__)]
+
+
+def _master_key(raw: _MasterRaw) -> tuple[int, int]:
+    return raw.master.proc.pid, raw.master.proc.stat.starttime_ticks
 
 
 def _class_path(value: str) -> str:

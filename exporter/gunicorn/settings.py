@@ -83,7 +83,9 @@ WORKER_CLASS_ALIASES = {
     "gevent": "gevent", "gunicorn.workers.ggevent.geventworker": "gevent",
     "gevent_wsgi": "gevent", "gevent_pywsgi": "gevent",
     "eventlet": "eventlet", "gunicorn.workers.geventlet.eventletworker": "eventlet",
-    "tornado": "tornado", "asgi": "asgi",
+    "gunicorn.workers.ggevent.geventpywsgiworker": "gevent",
+    "tornado": "tornado", "gunicorn.workers.gtornado.tornadoworker": "tornado",
+    "asgi": "asgi", "gunicorn.workers.gasgi.asgiworker": "asgi",
     "uvicorn.workers.uvicornworker": "uvicorn",
     "uvicorn.workers.uvicornh11worker": "uvicorn",
     "uvicorn_worker.uvicornworker": "uvicorn",
@@ -279,9 +281,10 @@ def resolve(argv_args: list[str], environ: dict[str, str] | None,
     s = Settings()
     cli, app = parse_args(argv_args)
     env_args: dict[str, object] = {}
+    env_app = None
     if environ and environ.get("GUNICORN_CMD_ARGS"):
         try:
-            env_args, _ = parse_args(shlex.split(environ["GUNICORN_CMD_ARGS"]))
+            env_args, env_app = parse_args(shlex.split(environ["GUNICORN_CMD_ARGS"]))
         except ValueError as e:
             s.problems.append(f"GUNICORN_CMD_ARGS does not parse: {e}")
     config_path = cli.get("config") or env_args.get("config") or DEFAULTS["config"]
@@ -304,7 +307,5 @@ def resolve(argv_args: list[str], environ: dict[str, str] | None,
         s.set(name, value, "env")
     for name, value in cli.items():
         s.set(name, value, "cmdline")
-    s.app_module = app
-    if app is None and environ and environ.get("GUNICORN_CMD_ARGS"):
-        s.app_module = parse_args(shlex.split(environ["GUNICORN_CMD_ARGS"]))[1]
+    s.app_module = app or env_app
     return s

@@ -118,10 +118,8 @@ _UNIX_DIAG_MSG_LEN = _UNIX_DIAG_MSG.size     # 16
 # struct inet_diag_req_v2: family, protocol, ext, pad, states, inet_diag_sockid
 #   inet_diag_sockid: sport(be16) dport(be16) src[4](be32) dst[4](be32) if cookie[2]
 _INET_DIAG_REQ_V2 = struct.Struct("=BBBBI48s")
-# struct inet_diag_msg: family state timer retrans | sockid(48) | expires rqueue
-#                       wqueue uid inode
-# Ports are big-endian; read them as raw 2-byte fields via a separate struct.
-_INET_DIAG_MSG = struct.Struct("=BB2x4s16s16s12x4xIIII")
+# struct inet_diag_msg (72 bytes): family state timer retrans | sockid(48) |
+#   expires rqueue wqueue uid inode.  Ports are big-endian: read separately.
 _INET_DIAG_MSG_LEN = 72
 _PORTS = struct.Struct(">HH")                # sport, dport at offset 4
 
@@ -290,7 +288,6 @@ def _unix_request() -> bytes:
 # in the order sk_diag_fill() emits them.  nlmsghdr + msg + attrs in one go.
 _UNIX_FAST = struct.Struct("=IHHII" "BBBxI8x" "HHI" "HHII" "HHB3x")
 _UNIX_FAST_LEN = _UNIX_FAST.size  # 16 + 16 + 28 = 60
-_UNIX_FAST_TYPES = (UNIX_DIAG_PEER, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN)
 
 
 def _dump_unix(sock: socket.socket, seq: int, deadline: float
@@ -317,6 +314,7 @@ def _dump_unix(sock: socket.socket, seq: int, deadline: float
                  ) = unpack_fast(buf, off)
                 if (mlen == FAST and mtype == BY_FAMILY and mseq == seq
                         and t1 == 2 and t2 == 4 and t3 == 6):
+                    # t1..t3 == UNIX_DIAG_PEER, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN
                     if ino:
                         out[ino] = Unix(ino, state, stype, None, peer, rq, wq,
                                         shut, 0)
@@ -369,6 +367,9 @@ def _dump_unix(sock: socket.socket, seq: int, deadline: float
 
 
 def _inet_request(family: int, states: int) -> bytes:
+    # TIME_WAIT sockets never have an inode and would be dropped anyway;
+    # do not make the kernel dump them (there can be tens of thousands).
+    states &= ~(1 << TCP_TIME_WAIT)
     # sockid zeroed except cookie = INET_DIAG_NOCOOKIE (~0), which is what
     # ss sends; the kernel ignores the sockid for dumps anyway.
     sockid = bytes(40) + b"\xff" * 8
@@ -446,7 +447,7 @@ def read_tcp(states: int = ALL_STATES_MASK,
              timeout: float = _DEFAULT_TIMEOUT) -> dict[int, InetSocket]:
     """TCP sockets (IPv4 and IPv6) whose state bit is set in ``states``,
     keyed by inode.  Entries with inode 0 (TIME_WAIT, SYN_RECV request
-    sockets) are left out."""
+    sockets) are left out; TIME_WAIT is not even requested from the kernel."""
     deadline = time.monotonic() + timeout
     sock = _open(timeout)
     try:

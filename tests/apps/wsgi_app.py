@@ -1,0 +1,81 @@
+"""Tiny framework-free WSGI app used by the gunicorn-exporter test-suite.
+
+Routes:
+    /                    -> 200 "ok"
+    /slow?seconds=S      -> time.sleep(S) (S capped at 300) then 200 "slept S pid=N"
+    /hold?seconds=S      -> sleeps in 0.05 s steps (observable), then 200
+    /alloc?mb=N[&seconds=S] -> allocates N MiB (capped at 4096), touches every
+                            page so it is resident, optionally holds it S
+                            seconds, then 200
+    /pid                 -> os.getpid() as text
+
+time.sleep is monkey-patched by gevent/eventlet, so /slow and /hold
+cooperate with async workers.
+"""
+
+import os
+import time
+from urllib.parse import parse_qs
+
+MAX_SECONDS = 300.0
+MAX_MB = 4096
+MIB = 1024 * 1024
+
+
+def _param(environ, name, default, cap, conv=float):
+    qs = parse_qs(environ.get("QUERY_STRING", ""))
+    try:
+        value = conv(qs.get(name, [default])[0])
+    except (TypeError, ValueError):
+        value = conv(default)
+    return max(conv(0), min(value, conv(cap)))
+
+
+def _respond(start_response, body, status="200 OK"):
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    start_response(status, [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(data))),
+    ])
+    return [data]
+
+
+def _hold(seconds):
+    deadline = time.monotonic() + seconds
+    # bounded: at most seconds / 0.05 + 1 iterations
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(0.05, left))
+
+
+def app(environ, start_response):
+    path = environ.get("PATH_INFO", "/") or "/"
+    pid = os.getpid()
+    if path == "/":
+        return _respond(start_response, "ok")
+    if path == "/pid":
+        return _respond(start_response, str(pid))
+    if path == "/slow":
+        seconds = _param(environ, "seconds", 1.0, MAX_SECONDS)
+        time.sleep(seconds)
+        return _respond(start_response, "slept %s pid=%d" % (seconds, pid))
+    if path == "/hold":
+        seconds = _param(environ, "seconds", 1.0, MAX_SECONDS)
+        _hold(seconds)
+        return _respond(start_response, "held %s pid=%d" % (seconds, pid))
+    if path == "/alloc":
+        mb = _param(environ, "mb", 1, MAX_MB, conv=int)
+        seconds = _param(environ, "seconds", 0.0, MAX_SECONDS)
+        # bytes * n is a memset: every page is written, hence resident
+        blob = b"\x01" * (mb * MIB)
+        if seconds:
+            _hold(seconds)
+        size = len(blob)
+        del blob
+        return _respond(start_response, "allocated %d MiB pid=%d" % (size // MIB, pid))
+    return _respond(start_response, "not found", status="404 Not Found")
+
+
+application = app

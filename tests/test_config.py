@@ -1,0 +1,85 @@
+"""Flags, environment and config file: precedence, and exit 2 with one message on bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+from exporter.config import env_name, load
+
+
+def run_cli(*args, env=None, timeout=20):
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_defaults():
+    cfg = load([], environ={})
+    assert cfg.listen_address == ":10188"
+    assert cfg.host_port == (None, 10188)
+    assert cfg.telemetry_path == "/metrics"
+    assert cfg.collectors == {"gunicorn": True, "netstat": True}
+    assert cfg.db_ports == (5432, 6432)
+
+
+def test_precedence_flag_over_env_over_file(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[web]\nlisten-address = "127.0.0.1:1"\ntelemetry-path = "/m"\n'
+                 '[log]\nlevel = "debug"\n[collector]\nnetstat = false\n'
+                 '[gunicorn]\ndb-port = [5433]\n'
+                 'app-name = [{match = "shop\\\\.wsgi", name = "shop"}]\n')
+    env = {env_name("web.listen-address"): "127.0.0.1:2", env_name("config.file"): str(f)}
+    cfg = load(["--web.listen-address", "[::1]:3"], environ=env)
+    assert cfg.listen_address == "[::1]:3" and cfg.host_port == ("::1", 3)
+    assert cfg.telemetry_path == "/m"
+    assert cfg.log_level == "debug"
+    assert cfg.collectors["netstat"] is False
+    assert cfg.db_ports == (5433,)
+    assert cfg.app_names[0][1] == "shop" and cfg.app_names[0][0].search("shop.wsgi:app")
+    cfg = load([], environ=env)
+    assert cfg.listen_address == "127.0.0.1:2"
+
+
+def test_collector_flags_and_env():
+    assert load(["--no-collector.netstat"], environ={}).collectors["netstat"] is False
+    assert load([], environ={"GUNICORN_EXPORTER_COLLECTOR_NETSTAT": "false"}).collectors["netstat"] is False
+    assert load(["--gunicorn.db-port", "1,2", "--gunicorn.db-port", "3"], environ={}).db_ports == (1, 2, 3)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--web.listen-address", "nonsense"], "is not HOST:PORT"),
+    (["--web.listen-address", ":99999"], "is not HOST:PORT"),
+    (["--log.level", "loud"], "is not one of debug"),
+    (["--gunicorn.app-name", "(unclosed=x"], "not a valid regular expression"),
+    (["--gunicorn.db-port", "http"], "is not a port number"),
+    (["--scrape.timeout", "soon"], "is not a duration"),
+    (["--no-such-flag"], "unrecognized arguments"),
+    (["--config.file", "/nonexistent/x.toml"], "cannot read config file"),
+])
+def test_bad_flags_exit_2_with_one_message(args, message):
+    r = run_cli(*args)
+    assert r.returncode == 2, r
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("gunicorn-exporter: error:")
+
+
+def test_bad_config_file_exit_2(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[web\n")
+    r = run_cli("--config.file", str(f))
+    assert r.returncode == 2 and "is not valid TOML" in r.stderr and "Traceback" not in r.stderr
+    f.write_text('[web]\nlisten-adress = ":1"\n')
+    r = run_cli("--config.file", str(f))
+    assert r.returncode == 2 and "unknown setting 'web.listen-adress'" in r.stderr
+    f.write_text('[collector]\nnope = true\n')
+    r = run_cli("--config.file", str(f))
+    assert r.returncode == 2 and "unknown collector 'nope'" in r.stderr
+
+
+def test_help_lists_collector_flags():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for flag in ("--web.listen-address", "--web.telemetry-path", "--collector.gunicorn",
+                 "--no-collector.gunicorn", "--log.level", "--config.file"):
+        assert flag in r.stdout

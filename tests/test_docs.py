@@ -1,0 +1,195 @@
+"""docs/metrics.md and exporter/metrics.py must describe the same metrics.
+
+Nothing is started: a hand-built Snapshot that fills every optional field is rendered
+exactly as /metrics renders it (exporter.metrics.render plus the exporter's own
+ProcessCollector), encoded with prometheus_client, parsed back, and compared with the
+names written in docs/metrics.md. A second test checks the naming rules on the same
+families.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.http import _PROCESS
+from exporter.metrics import render
+from exporter.snapshot import (AppSnapshot, CollectorResult, GunicornSnapshot,
+                               HostSnapshot, ListenerSnapshot, Snapshot,
+                               WorkerSnapshot)
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "metrics.md"
+METRICS_PY = ROOT / "exporter" / "metrics.py"
+
+# A metric name in the docs: gunicorn_ followed by at least one more name character.
+DOC_NAME_RE = re.compile(r"(?<![\w-])gunicorn_[a-z0-9_]*[a-z0-9]\b")
+BACKTICK_RE = re.compile(r"`([^`\n]+)`")
+SOURCE_NAME_RE = re.compile(r"""["'](gunicorn_[a-z0-9_]+)["']""")
+# Unit words that are not base units; a name that carries one of these is wrong.
+NON_BASE_UNITS = {"milliseconds", "ms", "microseconds", "us", "nanoseconds", "ns",
+                  "minutes", "hours", "days", "kilobytes", "kb", "megabytes", "mb",
+                  "gigabytes", "gb", "kib", "mib", "gib", "bits", "percent", "pct"}
+BASE_UNITS = ("seconds", "bytes")
+# Words that mean a quantity with a unit: a name with one of them must say the unit.
+NEEDS_UNIT = {"age", "duration", "time", "timeout", "keepalive", "memory", "latency",
+              "uptime", "size", "cpu"}
+
+
+def _worker(slot: int, pid: int, *, busy: bool) -> WorkerSnapshot:
+    return WorkerSnapshot(
+        slot=slot, pid=pid, start_time=1_700_000_100.0 + slot, rss_bytes=50_000_000,
+        cpu_seconds=12.5, threads=3, open_fds=17, fd_limit=1024, heartbeat_age=1.5,
+        connections_active=1 if busy else 0, connections_client_closed=1,
+        db_connections=2)
+
+
+def full_snapshot() -> Snapshot:
+    """One snapshot in which every family rendered by exporter.metrics has a sample."""
+    shop = AppSnapshot(
+        app="shop", up=True, master_pid=100, version="23.0.0", worker_class="sync",
+        workers_desired=2, timeout=30.0, keepalive=2.0, capacity=1, worker_connections=1000,
+        threads=1, backlog=2048,
+        settings_source={"workers": "cmdline", "timeout": "control_socket",
+                         "backlog": "default"},
+        control_socket=True,
+        workers=[_worker(0, 101, busy=True), _worker(1, 102, busy=False)],
+        listeners=[
+            ListenerSnapshot("unix:/run/shop.sock", "unix", queue_length=3, queue_max=2048),
+            ListenerSnapshot("[::]:8000", "tcp", queue_length=0, queue_max=2048, worker_slot=1),
+        ],
+        master_start_time=1_700_000_000.0, workers_spawned=5)
+    gone = AppSnapshot(app="old", up=False)
+    gunicorn = GunicornSnapshot(apps=[shop, gone], socket_source="netlink",
+                                permission_denied=1)
+    host = HostSnapshot(somaxconn=4096, listen_overflows=7, listen_drops=9)
+    return Snapshot(results={
+        "gunicorn": CollectorResult("gunicorn", True, 0.02, data=gunicorn),
+        "netstat": CollectorResult("netstat", True, 0.001, data=host),
+    }, collected_at=1_700_000_200.0)
+
+
+class _Families:
+    def __init__(self, families):
+        self._families = families
+
+    def collect(self):
+        return iter(self._families)
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    """(metric families from render(), parsed families of the full /metrics text)."""
+    families = list(render(full_snapshot()))
+    text = generate_latest(_Families(families + list(_PROCESS.collect()))).decode()
+    parsed = list(text_string_to_metric_families(text))
+    return families, parsed
+
+
+@pytest.fixture(scope="module")
+def doc_text() -> str:
+    assert DOC.exists(), "docs/metrics.md is missing"
+    return DOC.read_text()
+
+
+def _exposed_names(parsed) -> set[str]:
+    return {s.name for f in parsed for s in f.samples}
+
+
+def _doc_metric_names(doc: str) -> set[str]:
+    """gunicorn_* names written in backticks or in a table row of the docs."""
+    names: set[str] = set()
+    for span in BACKTICK_RE.findall(doc):
+        names.update(DOC_NAME_RE.findall(span))
+    for line in doc.splitlines():
+        if line.lstrip().startswith("|"):
+            names.update(DOC_NAME_RE.findall(line))
+    return names
+
+
+def test_snapshot_exercises_every_family(rendered):
+    families, _ = rendered
+    empty = [f.name for f in families if not f.samples]
+    assert not empty, f"full_snapshot() leaves these families without samples: {empty}"
+    # every gunicorn_* name spelled in metrics.py is rendered by the snapshot above
+    in_source = set(SOURCE_NAME_RE.findall(METRICS_PY.read_text()))
+    rendered_names = {f.name for f in families}
+    assert in_source <= rendered_names, f"not rendered: {sorted(in_source - rendered_names)}"
+
+
+def test_every_exposed_metric_is_documented(rendered, doc_text):
+    _, parsed = rendered
+    missing = sorted(n for n in _exposed_names(parsed)
+                     if not re.search(rf"(?<![\w]){re.escape(n)}(?![\w])", doc_text))
+    assert not missing, f"exposed but not in docs/metrics.md: {missing}"
+
+
+def test_docs_name_only_exposed_metrics(rendered, doc_text):
+    _, parsed = rendered
+    exposed = _exposed_names(parsed)
+    documented = _doc_metric_names(doc_text)
+    assert documented, "found no gunicorn_* names in docs/metrics.md"
+    unknown = sorted(documented - exposed)
+    assert not unknown, f"docs/metrics.md names metrics the exporter does not expose: {unknown}"
+
+
+def test_every_family_has_help(rendered):
+    _, parsed = rendered
+    no_help = sorted(f.name for f in parsed if not f.documentation.strip())
+    assert not no_help, f"families without help text: {no_help}"
+
+
+def test_metric_names_follow_the_rules(rendered):
+    families, parsed = rendered
+    problems = naming_problems(families)
+    # the exposed form as well (Info gets _info appended, counters _total)
+    for f in parsed:
+        if f.name.startswith("gunicorn_"):
+            for s in f.samples:
+                if s.name.endswith("_total_total") or s.name.endswith("_info_info"):
+                    problems.append(f"{s.name}: doubled suffix")
+    assert not problems, "\n".join(problems)
+
+
+def naming_problems(families) -> list[str]:
+    """Naming rules for the families exporter/metrics.py renders."""
+    problems = []
+    for f in families:
+        name = f.name
+        words = name.split("_")
+        if not name.startswith("gunicorn_"):
+            problems.append(f"{name}: no gunicorn_ prefix")
+        if not re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", name):
+            problems.append(f"{name}: not snake case")
+        for label in {k for s in f.samples for k in s.labels}:
+            if label in ("job", "instance") or not re.fullmatch(r"[a-z][a-z0-9_]*", label):
+                problems.append(f"{name}: bad label {label!r}")
+        if f.type == "counter":
+            # prometheus_client appends _total on exposition; the family name must not
+            # carry it already (that would expose _total_total)
+            if name.endswith("_total"):
+                problems.append(f"{name}: counter family name already ends in _total")
+            if any(not s.name.endswith("_total") for s in f.samples
+                   if not s.name.endswith("_created")):
+                problems.append(f"{name}: counter sample without _total")
+        else:
+            if name.endswith("_total") or any(s.name.endswith("_total") for s in f.samples):
+                problems.append(f"{name}: _total on a {f.type}")
+        if f.type == "info" or name.endswith("_info"):
+            if any(s.value != 1 for s in f.samples):
+                problems.append(f"{name}: info metric whose value is not 1")
+        bad_units = NON_BASE_UNITS.intersection(words)
+        if bad_units:
+            problems.append(f"{name}: non-base unit {sorted(bad_units)}")
+        if NEEDS_UNIT.intersection(words) and not any(u in words for u in BASE_UNITS):
+            problems.append(f"{name}: measures {sorted(NEEDS_UNIT.intersection(words))} "
+                            "but carries no base unit")
+        for unit in BASE_UNITS:
+            # a unit word goes last (a counter's _total comes after it on exposition)
+            if unit in words and words[-1] != unit:
+                problems.append(f"{name}: unit {unit!r} is not the last word")
+    return problems

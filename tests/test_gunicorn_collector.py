@@ -1,0 +1,257 @@
+"""The gunicorn collector against real gunicorn masters, checked against `ss` and gunicorn itself.
+
+Every comparison with `ss` brackets the ss call between two collections and only
+accepts a reading when both collections agree, so a connection that moves between the
+two reads cannot make the test flaky, and a wrong number cannot make it pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from exporter.collectors.gunicorn import GunicornCollector, GunicornOptions
+from exporter.linux.procfs import ProcFS
+from exporter.snapshot import AppSnapshot
+from tests.harness import (SlowClients, poll, ss_listen_queue, ss_worker_active_connections,
+                           ss_worker_close_wait_connections)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+
+def collect(collector: GunicornCollector):
+    return asyncio.run(collector.collect())
+
+
+def app_for(collector: GunicornCollector, g) -> AppSnapshot | None:
+    for a in collect(collector).apps:
+        if a.up and a.master_pid == g.pid:
+            return a
+    return None
+
+
+def wait_control(collector, g) -> AppSnapshot:
+    """gunicorn opens its control socket after the workers boot; wait for its answers."""
+    return poll(lambda: (a := app_for(collector, g)) and a.control_socket and a, 15,
+                message="control socket never answered")
+
+
+def listener_of(app: AppSnapshot, g):
+    want = g.bind if g.bind.startswith("unix:") else g.listener
+    for lst in app.listeners:
+        if lst.address == want:
+            return lst
+    raise AssertionError(f"listener {want} not in {[l.address for l in app.listeners]}")
+
+
+def by_pid(app: AppSnapshot):
+    return {w.pid: w for w in app.workers}
+
+
+def stable_reading(collector, g, oracle):
+    """(exporter view, oracle view) when two exporter collections around the oracle agree."""
+    def attempt():
+        before = _view(app_for(collector, g), g)
+        seen = oracle()
+        after = _view(app_for(collector, g), g)
+        return (before, seen) if before == after else None
+    return attempt
+
+
+def _view(app, g):
+    lst = listener_of(app, g)
+    return (lst.queue_length, lst.queue_max,
+            tuple(sorted((w.pid, w.connections_active) for w in app.workers)))
+
+
+def _ss_view(g):
+    recv_q, send_q = ss_listen_queue(g.listener)
+    return (recv_q, send_q, tuple(sorted(
+        (pid, ss_worker_active_connections(pid, g.listener)) for pid in g.worker_pids())))
+
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize("worker_class,bind,workers,extra,clients,capacity,queued", [
+    ("sync", "unix", 2, {}, 5, 1, 3),
+    ("sync", "tcp", 2, {}, 5, 1, 3),
+    ("sync", "tcp6", 2, {}, 4, 1, 2),
+    ("gthread", "unix", 2, {"threads": 2, "worker_connections": 2}, 7, 2, 3),
+    ("gevent", "tcp", 2, {"worker_connections": 2}, 7, 2, 3),
+    # gunicorn's asyncio worker counts connections but never stops accepting
+    ("asgi", "unix", 1, {"worker_connections": 3, "app": "asgi_app:app"}, 5, INF, 0),
+])
+def test_queue_and_worker_connections_match_ss(gunicorn_factory, worker_class, bind, workers,
+                                               extra, clients, capacity, queued):
+    g = gunicorn_factory(worker_class=worker_class, bind=bind, workers=workers,
+                         name=f"q-{worker_class}-{bind}", **extra)
+    collector = GunicornCollector()
+    wait_control(collector, g)
+    with SlowClients(g, clients, seconds=30):
+        # Workers accept until they are at capacity; the rest waits in the accept queue.
+        exp, ss = poll(
+            lambda: (r := stable_reading(collector, g, lambda: _ss_view(g))()) and
+            r[0][0] == queued and sum(n for _, n in r[0][2]) == clients - queued and r,
+            timeout=20,
+            message="queue never settled at the expected length")
+        assert exp == ss, f"exporter {exp} != ss {ss}"
+        app = app_for(collector, g)
+        assert app.worker_class == worker_class
+        assert app.capacity == capacity
+        assert len(app.workers) == workers == app.workers_desired
+        assert all(w.connections_client_closed == 0 for w in app.workers)
+        busy = sum(1 for w in app.workers if w.connections_active >= app.capacity)
+        assert busy == (workers if queued else 0)
+    lst = listener_of(app, g)
+    if worker_class == "asgi":
+        # gunicorn's asyncio worker calls listen() again with asyncio's default of 100,
+        # shrinking the master's --backlog: the kernel's limit is what we report.
+        assert lst.queue_max == 100
+    else:
+        assert lst.queue_max == min(2048, ProcFS().somaxconn())
+
+
+def test_sync_heartbeat_age_tracks_the_running_request(gunicorn_factory):
+    g = gunicorn_factory(worker_class="sync", bind="unix", workers=1, timeout=60, name="beat")
+    collector = GunicornCollector()
+    [pid] = g.worker_pids()
+    idle = by_pid(app_for(collector, g))[pid].heartbeat_age
+    assert idle is not None and idle < 31  # an idle sync worker beats every timeout/2
+    with SlowClients(g, 1, seconds=4) as clients:
+        poll(lambda: ss_worker_active_connections(pid, g.listener) == 1, 10,
+             message="request not accepted")
+        age = poll(lambda: (a := by_pid(app_for(collector, g))[pid].heartbeat_age) >= 2.5 and a,
+                   timeout=10, message="heartbeat age did not grow during the request")
+        assert age < 4.5
+        [answer] = clients.read_all(timeout=10)
+        assert answer and b" 200 " in answer.split(b"\r\n", 1)[0]
+    # the worker beats again as soon as the request is done
+    poll(lambda: by_pid(app_for(collector, g))[pid].heartbeat_age < 1.5, 5,
+         message="heartbeat age did not fall after the request")
+
+
+def test_client_hangup_shows_as_client_closed_tcp(gunicorn_factory):
+    g = gunicorn_factory(worker_class="sync", bind="tcp", workers=1, name="hangup-tcp")
+    collector = GunicornCollector()
+    [pid] = g.worker_pids()
+    with SlowClients(g, 1, seconds=20) as clients:
+        poll(lambda: ss_worker_active_connections(pid, g.listener) == 1, 10, message="not accepted")
+        clients.hangup(0)
+        poll(lambda: ss_worker_close_wait_connections(pid, g.listener) == 1, 10,
+             message="no CLOSE-WAIT in ss")
+        w = poll(lambda: (w := by_pid(app_for(collector, g))[pid]).connections_client_closed == 1 and w,
+                 timeout=10, message="exporter did not see the hang-up")
+        assert w.connections_active == 0
+
+
+def test_client_hangup_shows_as_client_closed_unix(gunicorn_factory):
+    g = gunicorn_factory(worker_class="sync", bind="unix", workers=1, name="hangup-unix")
+    collector = GunicornCollector()
+    [pid] = g.worker_pids()
+    with SlowClients(g, 1, seconds=20) as clients:
+        poll(lambda: ss_worker_active_connections(pid, g.listener) == 1, 10, message="not accepted")
+        w = by_pid(app_for(collector, g))[pid]
+        assert (w.connections_active, w.connections_client_closed) == (1, 0)
+        clients.hangup(0)
+        w = poll(lambda: (w := by_pid(app_for(collector, g))[pid]).connections_client_closed == 1 and w,
+                 timeout=10, message="exporter did not see the unix peer go away")
+        assert w.connections_active == 0
+
+
+def test_killing_the_master_turns_up_to_0_and_drops_worker_series(gunicorn_factory):
+    g = gunicorn_factory(worker_class="sync", bind="unix", workers=2, name="doomed")
+    collector = GunicornCollector()
+    app = app_for(collector, g)
+    assert app.app == "doomed" and len(app.workers) == 2
+    g.kill_master()
+
+    def gone():
+        snap = collect(collector)
+        mine = [a for a in snap.apps if a.app == "doomed"]
+        return mine if len(mine) == 1 and not mine[0].up else None
+    [down] = poll(gone, 15, message="gunicorn_up did not turn 0")
+    assert down.workers == [] and down.listeners == []
+
+
+def test_recycled_workers_reuse_slots(gunicorn_factory):
+    g = gunicorn_factory(worker_class="sync", bind="tcp", workers=2, name="recycle",
+                         extra_args=["--max-requests", "1"])
+    collector = GunicornCollector()
+    pids_seen: set[int] = set()
+    slots_seen: set[int] = set()
+    for _ in range(40):  # bounded: 40 requests, each recycles a worker
+        g.get("/", timeout=10)
+        app = app_for(collector, g)
+        if app is None:
+            continue
+        pids_seen |= {w.pid for w in app.workers}
+        slots_seen |= {w.slot for w in app.workers}
+    assert len(pids_seen) >= 10, "workers were not recycled"
+    # at most one extra slot for the moment an old worker is still exiting
+    assert slots_seen <= {0, 1, 2}, slots_seen
+
+
+def test_app_label_forms_and_argv_shapes(gunicorn_factory):
+    named = gunicorn_factory(bind="unix", workers=1, name="shop")
+    plain = gunicorn_factory(bind="tcp", workers=1, setproctitle=False, invoke="module")
+    titled_default = gunicorn_factory(bind="tcp", workers=1)
+    mapped = gunicorn_factory(bind="unix", workers=1, setproctitle=False, name="legacy-name")
+    collector = GunicornCollector(GunicornOptions(app_names=((__import__("re").compile("legacy"), "billing"),)))
+    for g in (named, plain, titled_default, mapped):
+        wait_control(collector, g)
+    snap = collect(collector)
+    by_master = {a.master_pid: a for a in snap.apps if a.up}
+    assert by_master[named.pid].app == "shop"
+    # without setproctitle the argv is parsed; python -m gunicorn is recognised
+    assert by_master[plain.pid].app.startswith("wsgi_app:app")
+    assert by_master[plain.pid].settings_source["workers"] == "control_socket"
+    assert by_master[titled_default.pid].app.startswith("wsgi_app:app")
+    assert by_master[mapped.pid].app == "billing"
+    for g in (named, plain, titled_default, mapped):
+        a = by_master[g.pid]
+        assert [w.pid for w in a.workers] == sorted(g.worker_pids(), key=lambda p: [w.pid for w in a.workers].index(p))
+        assert len(a.workers) == 1 and a.version.split(".")[0].isdigit()
+
+
+def test_settings_without_control_socket_come_from_argv_and_env(gunicorn_factory):
+    g = gunicorn_factory(bind="unix", workers=2, setproctitle=False, name="argv-only",
+                         worker_class="gthread", threads=3, timeout=45,
+                         extra_args=["--no-control-socket"],
+                         env={"GUNICORN_CMD_ARGS": "--keep-alive 7 --backlog 100"})
+    collector = GunicornCollector()
+    a = app_for(collector, g)
+    assert not a.control_socket
+    assert (a.worker_class, a.threads, a.capacity, a.timeout, a.keepalive, a.backlog,
+            a.workers_desired) == ("gthread", 3, 3, 45, 7, 100, 2)
+    assert a.settings_source["timeout"] == "cmdline"
+    assert a.settings_source["keepalive"] == "env"
+    # the kernel's view of the backlog agrees with what we read from the environment
+    assert listener_of(a, g).queue_max == ss_listen_queue(g.listener)[1] == 100
+
+
+def test_control_socket_is_preferred_and_never_changed(gunicorn_factory):
+    g = gunicorn_factory(bind="unix", workers=2, name="ctl")
+    collector = GunicornCollector()
+    a = wait_control(collector, g)
+    assert a.control_socket and a.settings_source["workers"] == "control_socket"
+    assert a.workers_spawned == 2
+    # TTIN raises the target; the control socket's answer follows it
+    os.kill(g.pid, signal.SIGTTIN)
+    poll(lambda: app_for(collector, g).workers_desired == 3, 10, message="desired did not follow TTIN")
+    poll(lambda: len(app_for(collector, g).workers) == 3, 20, message="third worker not seen")
+    assert "shutdown" not in g.log_text()
+
+
+def test_dirty_arbiter_and_unrelated_children_are_not_workers(gunicorn_factory):
+    g = gunicorn_factory(bind="unix", workers=2, name="dirty", setproctitle=False,
+                         private_tmpdir=True,
+                         extra_args=["--dirty-app", "dirty_app:Dirty", "--dirty-workers", "1"])
+    collector = GunicornCollector()
+    dirty = poll(lambda: g.dirty_arbiter_pids(), 20, message="no dirty arbiter started")
+    a = app_for(collector, g)
+    assert sorted(w.pid for w in a.workers) == sorted(g.worker_pids())
+    assert not set(dirty) & {w.pid for w in a.workers}

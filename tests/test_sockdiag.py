@@ -1,0 +1,538 @@
+"""Tests for exporter.linux.sockdiag against the real kernel, with `ss`
+(iproute2, which also uses sock_diag but is an independent implementation)
+as the oracle."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from exporter.linux import sockdiag
+from exporter.linux.sockdiag import (
+    ALL_STATES_MASK,
+    TCP_CLOSE,
+    TCP_CLOSE_WAIT,
+    TCP_ESTABLISHED,
+    TCP_LISTEN,
+    InetSocket,
+    SockDiagError,
+    SocketTable,
+    UnixSocket,
+    read_all,
+    read_tcp,
+    read_unix,
+)
+
+SS = shutil.which("ss")
+needs_ss = pytest.mark.skipif(SS is None, reason="ss (iproute2) not installed")
+
+
+def _netlink_ok() -> bool:
+    try:
+        read_unix()
+        return True
+    except SockDiagError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _netlink_ok(),
+                                reason="NETLINK_SOCK_DIAG unavailable")
+
+
+# ---------------------------------------------------------------- helpers
+
+def ino(sock: socket.socket) -> int:
+    return os.fstat(sock.fileno()).st_ino
+
+
+def wait_for(pred, timeout: float = 1.5, interval: float = 0.002):
+    """Poll pred() until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+_NETIDS = {"tcp", "u_str", "u_dgr", "u_seq", "udp", "raw", "tcp6"}
+
+
+def ss_rows(*args: str) -> list[list[str]]:
+    """Run `ss -H <args>` and return the whitespace-split rows, with the
+    leading Netid column dropped when ss prints one."""
+    out = subprocess.run([SS, "-H", *args], check=True, capture_output=True,
+                         text=True, timeout=10).stdout
+    rows = []
+    for line in out.splitlines():
+        t = line.split()
+        if not t:
+            continue
+        if t[0] in _NETIDS:
+            t = t[1:]
+        rows.append(t)
+    return rows
+
+
+def ss_unix_by_inode(*args: str) -> dict[int, list[str]]:
+    # state rq sq local_path local_ino peer_path peer_ino ...
+    return {int(r[4]): r for r in ss_rows("-xn", *args)}
+
+
+_INO_RE = re.compile(r"\bino:(\d+)")
+
+
+def ss_tcp_by_inode(*args: str) -> dict[int, list[str]]:
+    # state rq sq local peer ... ino:N ...  (no state column when a
+    # state filter is given)
+    out = {}
+    for r in ss_rows("-tne", *args):
+        m = _INO_RE.search(" ".join(r[3:]))
+        if m:
+            out[int(m.group(1))] = r
+    return out
+
+
+@pytest.fixture
+def sockets():
+    """Collect sockets to close at test end."""
+    socks: list[socket.socket] = []
+    yield socks
+    for s in socks:
+        try:
+            s.close()
+        except OSError:
+            pass
+
+
+def unix_listener(tmp_path, socks, backlog=7):
+    path = str(tmp_path / f"l-{uuid.uuid4().hex[:8]}.sock")
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    socks.append(lst)
+    lst.bind(path)
+    lst.listen(backlog)
+    return lst, path
+
+
+def tcp_listener(host, family, socks, backlog=7):
+    lst = socket.socket(family, socket.SOCK_STREAM)
+    socks.append(lst)
+    lst.bind((host, 0))
+    lst.listen(backlog)
+    return lst
+
+
+def tcp_connect(lst, host, family, socks):
+    c = socket.socket(family, socket.SOCK_STREAM)
+    socks.append(c)
+    c.connect((host, lst.getsockname()[1]))
+    return c
+
+
+# ---------------------------------------------------------------- unix
+
+@needs_ss
+def test_unix_listener_accept_queue_matches_ss(tmp_path, sockets):
+    lst, path = unix_listener(tmp_path, sockets, backlog=7)
+    for _ in range(3):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sockets.append(c)
+        c.connect(path)
+
+    u = read_unix()
+    me = u[ino(lst)]
+    assert me.state == TCP_LISTEN
+    assert me.type == socket.SOCK_STREAM
+    assert me.name == path
+    assert (me.rqueue, me.wqueue) == (3, 7)
+    assert me.vfs_ino == os.stat(path).st_ino
+    assert me.shutdown == 0
+    assert me.peer == 0
+
+    row = ss_unix_by_inode("-l")[ino(lst)]
+    assert row[0] == "LISTEN"
+    assert (int(row[1]), int(row[2])) == (me.rqueue, me.wqueue)
+    assert row[3] == path
+
+
+@needs_ss
+def test_unix_accepted_name_and_peers(tmp_path, sockets):
+    lst, path = unix_listener(tmp_path, sockets)
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sockets.append(c)
+    c.connect(path)
+    a, _ = lst.accept()
+    sockets.append(a)
+
+    u = read_unix()
+    sa, sc = u[ino(a)], u[ino(c)]
+    # the accepted socket reports the listener's path (ss -x shows the same)
+    assert sa.name == path
+    assert sc.name is None
+    assert sa.state == sc.state == TCP_ESTABLISHED
+    assert sa.peer == sc.inode and sc.peer == sa.inode
+    assert sa.rqueue == 0 and sa.shutdown == 0
+
+    rows = ss_unix_by_inode("-a")
+    assert rows[ino(a)][3] == path
+    assert int(rows[ino(a)][6]) == sc.inode
+    assert int(rows[ino(c)][6]) == sa.inode
+
+
+def test_unix_pending_client_has_no_peer_until_accepted(tmp_path, sockets):
+    # kernel quirk worth knowing: the embryo socket in the accept queue has
+    # inode 0 and is not reported; the client reports peer 0 until accept().
+    lst, path = unix_listener(tmp_path, sockets)
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sockets.append(c)
+    c.connect(path)
+    u = read_unix()
+    assert 0 not in u
+    assert u[ino(c)].state == TCP_ESTABLISHED
+    assert u[ino(c)].peer == 0
+    a, _ = lst.accept()
+    sockets.append(a)
+    assert read_unix()[ino(c)].peer == ino(a)
+
+
+def test_unix_shutdown_after_client_close(tmp_path, sockets):
+    lst, path = unix_listener(tmp_path, sockets)
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(path)
+    a, _ = lst.accept()
+    sockets.append(a)
+    a_ino = ino(a)
+    assert read_unix()[a_ino].shutdown == 0
+    c.close()
+    s = read_unix()[a_ino]
+    assert s.shutdown & sockdiag.RCV_SHUTDOWN
+    # unix sockets stay ESTABLISHED after the peer is gone; shutdown is the
+    # only signal
+    assert s.state == TCP_ESTABLISHED
+
+
+def test_unix_half_close_bits(sockets):
+    a, b = socket.socketpair()
+    sockets += [a, b]
+    a.shutdown(socket.SHUT_WR)
+    u = read_unix()
+    assert u[ino(a)].shutdown == sockdiag.SEND_SHUTDOWN
+    assert u[ino(b)].shutdown == sockdiag.RCV_SHUTDOWN
+
+
+@needs_ss
+def test_unix_socketpair_queues_match_ss(sockets):
+    a, b = socket.socketpair()
+    sockets += [a, b]
+    a.sendall(b"x" * 100)
+    u = read_unix()
+    sa, sb = u[ino(a)], u[ino(b)]
+    assert sa.peer == sb.inode and sb.peer == sa.inode
+    assert sb.rqueue == 100
+    assert sa.name is None and sa.vfs_ino == 0
+    rows = ss_unix_by_inode("-a")
+    for s in (sa, sb):
+        r = rows[s.inode]
+        assert (int(r[1]), int(r[2])) == (s.rqueue, s.wqueue)
+
+
+@needs_ss
+def test_unix_abstract_name(sockets):
+    name = f"gexp-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sockets.append(lst)
+    lst.bind("\0" + name)
+    lst.listen(3)
+    s = read_unix()[ino(lst)]
+    assert s.name == "@" + name
+    assert s.vfs_ino == 0
+    assert (s.rqueue, s.wqueue) == (0, 3)
+    assert ss_unix_by_inode("-l")[ino(lst)][3] == "@" + name
+
+
+def test_unix_dgram_and_seqpacket(tmp_path, sockets):
+    d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sockets.append(d)
+    d.bind(str(tmp_path / "dg.sock"))
+    sp = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sockets.append(sp)
+    u = read_unix()
+    assert u[ino(d)].type == socket.SOCK_DGRAM
+    assert u[ino(d)].state == TCP_CLOSE
+    assert u[ino(d)].name == str(tmp_path / "dg.sock")
+    assert u[ino(sp)].type == socket.SOCK_SEQPACKET
+    assert u[ino(sp)].name is None
+
+
+# ---------------------------------------------------------------- tcp
+
+FAMILIES = [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)]
+
+
+@needs_ss
+@pytest.mark.parametrize("host,family", FAMILIES, ids=["v4", "v6"])
+def test_tcp_listener_accept_queue_matches_ss(host, family, sockets):
+    lst = tcp_listener(host, family, sockets, backlog=7)
+    for _ in range(3):
+        tcp_connect(lst, host, family, sockets)
+    li = ino(lst)
+    s = wait_for(lambda: (t := read_tcp().get(li)) and t.rqueue == 3 and t)
+    assert s, read_tcp().get(li)
+    assert s.state == TCP_LISTEN
+    assert s.family == family
+    assert (s.rqueue, s.wqueue) == (3, 7)
+    assert s.local_addr == host
+    assert s.local_port == lst.getsockname()[1]
+    assert s.remote_port == 0
+    assert s.uid == os.getuid()
+
+    row = ss_tcp_by_inode("-l")[li]
+    assert row[0] == "LISTEN"
+    assert (int(row[1]), int(row[2])) == (3, 7)
+
+
+@needs_ss
+@pytest.mark.parametrize("host,family", FAMILIES, ids=["v4", "v6"])
+def test_tcp_close_wait_matches_ss(host, family, sockets):
+    lst = tcp_listener(host, family, sockets)
+    c = socket.socket(family, socket.SOCK_STREAM)
+    c.connect((host, lst.getsockname()[1]))
+    a, _ = lst.accept()
+    sockets.append(a)
+    ai = ino(a)
+    assert read_tcp()[ai].state == TCP_ESTABLISHED
+    c.close()
+    s = wait_for(lambda: (t := read_tcp().get(ai)) and
+                 t.state == TCP_CLOSE_WAIT and t)
+    assert s, read_tcp().get(ai)
+    assert ai in ss_tcp_by_inode("-a", "state", "close-wait")
+
+
+@needs_ss
+@pytest.mark.parametrize("host,family", FAMILIES, ids=["v4", "v6"])
+def test_tcp_established_fields(host, family, sockets):
+    lst = tcp_listener(host, family, sockets)
+    c = tcp_connect(lst, host, family, sockets)
+    a, _ = lst.accept()
+    sockets.append(a)
+    c.sendall(b"y" * 10)
+    ai, ci = ino(a), ino(c)
+    s = wait_for(lambda: (t := read_tcp().get(ai)) and t.rqueue == 10 and t)
+    assert s
+    t = read_tcp()
+    sa, sc = t[ai], t[ci]
+    assert sa.family == sc.family == family
+    assert (sa.local_addr, sa.local_port) == a.getsockname()[:2]
+    assert (sa.remote_addr, sa.remote_port) == a.getpeername()[:2]
+    assert (sc.local_addr, sc.local_port) == c.getsockname()[:2]
+    assert sc.remote_port == lst.getsockname()[1]
+    assert sa.rqueue == 10
+    rows = ss_tcp_by_inode("-a")
+    assert rows[ai][0] == "ESTAB" and int(rows[ai][1]) == 10
+
+
+def test_tcp_v4_mapped_address(sockets):
+    lst = tcp_listener("::", socket.AF_INET6, sockets)
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sockets.append(c)
+    c.connect(("127.0.0.1", lst.getsockname()[1]))
+    a, _ = lst.accept()
+    sockets.append(a)
+    t = read_tcp()
+    assert t[ino(lst)].local_addr == "::"
+    assert t[ino(a)].family == socket.AF_INET6
+    assert t[ino(a)].local_addr == "::ffff:127.0.0.1"
+    assert t[ino(c)].family == socket.AF_INET
+    assert t[ino(c)].remote_addr == "127.0.0.1"
+
+
+def test_tcp_state_filter(sockets):
+    lst = tcp_listener("127.0.0.1", socket.AF_INET, sockets)
+    c = tcp_connect(lst, "127.0.0.1", socket.AF_INET, sockets)
+    only_listen = read_tcp(states=1 << TCP_LISTEN)
+    assert ino(lst) in only_listen
+    assert ino(c) not in only_listen
+    assert all(s.state == TCP_LISTEN for s in only_listen.values())
+    assert 0 not in read_tcp(ALL_STATES_MASK)
+
+
+# ---------------------------------------------------------------- read_all
+
+@needs_ss
+def test_read_all_agrees_with_ss_on_many_sockets(tmp_path, sockets):
+    for _ in range(200):
+        a, b = socket.socketpair()
+        sockets += [a, b]
+    lst = tcp_listener("127.0.0.1", socket.AF_INET, sockets, backlog=128)
+    tcp_socks = [lst]
+    for _ in range(50):
+        tcp_socks.append(tcp_connect(lst, "127.0.0.1", socket.AF_INET,
+                                     sockets))
+        a, _ = lst.accept()
+        sockets.append(a)
+        tcp_socks.append(a)
+    unix_socks = [s for s in sockets if s.family == socket.AF_UNIX]
+
+    t = read_all()
+    assert isinstance(t, SocketTable) and t.source == "netlink"
+    assert all(isinstance(v, UnixSocket) for v in t.unix.values())
+    assert all(isinstance(v, InetSocket) for v in t.inet.values())
+    ss_u = ss_unix_by_inode("-a")
+    ss_t = ss_tcp_by_inode("-a")
+    for s in unix_socks:
+        i = ino(s)
+        assert t.unix[i].state == TCP_ESTABLISHED
+        assert int(ss_u[i][6]) == t.unix[i].peer
+    for s in tcp_socks:
+        i = ino(s)
+        assert i in t.inet and i in ss_t
+    assert t.inet[ino(lst)].state == TCP_LISTEN
+
+
+def test_no_fd_leak():
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        read_all()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_kernel_error_becomes_sockdiagerror():
+    # sdiag_family 255 (>= AF_MAX) -> the kernel answers NLMSG_ERROR -EINVAL
+    sock = sockdiag._open(2.0)
+    try:
+        payload = sockdiag._UNIX_DIAG_REQ.pack(255, 0, 0, 0xFFFFFFFF, 0, 0,
+                                               b"\0" * 8)
+        with pytest.raises(SockDiagError) as ei:
+            sockdiag._dump(sock, payload, 7, time.monotonic() + 2.0,
+                           lambda *a: None)
+        assert ei.value.errno == errno.EINVAL
+        assert isinstance(ei.value, OSError)
+    finally:
+        sock.close()
+
+
+def test_deadline_is_enforced():
+    sock = sockdiag._open(2.0)
+    try:
+        with pytest.raises(SockDiagError) as ei:
+            sockdiag._dump(sock, sockdiag._unix_request(), 1,
+                           time.monotonic() - 1, lambda *a: None)
+        assert ei.value.errno == errno.ETIMEDOUT
+    finally:
+        sock.close()
+
+
+def test_open_failure_is_sockdiagerror(monkeypatch):
+    def boom(*a, **k):
+        raise OSError(errno.EAFNOSUPPORT, "no netlink")
+    monkeypatch.setattr(sockdiag.socket, "socket", boom)
+    with pytest.raises(SockDiagError):
+        read_all()
+
+
+# ---------------------------------------------------------------- benchmark
+
+_HOLDER = r"""
+import resource, socket, sys
+n_pairs, n_tcp = int(sys.argv[1]), int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+socks = []
+for _ in range(n_pairs):
+    socks.extend(socket.socketpair())
+if n_tcp:
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(4096)
+    socks.append(lst)
+    for _ in range(n_tcp):
+        c = socket.create_connection(lst.getsockname())
+        a, _ = lst.accept()
+        socks += [c, a]
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+sys.stdin.read()          # hold the sockets until stdin is closed
+"""
+
+
+class SocketHolders:
+    """Open many sockets host-wide in helper processes (so the total is
+    not limited by this process's RLIMIT_NOFILE, whose hard limit may not
+    be raisable without CAP_SYS_RESOURCE).  Each helper raises its soft
+    RLIMIT_NOFILE to the hard limit and holds n_pairs socketpairs plus
+    n_tcp loopback TCP connections (2*n_pairs + 2*n_tcp + 1 sockets)."""
+
+    def __init__(self, n_procs: int, n_pairs: int, n_tcp: int):
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard != resource.RLIM_INFINITY and 2 * (n_pairs + n_tcp) + 64 > hard:
+            raise ValueError(f"{n_pairs} pairs + {n_tcp} tcp exceed "
+                             f"RLIMIT_NOFILE hard limit {hard}")
+        self.procs = []
+        try:
+            for _ in range(n_procs):
+                p = subprocess.Popen(
+                    [sys.executable, "-c", _HOLDER, str(n_pairs), str(n_tcp)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                self.procs.append(p)
+            for p in self.procs:
+                if p.stdout.readline().strip() != "ready":
+                    raise RuntimeError("socket holder failed")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        for p in self.procs:
+            try:
+                p.stdin.close()
+                p.wait(timeout=30)
+            except Exception:
+                p.kill()
+                p.wait()
+        self.procs = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@needs_ss
+@pytest.mark.skipif(not os.environ.get("SOCKDIAG_BENCH"),
+                    reason="set SOCKDIAG_BENCH=1 to run the 20k-socket benchmark")
+def test_benchmark_20k(capsys):
+    # 2 x (8000 unix + 2001 tcp) sockets = ~20k
+    with SocketHolders(2, 4000, 1000):
+        t = read_all()
+        n = len(t.unix) + len(t.inet)
+        assert n >= 20000
+        runs = 10
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            read_all()
+        ours = (time.perf_counter() - t0) / runs
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            subprocess.run([SS, "-xtan"], stdout=subprocess.DEVNULL,
+                           check=True)
+        theirs = (time.perf_counter() - t0) / runs
+        from exporter.linux.procnet import read_table
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            read_table()
+        procfs = (time.perf_counter() - t0) / runs
+        with capsys.disabled():
+            print(f"\nread_all(): {n} sockets in {ours * 1000:.1f} ms; "
+                  f"ss -xtan: {theirs * 1000:.1f} ms; "
+                  f"procnet.read_table(): {procfs * 1000:.1f} ms")
