@@ -31,7 +31,6 @@ import asyncio
 import os
 import platform
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -369,7 +368,7 @@ def exporter_process(g: Gunicorn, tmp: Path, scrapes: int) -> dict:
             st = f.read()
         rss = int(re.search(r"VmRSS:\s+(\d+)", st).group(1))
         hwm = int(re.search(r"VmHWM:\s+(\d+)", st).group(1))
-        ok = f'gunicorn_workers{{app="' in body.decode()
+        ok = b'gunicorn_workers{app="' in body
         return {"scrapes": scrapes, "median": median(lat), "p95": p95(lat),
                 "rss_start_kib": rss0, "rss_kib": rss, "hwm_kib": hwm,
                 "bytes": len(body), "has_workers": ok}

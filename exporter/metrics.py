@@ -44,7 +44,7 @@ def render(snapshot: Snapshot) -> Iterator[Metric]:
 
 
 def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
-    up = _g("gunicorn_up", "1 if the gunicorn master of this app is running, 0 if it was seen before and is gone.", ["app"])
+    up = _g("gunicorn_up", "1 if the gunicorn master of this app is running; 0 if it ran before (or is expected by --gunicorn.expected-app) and is not running now.", ["app"])
     info = _g("gunicorn_info", "Gunicorn version and worker class of a running master; always 1.", ["app", "version", "worker_class"])
     workers = _g("gunicorn_workers", "HTTP worker processes alive under the master.", ["app"])
     desired = _g("gunicorn_workers_desired", "Number of workers the master is configured to run.", ["app"])
@@ -62,7 +62,7 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
     w_conn = _g("gunicorn_worker_connections", "Client connections a worker holds that were accepted from the master's listeners, by state (active, client_closed).", ["app", "worker", "state"])
     w_beat = _g("gunicorn_worker_heartbeat_age_seconds", "Seconds since the worker last notified the master, computed as the master does; a sync worker's current request has run this long.", ["app", "worker"])
     w_rss = _g("gunicorn_worker_resident_memory_bytes", "Resident memory of the worker process.", ["app", "worker"])
-    w_cpu = CounterMetricFamily("gunicorn_worker_cpu_seconds", "User and system CPU time of the worker process.", labels=["app", "worker"])
+    w_cpu = CounterMetricFamily("gunicorn_worker_cpu_seconds", "User and system CPU time of the worker process, in seconds.", labels=["app", "worker"])
     w_threads = _g("gunicorn_worker_threads", "OS threads in the worker process.", ["app", "worker"])
     w_fds = _g("gunicorn_worker_open_fds", "Open file descriptors of the worker process.", ["app", "worker"])
     w_maxfds = _g("gunicorn_worker_max_fds", "Soft limit on open file descriptors (ulimit -n) of the worker process.", ["app", "worker"])
@@ -82,7 +82,8 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
         _maybe(timeout, [a.app], a.timeout)
         _maybe(keepalive, [a.app], a.keepalive)
         _maybe(capacity, [a.app], a.capacity)
-        _maybe(conn_limit, [a.app], a.worker_connections)
+        if a.worker_class not in ("sync", "uvicorn"):  # the only classes that ignore it
+            _maybe(conn_limit, [a.app], a.worker_connections)
         _maybe(backlog, [a.app], a.backlog)
         _maybe(master_start, [a.app], a.master_start_time)
         if a.workers_spawned is not None:
@@ -115,7 +116,7 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
 
     denied = _g("gunicorn_exporter_permission_denied_processes", "Gunicorn processes whose /proc fd table or environment the exporter may not read (0 = full view).")
     denied.add_metric([], snap.permission_denied)
-    src = _g("gunicorn_exporter_socket_table_info", "Where socket queues and states were read from: netlink, procfs, or none; always 1.", ["source"])
+    src = _g("gunicorn_exporter_socket_table_info", "Where socket queues and states were read from: netlink, procfs, netlink+procfs (masters in several network namespaces) or none (no master found); always 1.", ["source"])
     src.add_metric([snap.socket_source], 1)
     yield denied
     yield src
@@ -151,7 +152,7 @@ def render_host(snap: HostSnapshot) -> Iterator[Metric]:
 
 def render_self(snapshot: Snapshot) -> Iterator[Metric]:
     ok = _g("gunicorn_exporter_collector_success", "1 if the collector's last run succeeded within its time limit.", ["collector"])
-    dur = _g("gunicorn_exporter_collector_duration_seconds", "How long the collector's last run took.", ["collector"], unit="")
+    dur = _g("gunicorn_exporter_collector_duration_seconds", "How long the collector's last run took, in seconds.", ["collector"])
     for name, r in sorted(snapshot.results.items()):
         ok.add_metric([name], 1 if r.success else 0)
         dur.add_metric([name], r.duration)

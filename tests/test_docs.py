@@ -51,7 +51,7 @@ def _worker(slot: int, pid: int, *, busy: bool) -> WorkerSnapshot:
 def full_snapshot() -> Snapshot:
     """One snapshot in which every family rendered by exporter.metrics has a sample."""
     shop = AppSnapshot(
-        app="shop", up=True, master_pid=100, version="23.0.0", worker_class="sync",
+        app="shop", up=True, master_pid=100, version="23.0.0", worker_class="gthread",
         workers_desired=2, timeout=30.0, keepalive=2.0, capacity=1, worker_connections=1000,
         threads=1, backlog=2048,
         settings_source={"workers": "cmdline", "timeout": "control_socket",

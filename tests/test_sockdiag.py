@@ -536,3 +536,25 @@ def test_benchmark_20k(capsys):
             print(f"\nread_all(): {n} sockets in {ours * 1000:.1f} ms; "
                   f"ss -xtan: {theirs * 1000:.1f} ms; "
                   f"procnet.read_table(): {procfs * 1000:.1f} ms")
+
+
+def test_wanted_filter_keeps_only_those_inodes_and_their_unix_peers():
+    import socket as _s
+    a, b = _s.socketpair()
+    other_a, other_b = _s.socketpair()
+    lst = _s.socket(_s.AF_INET, _s.SOCK_STREAM)
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(3)
+    try:
+        ino = lambda s: os.fstat(s.fileno()).st_ino  # noqa: E731
+        full = sockdiag.read_all()
+        assert {ino(a), ino(b), ino(other_a), ino(lst)} <= set(full.unix) | set(full.inet)
+        part = sockdiag.read_all(wanted={ino(a), ino(lst)})
+        # a's peer b is kept because its peer (a) is wanted: the DB-socket lookup needs it
+        assert set(part.unix) == {ino(a), ino(b)}
+        assert set(part.inet) == {ino(lst)}
+        assert part.unix[ino(a)] == full.unix[ino(a)]
+        assert part.inet[ino(lst)] == full.inet[ino(lst)]
+    finally:
+        for s in (a, b, other_a, other_b, lst):
+            s.close()

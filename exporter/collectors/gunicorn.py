@@ -112,11 +112,13 @@ class GunicornCollector:
                 answers[i] = self._ctl_cache.get(_master_key(r), {})
         now = time.time()
         apps = [self._build_app(r, a) for r, a in zip(raws, answers)]
-        _disambiguate(apps)
+        renamed = _disambiguate(apps)
         self._assign_slots(apps)
         seen = {a.app for a in apps}
         for a in apps:
-            if a.up and not a.app.endswith(".2"):
+            # transient names (a USR2 master's NAME.2, NAME@LISTENER while two masters
+            # share a name) are not remembered, or they would read "down" forever after
+            if a.up and not a.app.endswith(".2") and a.app not in renamed:
                 self._known[a.app] = now
         for name in self.options.expected_apps:
             self._known.setdefault(name, now)
@@ -138,12 +140,19 @@ class GunicornCollector:
         snap = GunicornSnapshot(permission_denied=found.permission_denied,
                                 truncated=found.truncated)
         tables: dict[int | None, SocketTable | None] = {}
+        # Only sockets that gunicorn processes hold (and their unix peers) are decoded.
+        wanted: set[int] = set()
+        for m in found.masters:
+            if m.fds is not None:
+                wanted.update(m.fds.socket_inodes)
+            for scan in m.worker_fds.values():
+                wanted.update(scan.socket_inodes)
         raws = []
         for m in found.masters:
             raw = self._measure_master(m)
             netns = self.procfs.netns(m.proc.pid)
             if netns not in tables:
-                tables[netns] = self._socket_table(netns, m.proc.pid)
+                tables[netns] = self._socket_table(netns, m.proc.pid, wanted)
             table = tables[netns]
             if table is not None:
                 raw.socket_source = table.source
@@ -154,10 +163,10 @@ class GunicornCollector:
             ("+".join(sorted(sources)) if sources else "none")
         return raws, snap
 
-    def _socket_table(self, netns: int | None, pid: int) -> SocketTable | None:
+    def _socket_table(self, netns: int | None, pid: int, wanted: set[int]) -> SocketTable | None:
         if netns is not None and netns == self._own_netns and self.procfs.root == "/proc":
             try:
-                return self._read_sockets()
+                return self._read_sockets(wanted=wanted)
             except OSError as e:
                 log.debug("netlink socket dump failed (%s); reading /proc/net", e)
         try:
@@ -517,8 +526,9 @@ def _is_db_socket(name: str, ports: set[int], paths: tuple[str, ...]) -> bool:
     return bool(m and int(m.group(1)) in ports)
 
 
-def _disambiguate(apps: list[AppSnapshot]) -> None:
+def _disambiguate(apps: list[AppSnapshot]) -> set[str]:
     """Two unrelated masters with the same name get their first listener appended."""
+    renamed: set[str] = set()
     by_name: dict[str, list[AppSnapshot]] = {}
     for a in apps:
         by_name.setdefault(a.app, []).append(a)
@@ -528,3 +538,5 @@ def _disambiguate(apps: list[AppSnapshot]) -> None:
         for a in group:
             where = a.listeners[0].address if a.listeners else f"pid{a.master_pid}"
             a.app = f"{name}@{where}"
+            renamed.add(a.app)
+    return renamed

@@ -290,8 +290,8 @@ _UNIX_FAST = struct.Struct("=IHHII" "BBBxI8x" "HHI" "HHII" "HHB3x")
 _UNIX_FAST_LEN = _UNIX_FAST.size  # 16 + 16 + 28 = 60
 
 
-def _dump_unix(sock: socket.socket, seq: int, deadline: float
-               ) -> dict[int, UnixSocket]:
+def _dump_unix(sock: socket.socket, seq: int, deadline: float,
+               wanted=None) -> dict[int, UnixSocket]:
     out: dict[int, UnixSocket] = {}
     unpack_hdr = _NLMSGHDR.unpack_from
     unpack_fast = _UNIX_FAST.unpack_from
@@ -315,7 +315,7 @@ def _dump_unix(sock: socket.socket, seq: int, deadline: float
                 if (mlen == FAST and mtype == BY_FAMILY and mseq == seq
                         and t1 == 2 and t2 == 4 and t3 == 6):
                     # t1..t3 == UNIX_DIAG_PEER, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN
-                    if ino:
+                    if ino and (wanted is None or ino in wanted or peer in wanted):
                         out[ino] = Unix(ino, state, stype, None, peer, rq, wq,
                                         shut, 0)
                     off += FAST
@@ -338,6 +338,7 @@ def _dump_unix(sock: socket.socket, seq: int, deadline: float
                 continue
             _fam, stype, state, ino = unpack_msg(buf, off + HDR)
             name = None
+            raw_name = None
             peer = 0
             rq = wq = 0
             shut = -1
@@ -355,11 +356,14 @@ def _dump_unix(sock: socket.socket, seq: int, deadline: float
                 elif atype == UNIX_DIAG_SHUTDOWN:
                     shut = buf[p]
                 elif atype == UNIX_DIAG_NAME:
-                    name = _decode_name(bytes(buf[p:a + alen]))
+                    raw_name = (p, a + alen)
                 elif atype == UNIX_DIAG_VFS:
                     vfs_ino = unpack_u32(buf, p)[0]
                 a += (alen + 3) & ~3
-            if ino:  # embryos waiting in an accept queue have inode 0
+            # embryos waiting in an accept queue have inode 0
+            if ino and (wanted is None or ino in wanted or peer in wanted):
+                if raw_name is not None:
+                    name = _decode_name(bytes(buf[raw_name[0]:raw_name[1]]))
                 out[ino] = Unix(ino, state, stype, name, peer, rq, wq, shut,
                                 vfs_ino)
             off += (mlen + 3) & ~3
@@ -384,7 +388,7 @@ _INET_FAST_LEN = _NLMSGHDR_LEN + _INET_DIAG_MSG_LEN  # 88
 
 
 def _dump_inet(sock: socket.socket, family: int, states: int, seq: int,
-               deadline: float, out: dict[int, InetSocket]) -> None:
+               deadline: float, out: dict[int, InetSocket], wanted=None) -> None:
     unpack = _INET_FAST.unpack_from
     unpack_hdr = _NLMSGHDR.unpack_from
     unpack_ports = _PORTS.unpack_from
@@ -411,7 +415,8 @@ def _dump_inet(sock: socket.socket, family: int, states: int, seq: int,
                     if mlen >= MIN:
                         (_l, _t, _f, _s, _p, fam, state, _ports, src, dst,
                          rq, wq, uid, ino) = unpack(buf, off)
-                        if ino:  # TIME_WAIT / request socks have inode 0
+                        # TIME_WAIT / request socks have inode 0
+                        if ino and (wanted is None or ino in wanted):
                             sport, dport = unpack_ports(buf, off + HDR + 4)
                             la = cache.get(src)
                             if la is None:
@@ -459,19 +464,24 @@ def read_tcp(states: int = ALL_STATES_MASK,
         sock.close()
 
 
-def read_all(timeout: float = _DEFAULT_TIMEOUT) -> SocketTable:
+def read_all(timeout: float = _DEFAULT_TIMEOUT, wanted=None) -> SocketTable:
     """Unix + TCP tables through one netlink socket (three dumps).
 
     Raises SockDiagError when netlink sock_diag is unavailable (no
     AF_NETLINK, unix_diag/inet_diag not loadable, seccomp, ...) or a dump
-    fails or exceeds ``timeout`` seconds in total."""
+    fails or exceeds ``timeout`` seconds in total.
+
+    ``wanted``: a set of inodes; when given, only those sockets (and unix sockets
+    whose peer is one of them) are decoded. The kernel still dumps everything, but
+    on a host with 20k sockets and a few hundred held by gunicorn this skips most
+    of the Python work (see docs/performance.md)."""
     deadline = time.monotonic() + timeout
     sock = _open(timeout)
     try:
-        unix = _dump_unix(sock, 1, deadline)
+        unix = _dump_unix(sock, 1, deadline, wanted)
         inet: dict[int, InetSocket] = {}
-        _dump_inet(sock, socket.AF_INET, ALL_STATES_MASK, 2, deadline, inet)
-        _dump_inet(sock, socket.AF_INET6, ALL_STATES_MASK, 3, deadline, inet)
+        _dump_inet(sock, socket.AF_INET, ALL_STATES_MASK, 2, deadline, inet, wanted)
+        _dump_inet(sock, socket.AF_INET6, ALL_STATES_MASK, 3, deadline, inet, wanted)
         return SocketTable(unix=unix, inet=inet, source="netlink")
     finally:
         sock.close()

@@ -1,0 +1,178 @@
+"""The daemon end to end: the real CLI process serving a real gunicorn, and the scraper's limits."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.scrape import Scraper
+from tests.conftest import require
+from tests.harness import free_port, poll
+
+pytestmark = [pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def exporter_process(tmp_path):
+    """Start `python -m exporter` on a free port; stop it by PID at teardown."""
+    procs = []
+
+    def start(*args):
+        port = free_port()
+        log = open(tmp_path / f"exporter-{port}.log", "wb")
+        p = subprocess.Popen([sys.executable, "-m", "exporter",
+                              "--web.listen-address", f"127.0.0.1:{port}", *args],
+                             stdout=log, stderr=subprocess.STDOUT)
+        procs.append((p, log))
+        base = f"http://127.0.0.1:{port}"
+        poll(lambda: _get(base + "/-/healthy")[0] == 200 if p.poll() is None else
+             pytest.fail(f"exporter exited: {(tmp_path / f'exporter-{port}.log').read_text()}"),
+             15, message="exporter did not come up")
+        return base
+    yield start
+    for p, log in procs:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        log.close()
+
+
+def _get(url, accept=None, timeout=10):
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers.get("Content-Type"), r.read().decode()
+    except OSError:
+        return None, None, None
+
+
+def samples(text):
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.mark.slow
+def test_metrics_of_a_real_gunicorn_pass_promtool(gunicorn_factory, exporter_process, tmp_path):
+    g = gunicorn_factory(worker_class="gthread", threads=2, bind="tcp", workers=2, name="e2e")
+    base = exporter_process()
+    status, ctype, text = _get(base + "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    got = samples(text)
+    assert got[("gunicorn_up", (("app", "e2e"),))] == 1
+    assert got[("gunicorn_exporter_collector_success", (("collector", "gunicorn"),))] == 1
+    poll(lambda: samples(_get(base + "/metrics")[2]).get(("gunicorn_workers", (("app", "e2e"),))) == 2,
+         10, message="workers not reported")
+    require(shutil.which("promtool") is not None,
+            "promtool not installed (Debian package 'prometheus'); cannot lint /metrics")
+    lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=30)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert lint.stdout.strip() == "" and lint.stderr.strip() == "", lint.stdout + lint.stderr
+
+
+@pytest.mark.slow
+def test_openmetrics_landing_and_health(exporter_process):
+    base = exporter_process("--no-collector.gunicorn")
+    status, ctype, text = _get(base + "/metrics", accept="application/openmetrics-text; version=1.0.0")
+    assert status == 200 and ctype.startswith("application/openmetrics-text")
+    assert text.rstrip().endswith("# EOF")
+    status, ctype, page = _get(base + "/")
+    assert status == 200 and 'href="/metrics"' in page
+    assert _get(base + "/-/healthy")[:2] == (200, "text/plain; charset=utf-8")
+    got = samples(_get(base + "/metrics")[2])
+    assert ("gunicorn_exporter_collector_success", (("collector", "gunicorn"),)) not in got
+    assert got[("gunicorn_exporter_collector_success", (("collector", "netstat"),))] == 1
+
+
+def test_custom_telemetry_path(exporter_process):
+    base = exporter_process("--web.telemetry-path", "/m", "--no-collector.gunicorn")
+    assert _get(base + "/m")[0] == 200
+    assert _get(base + "/metrics")[0] is None  # 404 -> urllib raises -> None
+
+
+class _Hangs:
+    name = "hangs"
+
+    async def collect(self):
+        await asyncio.Event().wait()
+
+
+class _Counts:
+    name = "counts"
+
+    def __init__(self):
+        self.calls = 0
+
+    async def collect(self):
+        self.calls += 1
+        await asyncio.sleep(0.2)
+        return None
+
+
+class _Breaks:
+    name = "breaks"
+
+    async def collect(self):
+        raise PermissionError(13, "Permission denied", "/proc/1/fd")
+
+
+def test_a_hanging_collector_does_not_hold_the_scrape():
+    counts = _Counts()
+    scraper = Scraper([_Hangs(), counts, _Breaks()], timeout=0.5)
+
+    async def go():
+        start = time.monotonic()
+        snap = await scraper.scrape()
+        return time.monotonic() - start, snap
+    elapsed, snap = asyncio.run(go())
+    assert elapsed < 1.5
+    assert snap.results["hangs"].success is False and "timed out" in snap.results["hangs"].error
+    assert snap.results["breaks"].success is False and "Permission denied" in snap.results["breaks"].error
+    assert snap.results["counts"].success is True
+
+
+def test_concurrent_scrapes_share_one_collection():
+    counts = _Counts()
+    scraper = Scraper([counts], timeout=5)
+
+    async def go():
+        return await asyncio.gather(*(scraper.scrape() for _ in range(10)))
+    snaps = asyncio.run(go())
+    assert counts.calls == 1
+    assert all(s is snaps[0] for s in snaps)
+
+
+def test_a_stuck_collector_is_not_started_twice():
+    class Slow:
+        name = "slow"
+        calls = 0
+
+        async def collect(self):
+            Slow.calls += 1
+            await asyncio.sleep(1.0)
+            return "done"
+
+    scraper = Scraper([Slow()], timeout=0.3)
+
+    async def go():
+        first = await scraper.scrape()
+        second = await scraper.scrape()   # the first run is still going: wait for it
+        await asyncio.sleep(0.6)
+        third = await scraper.scrape()    # it finished meanwhile; a new run starts
+        return first, second, third
+    first, second, third = asyncio.run(go())
+    assert not first.results["slow"].success and not second.results["slow"].success
+    assert Slow.calls == 2
