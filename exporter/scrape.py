@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 
 
 class Collector(Protocol):
+    """What the scraper needs of a collector.
+
+    Optional extras: `finish(snapshot)` joins its data with other collectors' after a
+    collection; `async start()` / `async stop()` run background readers (log tails,
+    /dev/kmsg) for the life of the daemon.
+    """
+
     name: str
 
     async def collect(self) -> object: ...
@@ -46,6 +53,16 @@ class Scraper:
         results = await asyncio.gather(*(self._run_one(c, limit) for c in self.collectors))
         for r in results:
             snap.results[r.name] = r
+        # Cross-collector joins (e.g. Postgres backends attributed to gunicorn workers)
+        # run once every collector is done: `finish(snapshot)` may add to its own data.
+        for c in self.collectors:
+            finish = getattr(c, "finish", None)
+            result = snap.results.get(c.name)
+            if finish is not None and result is not None and result.success:
+                try:
+                    finish(snap)
+                except Exception as e:  # never fail the scrape
+                    log.warning("collector %s: joining with other collectors failed: %r", c.name, e)
         return snap
 
     async def _run_one(self, collector: Collector, limit: float) -> CollectorResult:

@@ -24,6 +24,10 @@ class WorkerSnapshot:
     connections_active: int | None
     connections_client_closed: int | None
     db_connections: int | None
+    # The worker's database connections, for attribution by the postgres collector:
+    # TCP (local_addr, local_port, remote_addr, remote_port) and unix (inode, peer inode).
+    db_tcp: list[tuple[str, int, str, int]] = field(default_factory=list)
+    db_unix: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass

@@ -325,8 +325,11 @@ class GunicornCollector:
                 else:
                     age = max(0.0, wall - (w.heartbeat_ctime or w.heartbeat_mtime))
             active = closed = db = None
+            db_tcp: list[tuple[str, int, str, int]] = []
+            db_unix: list[tuple[int, int]] = []
             if w.scan is not None and raw.socket_source != "none":
-                active, closed, db = _count_worker_sockets(raw, w, self.options)
+                active, closed = _count_worker_sockets(raw, w, self.options, db_tcp, db_unix)
+                db = len(db_tcp) + len(db_unix)
             app.workers.append(WorkerSnapshot(
                 slot=-1, pid=w.pid,
                 start_time=self._boot_time + st.starttime_ticks / CLK_TCK,
@@ -339,6 +342,8 @@ class GunicornCollector:
                 connections_active=active,
                 connections_client_closed=closed,
                 db_connections=db,
+                db_tcp=db_tcp,
+                db_unix=db_unix,
             ))
         for sock, worker_pid in raw.listeners:
             app.listeners.append(ListenerSnapshot(
@@ -478,8 +483,9 @@ def _join_sockets(raw: _MasterRaw, table: SocketTable, options: GunicornOptions)
                 w.sockets_inet.append(i)
 
 
-def _count_worker_sockets(raw: _MasterRaw, w: _WorkerRaw,
-                          options: GunicornOptions) -> tuple[int, int, int]:
+def _count_worker_sockets(raw: _MasterRaw, w: _WorkerRaw, options: GunicornOptions,
+                          db_tcp: list, db_unix: list) -> tuple[int, int]:
+    """(active, client_closed) client connections; DB connections go into db_tcp/db_unix."""
     unix_names = {s.name for s, _ in raw.listeners
                   if isinstance(s, sockdiag.UnixSocket) and s.name}
     tcp_ports: dict[int, set[str]] = {}
@@ -487,7 +493,7 @@ def _count_worker_sockets(raw: _MasterRaw, w: _WorkerRaw,
         if isinstance(s, sockdiag.InetSocket):
             tcp_ports.setdefault(s.local_port, set()).add(s.local_addr)
     db_ports = set(options.db_ports)
-    active = closed = db = 0
+    active = closed = 0
     for u in w.sockets_unix:
         if u.state == TCP_LISTEN:
             continue
@@ -499,7 +505,7 @@ def _count_worker_sockets(raw: _MasterRaw, w: _WorkerRaw,
             continue
         peer_name = raw.unix_peers.get(u.peer) if u.peer else None
         if peer_name and _is_db_socket(peer_name, db_ports, options.db_socket_paths):
-            db += 1
+            db_unix.append((u.inode, u.peer))
     for i in w.sockets_inet:
         if i.state not in (TCP_ESTABLISHED, TCP_CLOSE_WAIT):
             continue
@@ -511,8 +517,8 @@ def _count_worker_sockets(raw: _MasterRaw, w: _WorkerRaw,
             else:
                 active += 1
         elif i.remote_port in db_ports:
-            db += 1
-    return active, closed, db
+            db_tcp.append((i.local_addr, i.local_port, i.remote_addr, i.remote_port))
+    return active, closed
 
 
 def _v4_mapped(addr: str) -> str:
