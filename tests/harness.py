@@ -581,6 +581,10 @@ class Gunicorn:
             listening = sum(len(m.split(",")) for m in _LISTEN_RE.findall(text))
             if listening >= len(self.binds):
                 return
+            # --reuse-port: the master binds nothing ('Listening at:  (pid)'); each
+            # worker binds its own socket, which wait_for_workers covers.
+            if "--reuse-port" in self.argv and "Listening at:  (" in text:
+                return
             if time.monotonic() >= deadline:
                 raise GunicornStartError("gunicorn not listening within %.1fs\n%s"
                                          % (timeout, self.diagnostics()))

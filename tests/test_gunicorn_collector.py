@@ -255,3 +255,91 @@ def test_dirty_arbiter_and_unrelated_children_are_not_workers(gunicorn_factory):
     a = app_for(collector, g)
     assert sorted(w.pid for w in a.workers) == sorted(g.worker_pids())
     assert not set(dirty) & {w.pid for w in a.workers}
+
+
+def test_worker_db_connections_tcp_and_unix_match_ss(gunicorn_factory, tmp_path):
+    import socket
+    from tests.harness import ss_process_connections
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(16)
+    port = tcp.getsockname()[1]
+    sock_dir = tmp_path / "pg"
+    sock_dir.mkdir()
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(str(sock_dir / f".s.PGSQL.{port}"))
+    unix.listen(16)
+    try:
+        g = gunicorn_factory(bind="tcp", workers=1, name="dbconn", app="conn_app:app")
+        collector = GunicornCollector(GunicornOptions(db_ports=(port,)))
+        [pid] = g.worker_pids()
+        assert by_pid(app_for(collector, g))[pid].db_connections == 0
+        accepted = []
+        for _ in range(3):
+            assert g.get(f"/connect?port={port}")[0] == 200
+            accepted.append(tcp.accept()[0])
+        assert g.get(f"/connect?unix={sock_dir}/.s.PGSQL.{port}")[0] == 200
+        accepted.append(unix.accept()[0])  # a real server accepts at once
+        w = by_pid(app_for(collector, g))[pid]
+        # oracle: ss, counting the worker's TCP connections to the port
+        by_ss = [c for c in ss_process_connections(pid)
+                 if c.state == "ESTAB" and c.peer.endswith(f":{port}")]
+        assert len(by_ss) == 3
+        assert w.db_connections == 4
+        assert sorted(p for _, p, _, _ in w.db_tcp) == sorted(int(c.local.rsplit(":", 1)[1]) for c in by_ss)
+        assert len(w.db_unix) == 1
+        # the HTTP connection of the request itself is not a DB connection
+        assert w.connections_active == 0
+        for c in accepted:
+            c.close()
+    finally:
+        tcp.close()
+        unix.close()
+
+
+def test_reuse_port_gives_per_worker_listeners(gunicorn_factory):
+    g = gunicorn_factory(bind="tcp", workers=2, name="reuse", extra_args=["--reuse-port"])
+    collector = GunicornCollector()
+    a = app_for(collector, g)
+    names = sorted(l.address + f"#{l.worker_slot}" for l in a.listeners)
+    assert names == [f"{g.listener}#0", f"{g.listener}#1"]
+    # ss shows two listening sockets on the same port, each with its own queue
+    from tests.harness import ss_sockets
+    listening = [s for s in ss_sockets(("-tlnH",)) if s.local == g.listener]
+    assert len(listening) == 2
+    assert all(l.queue_max == min(2048, ProcFS().somaxconn()) for l in a.listeners)
+
+
+@pytest.mark.parametrize("setproctitle", [True, False])
+def test_usr2_upgrade_shows_both_masters(gunicorn_factory, setproctitle):
+    g = gunicorn_factory(bind="unix", workers=1, name="usr2", setproctitle=setproctitle)
+    collector = GunicornCollector()
+    os.kill(g.pid, signal.SIGUSR2)
+    new_pid = None
+    try:
+        def both():
+            apps = {a.app: a for a in collect(collector).apps if a.up}
+            new = apps.get("usr2.2")
+            return (apps, new) if new and new.workers and "usr2" in apps else None
+        apps, new = poll(both, 20, message="new master did not show up as usr2.2")
+        new_pid = new.master_pid
+        assert apps["usr2"].master_pid == g.pid and new_pid != g.pid
+        assert {w.pid for w in apps["usr2"].workers}.isdisjoint({w.pid for w in new.workers})
+        # the old master leaves: the new one is plain "usr2" again and nothing reads "down"
+        os.kill(g.pid, signal.SIGTERM)
+        g.proc.wait(15)
+
+        def settled():
+            apps = {a.app: a for a in collect(collector).apps}
+            return apps if set(apps) == {"usr2"} and apps["usr2"].up else None
+        apps = poll(settled, 20, message="after the old master quit, only usr2 should remain")
+        assert apps["usr2"].master_pid == new_pid
+    finally:
+        if new_pid:
+            try:
+                os.kill(new_pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            poll(lambda: not os.path.exists(f"/proc/{new_pid}") or
+                 open(f"/proc/{new_pid}/stat").read().split(") ")[1].startswith("Z"), 15,
+                 message="new master did not stop")

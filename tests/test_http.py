@@ -176,3 +176,65 @@ def test_a_stuck_collector_is_not_started_twice():
     first, second, third = asyncio.run(go())
     assert not first.results["slow"].success and not second.results["slow"].success
     assert Slow.calls == 2
+
+
+def _fake_proc_root(root, pids):
+    """A copy of the /proc entries the collector reads for `pids`, with the fd tables
+    and environments mode 000: what a process of another user looks like."""
+    import os
+    import shutil as sh
+    root.mkdir()
+    for f in ("stat", "uptime"):
+        sh.copyfile(f"/proc/{f}", root / f)
+    (root / "sys" / "net" / "core").mkdir(parents=True)
+    sh.copyfile("/proc/sys/net/core/somaxconn", root / "sys" / "net" / "core" / "somaxconn")
+    for pid in pids:
+        d = root / str(pid)
+        d.mkdir()
+        for f in ("stat", "cmdline", "limits"):
+            sh.copyfile(f"/proc/{pid}/{f}", d / f)
+        for secret in ("fd", "environ"):
+            p = d / secret
+            p.mkdir() if secret == "fd" else p.write_bytes(b"")
+            os.chmod(p, 0)
+
+
+@pytest.mark.slow
+def test_without_privileges_it_says_so_once_and_exports_what_it_can(gunicorn_factory, tmp_path):
+    """Another user's /proc/PID/fd is unreadable without CAP_SYS_PTRACE/CAP_DAC_READ_SEARCH.
+
+    The collector reads a copy of the gunicorn processes' /proc entries whose fd tables
+    are mode 000, in an exporter whose DAC-override capabilities are dropped (setpriv),
+    so the kernel really refuses the reads."""
+    import os
+    require(os.geteuid() == 0 and shutil.which("setpriv") is not None,
+            "needs root and setpriv (util-linux) to drop capabilities")
+    g = gunicorn_factory(bind="unix", workers=2, name="priv")
+    fake = tmp_path / "proc"
+    _fake_proc_root(fake, [g.pid] + g.worker_pids())
+    port = free_port()
+    log_path = tmp_path / "exporter.log"
+    with open(log_path, "wb") as log:
+        p = subprocess.Popen(["setpriv", "--bounding-set=-dac_override,-dac_read_search,-sys_ptrace",
+                              sys.executable, "-m", "exporter", "--web.listen-address",
+                              f"127.0.0.1:{port}", "--no-collector.netstat",
+                              "--path.procfs", str(fake)],
+                             stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        poll(lambda: _get(base + "/-/healthy")[0] == 200, 15, message="exporter not up")
+        for _ in range(3):
+            got = samples(_get(base + "/metrics")[2])
+        assert got[("gunicorn_up", (("app", "priv"),))] == 1
+        # workers are still found (by title); their fd-based series are absent, not zero
+        assert got[("gunicorn_workers", (("app", "priv"),))] == 2
+        assert got[("gunicorn_exporter_permission_denied_processes", ())] == 3
+        assert not any(k[0] in ("gunicorn_worker_open_fds", "gunicorn_worker_connections")
+                       and ("app", "priv") in k[1] for k in got)
+        assert got[("gunicorn_worker_resident_memory_bytes", (("app", "priv"), ("worker", "0")))] > 0
+        assert got[("gunicorn_exporter_collector_success", (("collector", "gunicorn"),))] == 1
+    finally:
+        p.terminate()
+        p.wait(10)
+    text = log_path.read_text()
+    assert text.count("not allowed to read /proc entries") == 1, text

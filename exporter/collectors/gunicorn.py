@@ -137,7 +137,7 @@ class GunicornCollector:
 
     def _measure(self) -> tuple[list[_MasterRaw], GunicornSnapshot]:
         found: Discovery = discover(self.procfs)
-        snap = GunicornSnapshot(permission_denied=found.permission_denied,
+        snap = GunicornSnapshot(permission_denied=len(found.permission_denied),
                                 truncated=found.truncated)
         tables: dict[int | None, SocketTable | None] = {}
         # Only sockets that gunicorn processes hold (and their unix peers) are decoded.
@@ -291,7 +291,7 @@ class GunicornCollector:
             capacity = wc
 
         app = AppSnapshot(
-            app=self._app_name(raw),
+            app=self._app_name(raw, cfg.get("proc_name") if isinstance(cfg.get("proc_name"), str) else None),
             up=True,
             master_pid=raw.master.proc.pid,
             version=raw.version,
@@ -355,16 +355,18 @@ class GunicornCollector:
             ))
         return app
 
-    def _app_name(self, raw: _MasterRaw) -> str:
+    def _app_name(self, raw: _MasterRaw, configured_name: str | None) -> str:
         p = raw.master.proc
         s = raw.settings
         name = None
         if p.title and p.title[0] == "master" and p.title[1]:
             name = p.title[1]
-            # a USR2 master calls itself NAME.2 for the rest of its life; we only
-            # say .2 while the old master is still there (below)
-            if name.endswith(".2") and raw.master.environ and \
-                    raw.master.environ.get("GUNICORN_PID"):
+            # A USR2 master calls itself NAME.2 for the rest of its life; we say .2
+            # only while the old master is still there (below). Its configured name
+            # (control socket) or its exec-time GUNICORN_PID tell us it is one.
+            if name.endswith(".2") and (
+                    configured_name == name[:-2] or raw.master.upgraded_from is not None
+                    or (raw.master.environ or {}).get("GUNICORN_PID")):
                 name = name[:-2]
         name = name or s.get("proc_name") or s.app_module or "gunicorn"
         cmd = " ".join(p.argv)

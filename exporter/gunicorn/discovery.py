@@ -60,7 +60,7 @@ class Master:
 @dataclass
 class Discovery:
     masters: list[Master]
-    permission_denied: int  # processes whose fds or environ we were not allowed to read
+    permission_denied: set[int]  # pids whose fds or environ we were not allowed to read
     truncated: bool = False
 
 
@@ -108,7 +108,7 @@ def discover(procfs: ProcFS) -> Discovery:
     for p in procs.values():
         children.setdefault(p.stat.ppid, []).append(p)
 
-    result = Discovery([], 0)
+    result = Discovery([], set())
     # Roots: gunicorn processes whose parent is not one, and processes titled master.
     # Their children are classified below; a USR2 child master joins the queue.
     queue: list[tuple[Proc, int | None]] = []
@@ -130,7 +130,7 @@ def discover(procfs: ProcFS) -> Discovery:
             break
         environ = _safe_environ(procfs, proc.pid)
         if environ is None:
-            result.permission_denied += 1
+            result.permission_denied.add(proc.pid)
         m = Master(proc, environ, upgraded_from)
         result.masters.append(m)
         _classify_children(procfs, m, children.get(proc.pid, []), queue, result)
@@ -143,7 +143,7 @@ def _classify_children(procfs: ProcFS, m: Master, kids: list[Proc],
         m.fds = procfs.scan_fds(m.proc.pid)
     except PermissionError:
         m.fd_error = "permission denied"
-        result.permission_denied += 1
+        result.permission_denied.add(m.proc.pid)
     except OSError as e:
         m.fd_error = e.strerror or str(e)
     master_beats = _heartbeat_inodes(procfs, m.proc.pid, m.fds)
@@ -162,7 +162,7 @@ def _classify_children(procfs: ProcFS, m: Master, kids: list[Proc],
             scan = procfs.scan_fds(child.pid)
         except PermissionError:
             m.worker_fd_errors[child.pid] = "permission denied"
-            result.permission_denied += 1
+            result.permission_denied.add(child.pid)
         except OSError as e:
             m.worker_fd_errors[child.pid] = e.strerror or str(e)
         if kind == "worker" or _is_http_worker(procfs, child, scan, master_beats):
