@@ -318,7 +318,8 @@ def test_usr2_upgrade_shows_both_masters(gunicorn_factory, setproctitle):
     new_pid = None
     try:
         def both():
-            apps = {a.app: a for a in collect(collector).apps if a.up}
+            apps = {a.app: a for a in collect(collector).apps
+                    if a.up and a.app.startswith("usr2")}
             new = apps.get("usr2.2")
             return (apps, new) if new and new.workers and "usr2" in apps else None
         apps, new = poll(both, 20, message="new master did not show up as usr2.2")
@@ -329,8 +330,8 @@ def test_usr2_upgrade_shows_both_masters(gunicorn_factory, setproctitle):
         os.kill(g.pid, signal.SIGTERM)
         g.proc.wait(15)
 
-        def settled():
-            apps = {a.app: a for a in collect(collector).apps}
+        def settled():  # (other tests' masters may run on the same host)
+            apps = {a.app: a for a in collect(collector).apps if a.app.startswith("usr2")}
             return apps if set(apps) == {"usr2"} and apps["usr2"].up else None
         apps = poll(settled, 20, message="after the old master quit, only usr2 should remain")
         assert apps["usr2"].master_pid == new_pid

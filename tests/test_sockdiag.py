@@ -17,6 +17,8 @@ import uuid
 
 import pytest
 
+from tests.conftest import require
+
 from exporter.linux import sockdiag
 from exporter.linux.sockdiag import (
     ALL_STATES_MASK,
@@ -34,7 +36,14 @@ from exporter.linux.sockdiag import (
 )
 
 SS = shutil.which("ss")
-needs_ss = pytest.mark.skipif(SS is None, reason="ss (iproute2) not installed")
+
+
+@pytest.fixture
+def _ss():
+    require(SS is not None, "ss (iproute2) not installed: it is the oracle here")
+
+
+needs_ss = pytest.mark.usefixtures("_ss")
 
 
 def _netlink_ok() -> bool:
@@ -45,8 +54,9 @@ def _netlink_ok() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _netlink_ok(),
-                                reason="NETLINK_SOCK_DIAG unavailable")
+@pytest.fixture(autouse=True)
+def _netlink():
+    require(_netlink_ok(), "NETLINK_SOCK_DIAG unavailable (seccomp or no sock_diag modules)")
 
 
 # ---------------------------------------------------------------- helpers
@@ -438,104 +448,6 @@ def test_open_failure_is_sockdiagerror(monkeypatch):
     monkeypatch.setattr(sockdiag.socket, "socket", boom)
     with pytest.raises(SockDiagError):
         read_all()
-
-
-# ---------------------------------------------------------------- benchmark
-
-_HOLDER = r"""
-import resource, socket, sys
-n_pairs, n_tcp = int(sys.argv[1]), int(sys.argv[2])
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-socks = []
-for _ in range(n_pairs):
-    socks.extend(socket.socketpair())
-if n_tcp:
-    lst = socket.socket()
-    lst.bind(("127.0.0.1", 0))
-    lst.listen(4096)
-    socks.append(lst)
-    for _ in range(n_tcp):
-        c = socket.create_connection(lst.getsockname())
-        a, _ = lst.accept()
-        socks += [c, a]
-sys.stdout.write("ready\n")
-sys.stdout.flush()
-sys.stdin.read()          # hold the sockets until stdin is closed
-"""
-
-
-class SocketHolders:
-    """Open many sockets host-wide in helper processes (so the total is
-    not limited by this process's RLIMIT_NOFILE, whose hard limit may not
-    be raisable without CAP_SYS_RESOURCE).  Each helper raises its soft
-    RLIMIT_NOFILE to the hard limit and holds n_pairs socketpairs plus
-    n_tcp loopback TCP connections (2*n_pairs + 2*n_tcp + 1 sockets)."""
-
-    def __init__(self, n_procs: int, n_pairs: int, n_tcp: int):
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        if hard != resource.RLIM_INFINITY and 2 * (n_pairs + n_tcp) + 64 > hard:
-            raise ValueError(f"{n_pairs} pairs + {n_tcp} tcp exceed "
-                             f"RLIMIT_NOFILE hard limit {hard}")
-        self.procs = []
-        try:
-            for _ in range(n_procs):
-                p = subprocess.Popen(
-                    [sys.executable, "-c", _HOLDER, str(n_pairs), str(n_tcp)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                self.procs.append(p)
-            for p in self.procs:
-                if p.stdout.readline().strip() != "ready":
-                    raise RuntimeError("socket holder failed")
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self):
-        for p in self.procs:
-            try:
-                p.stdin.close()
-                p.wait(timeout=30)
-            except Exception:
-                p.kill()
-                p.wait()
-        self.procs = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-@needs_ss
-@pytest.mark.skipif(not os.environ.get("SOCKDIAG_BENCH"),
-                    reason="set SOCKDIAG_BENCH=1 to run the 20k-socket benchmark")
-def test_benchmark_20k(capsys):
-    # 2 x (8000 unix + 2001 tcp) sockets = ~20k
-    with SocketHolders(2, 4000, 1000):
-        t = read_all()
-        n = len(t.unix) + len(t.inet)
-        assert n >= 20000
-        runs = 10
-        t0 = time.perf_counter()
-        for _ in range(runs):
-            read_all()
-        ours = (time.perf_counter() - t0) / runs
-        t0 = time.perf_counter()
-        for _ in range(runs):
-            subprocess.run([SS, "-xtan"], stdout=subprocess.DEVNULL,
-                           check=True)
-        theirs = (time.perf_counter() - t0) / runs
-        from exporter.linux.procnet import read_table
-        t0 = time.perf_counter()
-        for _ in range(runs):
-            read_table()
-        procfs = (time.perf_counter() - t0) / runs
-        with capsys.disabled():
-            print(f"\nread_all(): {n} sockets in {ours * 1000:.1f} ms; "
-                  f"ss -xtan: {theirs * 1000:.1f} ms; "
-                  f"procnet.read_table(): {procfs * 1000:.1f} ms")
 
 
 def test_wanted_filter_keeps_only_those_inodes_and_their_unix_peers():
