@@ -9,7 +9,9 @@ from aiohttp import web
 
 from exporter import __version__
 from exporter.collectors.gunicorn import GunicornCollector, GunicornOptions
+from exporter.collectors.logs import LogsCollector
 from exporter.collectors.netstat import NetstatCollector
+from exporter.collectors.oom import OomCollector
 from exporter.config import Config, load
 from exporter.http import create_app
 from exporter.linux.procfs import ProcFS
@@ -31,6 +33,11 @@ def build_collectors(config: Config) -> list:
             expected_apps=config.expected_apps,
         ), procfs),
         "netstat": lambda: NetstatCollector(procfs),
+        # after "gunicorn": they learn its pids in finish(), which runs in this order
+        "oom": lambda: OomCollector(kmsg_path=config.kmsg_path or None, procfs=config.procfs),
+        "logs": lambda: LogsCollector(config.log_files, config.log_signatures,
+                                      interval=config.log_poll_interval,
+                                      max_line=config.log_max_line),
     }
     return [make() for name, make in available.items() if config.collectors.get(name)]
 

@@ -15,6 +15,8 @@ import tomllib
 from dataclasses import dataclass, field
 
 from exporter import __version__
+from exporter.collectors.logs import LogFile, parse_log_file
+from exporter.logs.signatures import Signature, SignatureError, merge, parse_user_signature
 
 DEFAULT_PORT = 10188
 ENV_PREFIX = "GUNICORN_EXPORTER_"
@@ -23,6 +25,8 @@ ENV_PREFIX = "GUNICORN_EXPORTER_"
 COLLECTORS: dict[str, tuple[bool, str]] = {
     "gunicorn": (True, "masters, workers, connections, heartbeats, listen queues"),
     "netstat": (True, "net.core.somaxconn and TCP listen overflow counters"),
+    "oom": (True, "kernel OOM kills attributed to gunicorn apps (/dev/kmsg, cgroup and vmstat counters)"),
+    "logs": (True, "error signatures counted in the log files named by --logs.file"),
 }
 
 
@@ -42,6 +46,11 @@ class Config:
     control_timeout: float = 1.0
     forget_after: float = 0.0
     config_file: str | None = None
+    kmsg_path: str = "/dev/kmsg"
+    log_files: tuple[LogFile, ...] = ()
+    log_signatures: tuple[Signature, ...] = ()
+    log_poll_interval: float = 1.0
+    log_max_line: int = 64 * 1024
 
     @property
     def host_port(self) -> tuple[str | None, int]:
@@ -150,6 +159,56 @@ def _positive_duration(value) -> float:
     return d
 
 
+MIN_LINE = 256
+MAX_LINE = 16 * 1024 * 1024
+
+
+def parse_log_files(values) -> tuple[LogFile, ...]:
+    out: list[LogFile] = []
+    seen: set[str] = set()
+    for v in _as_list(values):
+        try:
+            f = parse_log_file(v)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if f.path in seen:
+            raise ConfigError(f"{f.path} is listed twice")
+        seen.add(f.path)
+        out.append(f)
+    return tuple(out)
+
+
+def parse_signatures(values) -> tuple[Signature, ...]:
+    try:
+        sigs = tuple(parse_user_signature(v) for v in _as_list(values))
+        merge(sigs)  # duplicate names, limits
+    except SignatureError as e:
+        raise ConfigError(str(e)) from None
+    return sigs
+
+
+def parse_kmsg_path(value) -> str:
+    text = str(value).strip()
+    if text.lower() in ("", "none", "off", "false"):
+        return ""
+    return _path(text)
+
+
+def parse_line_length(value) -> int:
+    text = str(value).strip().lower()
+    mult = 1
+    for suffix, m in (("kib", 1024), ("mib", 1024 * 1024), ("k", 1024), ("m", 1024 * 1024)):
+        if text.endswith(suffix):
+            text, mult = text[: -len(suffix)], m
+            break
+    if not text.isdigit():
+        raise ConfigError(f"{value!r} is not a size in bytes (examples: 65536, 64KiB, 1MiB)")
+    n = int(text) * mult
+    if not MIN_LINE <= n <= MAX_LINE:
+        raise ConfigError(f"{value!r} must be between {MIN_LINE} bytes and 16MiB")
+    return n
+
+
 # key (flag without --, env and config key) -> (Config field, converter, repeatable, help)
 SETTINGS: dict[str, tuple[str, object, bool, str]] = {
     "web.listen-address": ("listen_address", lambda v: (parse_listen_address(str(v)), str(v))[1], False,
@@ -172,7 +231,19 @@ SETTINGS: dict[str, tuple[str, object, bool, str]] = {
     "gunicorn.control-socket-timeout": ("control_timeout", _positive_duration, False, "time limit for one control socket query (default 1s)"),
     "gunicorn.forget-after": ("forget_after", parse_duration, False,
                               "stop reporting gunicorn_up 0 for an app gone this long; 0 = never (default 0)"),
+    "oom.kmsg-path": ("kmsg_path", parse_kmsg_path, False,
+                      "kernel log device read for OOM kill records; 'none' = use cgroup and /proc/vmstat counters only (default /dev/kmsg)"),
+    "logs.file": ("log_files", parse_log_files, True,
+                  "[APP=]PATH: follow this log file (gunicorn error log, application log, nginx error/access log) and count error signatures in it, against APP unless a line names its app (repeatable)"),
+    "logs.signature": ("log_signatures", parse_signatures, True,
+                       "NAME=REGEX: count log lines matching REGEX as signature NAME, in addition to the built-in ones (repeatable)"),
+    "logs.poll-interval": ("log_poll_interval", _positive_duration, False,
+                           "how often log files are checked for new lines and rotation (default 1s)"),
+    "logs.max-line-length": ("log_max_line", parse_line_length, False,
+                             "longer lines are matched on their beginning only (default 64KiB)"),
 }
+# Repeatable settings whose values may contain commas: one value per environment variable.
+NO_COMMA_SPLIT = {"gunicorn.app-name", "logs.signature"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,8 +307,8 @@ def _build(args: argparse.Namespace, environ) -> Config:
         if name in environ:
             value: object = environ[name]
             if key in SETTINGS and SETTINGS[key][2]:
-                value = [v for v in str(value).split(",") if v.strip()] \
-                    if key != "gunicorn.app-name" else [value]
+                value = [value] if key in NO_COMMA_SPLIT else \
+                    [v for v in str(value).split(",") if v.strip()]
             env_layer[key] = value
     layers.append(("environment", env_layer))
     flag_layer: dict[str, object] = {}

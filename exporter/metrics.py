@@ -24,6 +24,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     InfoMetricFamily, Metric)
 
 from exporter import __version__
+from exporter.collectors.logs import LogsSnapshot
+from exporter.collectors.oom import OomSnapshot
 from exporter.snapshot import (AppSnapshot, GunicornSnapshot, HostSnapshot, Snapshot)
 
 
@@ -40,6 +42,10 @@ def render(snapshot: Snapshot) -> Iterator[Metric]:
             yield from render_gunicorn(result.data)
         elif isinstance(result.data, HostSnapshot):
             yield from render_host(result.data)
+        elif isinstance(result.data, OomSnapshot):
+            yield from render_oom(result.data)
+        elif isinstance(result.data, LogsSnapshot):
+            yield from render_logs(result.data)
     yield from render_self(snapshot)
 
 
@@ -148,6 +154,80 @@ def render_host(snap: HostSnapshot) -> Iterator[Metric]:
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
             yield c
+
+
+def render_oom(snap: OomSnapshot) -> Iterator[Metric]:
+    source = GaugeMetricFamily(
+        "gunicorn_oom_source_info",
+        "Where OOM kills are learned from: kmsg (kernel log records, per kill), cgroup (the "
+        "memory cgroup counters of the apps' masters), vmstat (host-wide counter only) or none; "
+        "always 1.", labels=["source"])
+    source.add_metric([snap.source], 1)
+    yield source
+    if snap.host_oom_kills is not None:
+        host = CounterMetricFamily(
+            "gunicorn_host_oom_kills",
+            "Processes the kernel OOM killer killed on this host since boot, any process (/proc/vmstat oom_kill).")
+        host.add_metric([], snap.host_oom_kills)
+        yield host
+    worker = CounterMetricFamily(
+        "gunicorn_worker_oom_kills",
+        "Workers of the app the kernel OOM killer killed since the exporter started (C7).", labels=["app"])
+    master = CounterMetricFamily(
+        "gunicorn_master_oom_kills",
+        "Masters of the app the kernel OOM killer killed since the exporter started (kmsg source only).",
+        labels=["app"])
+    last = GaugeMetricFamily(
+        "gunicorn_last_oom_kill_timestamp_seconds",
+        "When the kernel OOM killer last killed a process of the app (seen by the exporter), since the epoch.",
+        labels=["app"])
+    cgroup = CounterMetricFamily(
+        "gunicorn_cgroup_oom_kills",
+        "The kernel's OOM kill counter of the memory cgroup the app's master runs in, any process in it "
+        "(v2 memory.events, v1 memory.oom_control; not for the root cgroup).", labels=["app"])
+    for app, a in sorted(snap.apps.items()):
+        worker.add_metric([app], a.worker_kills)
+        master.add_metric([app], a.master_kills)
+        if a.last_kill_time is not None:
+            last.add_metric([app], a.last_kill_time)
+        if a.cgroup_oom_kills is not None:
+            cgroup.add_metric([app], a.cgroup_oom_kills)
+    yield from (worker, master, last, cgroup)
+    if snap.source == "kmsg":
+        other = CounterMetricFamily(
+            "gunicorn_unattributed_oom_kills",
+            "OOM kills seen in the kernel log since the exporter started whose victim was not a known gunicorn process.")
+        other.add_metric([], snap.unattributed_kills)
+        lost = CounterMetricFamily(
+            "gunicorn_exporter_kmsg_overruns",
+            "Times the kernel ring buffer overwrote records before the exporter read them (kills may be missed).")
+        lost.add_metric([], snap.kmsg_lost)
+        yield other
+        yield lost
+
+
+def render_logs(snap: LogsSnapshot) -> Iterator[Metric]:
+    events = CounterMetricFamily(
+        "gunicorn_log_events",
+        "Log lines that matched an error signature since the exporter started, by app and signature "
+        "(docs/oom-and-logs.md lists the signatures).", labels=["app", "signature"])
+    for (app, sig), n in sorted(snap.events.items()):
+        events.add_metric([app, sig], n)
+    yield events
+    if not snap.files:
+        return
+    lines = CounterMetricFamily("gunicorn_log_lines", "Lines read from the log file since the exporter started.", labels=["file"])
+    cut = CounterMetricFamily("gunicorn_log_lines_truncated", "Lines longer than --logs.max-line-length, matched on their beginning only.", labels=["file"])
+    rot = CounterMetricFamily("gunicorn_log_rotations", "Rotations (rename-and-create, copytruncate, delete) of the log file the exporter followed.", labels=["file"])
+    up = GaugeMetricFamily("gunicorn_log_file_open", "1 if the log file is open and followed; 0 while it does not exist or cannot be read.", labels=["file"])
+    err = CounterMetricFamily("gunicorn_log_read_errors", "Polls of the log file that failed (permission denied, not a regular file...).", labels=["file"])
+    for f in snap.files:
+        lines.add_metric([f.path], f.lines)
+        cut.add_metric([f.path], f.truncated_lines)
+        rot.add_metric([f.path], f.rotations)
+        up.add_metric([f.path], 1 if f.open else 0)
+        err.add_metric([f.path], f.errors)
+    yield from (lines, cut, rot, up, err)
 
 
 def render_self(snapshot: Snapshot) -> Iterator[Metric]:

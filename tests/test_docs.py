@@ -18,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.http import _PROCESS
 from exporter.metrics import render
+from exporter.collectors.logs import LogFileStats, LogsSnapshot
+from exporter.collectors.oom import AppOom, OomSnapshot
 from exporter.snapshot import (AppSnapshot, CollectorResult, GunicornSnapshot,
                                HostSnapshot, ListenerSnapshot, Snapshot,
                                WorkerSnapshot)
@@ -67,9 +69,18 @@ def full_snapshot() -> Snapshot:
     gunicorn = GunicornSnapshot(apps=[shop, gone], socket_source="netlink",
                                 permission_denied=1)
     host = HostSnapshot(somaxconn=4096, listen_overflows=7, listen_drops=9)
+    oom = OomSnapshot(source="kmsg", host_oom_kills=3, unattributed_kills=1, kmsg_lost=0,
+                      apps={"shop": AppOom(worker_kills=1, master_kills=0,
+                                           last_kill_time=1_700_000_100.0,
+                                           cgroup="/shop", cgroup_oom_kills=1)})
+    logs = LogsSnapshot(events={("shop", "worker_timeout"): 2},
+                        files=[LogFileStats(path="/var/log/shop/error.log", app="shop", lines=10,
+                                            truncated_lines=0, rotations=1, open=True, errors=0)])
     return Snapshot(results={
         "gunicorn": CollectorResult("gunicorn", True, 0.02, data=gunicorn),
         "netstat": CollectorResult("netstat", True, 0.001, data=host),
+        "oom": CollectorResult("oom", True, 0.001, data=oom),
+        "logs": CollectorResult("logs", True, 0.001, data=logs),
     }, collected_at=1_700_000_200.0)
 
 

@@ -1,0 +1,177 @@
+"""The logs collector: error signatures counted from tailed log files (C4, C7, W4, W5, W8...).
+
+Each file the user names (`--logs.file [APP=]PATH`) is followed from its end by a
+`FileTailer`; every line is matched against the signatures (built-in and
+`--logs.signature NAME=REGEX`). A match is counted against an app:
+
+1. the app the line itself names: an nginx `upstream: "..."` address that is (or was)
+   a gunicorn listener, the master pid of gunicorn's log format (`[..] [PID] [LEVEL]`),
+   or a worker pid in the message — all looked up in what the gunicorn collector saw;
+2. else the app configured for the file (`APP=PATH`);
+3. else `unknown`.
+
+Label values are bounded: apps come from the configuration and the gunicorn
+collector's (bounded) set, signatures from the configured table.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+from exporter.collectors.attribution import AppIndex, gunicorn_data
+from exporter.logs.signatures import Matcher, Signature, merge
+from exporter.logs.tail import FileTailer
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_APP = "unknown"
+MAX_SERIES = 20000
+
+
+@dataclass(frozen=True)
+class LogFile:
+    path: str
+    app: str | None = None
+
+
+@dataclass
+class LogFileStats:
+    path: str
+    app: str | None
+    open: bool
+    lines: int
+    truncated_lines: int
+    rotations: int
+    errors: int
+
+
+@dataclass
+class LogsSnapshot:
+    events: dict[tuple[str, str], int] = field(default_factory=dict)   # (app, signature) -> count
+    files: list[LogFileStats] = field(default_factory=list)
+    signatures: tuple[str, ...] = ()
+    dropped: int = 0    # matches not counted because the series limit was reached
+
+
+class LogsCollector:
+    name = "logs"
+
+    def __init__(self, files: tuple[LogFile, ...] | list[LogFile] = (),
+                 signatures: tuple[Signature, ...] = (), *, interval: float = 1.0,
+                 max_line: int = 64 * 1024, index: AppIndex | None = None):
+        self.files = tuple(files)
+        self.signatures = merge(signatures)
+        self.matcher = Matcher(self.signatures)
+        self.interval = interval
+        self.max_line = max_line
+        self.index = index or AppIndex()
+        self.tailers: list[FileTailer] = []
+        self._events: dict[tuple[str, str], int] = {}
+        self._dropped = 0
+        self._started = False
+        self._learned: dict[str, str] = {}   # file path -> app its gunicorn lines belong to
+        for f in self.files:
+            self._zero(f.app or UNKNOWN_APP)
+
+    async def start(self) -> None:
+        self._started = True
+        for f in self.files:
+            t = FileTailer(f.path, self._handler(f), interval=self.interval,
+                           max_line=self.max_line)
+            await t.start()
+            self.tailers.append(t)
+
+    async def stop(self) -> None:
+        for t in reversed(self.tailers):
+            await t.stop()
+        self.tailers.clear()
+
+    def _handler(self, f: LogFile):
+        def on_line(line: str) -> None:
+            self.handle_line(line, f.app, f.path)
+        return on_line
+
+    def handle_line(self, line: str, file_app: str | None = None, path: str | None = None) -> list[str]:
+        names = self.matcher.match(line)
+        if not names:
+            return names
+        app = self.app_of(line, file_app, path)
+        for name in names:
+            key = (app, name)
+            if key in self._events:
+                self._events[key] += 1
+            elif len(self._events) < MAX_SERIES:
+                self._zero(app)
+                self._events[key] = self._events.get(key, 0) + 1
+            else:
+                self._dropped += 1
+        return names
+
+    def app_of(self, line: str, file_app: str | None, path: str | None = None) -> str:
+        h = self.matcher.hints(line)
+        app = self.index.listener(h.upstream)
+        if app is None:
+            hit = self.index.pid(h.master_pid) or self.index.pid(h.worker_pid)
+            app = hit[0] if hit else None
+        if path is not None and file_app is None and h.master_pid is not None:
+            # A gunicorn log without a configured app: a line logged by a worker the
+            # gunicorn collector has not seen yet (`Booting worker`) belongs to the app
+            # whose master wrote the file's last attributed line.
+            if app is not None:
+                self._learned[path] = app
+            else:
+                app = self._learned.get(path)
+        return app or file_app or UNKNOWN_APP
+
+    def _zero(self, app: str) -> None:
+        """Every signature of an app exists from 0, so that rate() sees the first match."""
+        if len(self._events) + len(self.signatures) > MAX_SERIES:
+            return
+        for s in self.signatures:
+            self._events.setdefault((app, s.name), 0)
+
+    async def collect(self) -> LogsSnapshot:
+        if not self._started:
+            await self.start()
+        snap = LogsSnapshot(events=dict(self._events), dropped=self._dropped,
+                            signatures=tuple(s.name for s in self.signatures))
+        tailers = {t.path: t for t in self.tailers}
+        for f in self.files:
+            t = tailers.get(f.path)
+            if t is None:
+                snap.files.append(LogFileStats(f.path, f.app, False, 0, 0, 0, 0))
+            else:
+                snap.files.append(LogFileStats(f.path, f.app, t.open_now, t.lines,
+                                               t.truncated_lines, t.rotations, t.errors))
+        return snap
+
+    def finish(self, snapshot) -> None:
+        g = gunicorn_data(snapshot)
+        if g is None:
+            return
+        self.index.update(g)
+        if self.files:
+            for app in list(self.index.apps):
+                if (app, self.signatures[0].name) not in self._events:
+                    self._zero(app)
+
+
+def parse_log_file(value) -> LogFile:
+    """`[APP=]PATH` (or a {app, path} table from the config file)."""
+    if isinstance(value, dict):
+        app, path = value.get("app"), value.get("path")
+    else:
+        text = str(value)
+        app, sep, path = text.partition("=")
+        if not sep or app.startswith("/"):
+            app, path = None, text
+    path = str(path or "").strip()
+    if not path.startswith("/"):
+        raise ValueError(f"{value!r}: the log file must be an absolute path ([APP=]PATH)")
+    if app is not None:
+        app = str(app).strip()
+        if not app or not re.fullmatch(r"[^\s=]{1,128}", app):
+            raise ValueError(f"{value!r}: bad app name before '='")
+    return LogFile(path=path, app=app)

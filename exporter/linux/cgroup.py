@@ -1,0 +1,182 @@
+"""Memory cgroups and the kernel's OOM kill counters.
+
+* /proc/vmstat `oom_kill`: every OOM kill on the host since boot (kernel >= 4.13).
+* cgroup v2 `memory.events` `oom_kill`: kills in that cgroup (and below it).
+* cgroup v1 `memory.oom_control` `oom_kill`: kills in that memory cgroup (kernel >= 4.13).
+* /proc/PID/cgroup tells which cgroup a process is in: the `memory` controller's line on
+  v1, the `0::` line on v2 (hybrid hosts have both; the one with the memory controller
+  enabled wins).
+* /proc/self/mountinfo tells where the hierarchies are mounted.
+
+Pure parsers (`parse_*`) take text; the readers are thin. Nothing here knows about
+gunicorn or Prometheus.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+MAX_SMALL_FILE = 64 * 1024
+MAX_MOUNTINFO = 1024 * 1024
+
+
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """`key value` lines (memory.events, memory.oom_control, vmstat); bad lines skipped."""
+    out: dict[str, int] = {}
+    for line in text.splitlines()[:4096]:
+        parts = line.split()
+        if len(parts) == 2:
+            try:
+                out[parts[0]] = int(parts[1])
+            except ValueError:
+                continue
+    return out
+
+
+def parse_vmstat_oom_kill(text: str) -> int | None:
+    return parse_flat_keyed(text).get("oom_kill")
+
+
+def parse_memory_events(text: str) -> int | None:
+    """cgroup v2 memory.events (or memory.events.local): its `oom_kill` count."""
+    return parse_flat_keyed(text).get("oom_kill")
+
+
+def parse_oom_control(text: str) -> int | None:
+    """cgroup v1 memory.oom_control: its `oom_kill` count (None before kernel 4.13)."""
+    return parse_flat_keyed(text).get("oom_kill")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryCgroup:
+    version: int   # 1 or 2
+    path: str      # inside the hierarchy, e.g. '/system.slice/shop.service'
+
+
+def parse_proc_cgroup(text: str, v2_has_memory: bool = True) -> MemoryCgroup | None:
+    """/proc/PID/cgroup -> the process's memory cgroup.
+
+    `hierarchy-ID:controller-list:path` per line. The v1 line naming `memory` wins;
+    else the v2 line (`0::/path`) if the v2 hierarchy has the memory controller.
+    """
+    v2 = None
+    for line in text.splitlines()[:64]:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hid, controllers, path = parts
+        if not path.startswith("/"):
+            continue
+        if hid != "0" and "memory" in controllers.split(","):
+            return MemoryCgroup(1, path)
+        if hid == "0" and controllers == "":
+            v2 = MemoryCgroup(2, path)
+    return v2 if v2_has_memory else None
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupMounts:
+    v1_memory: str | None = None   # mount point of the v1 memory hierarchy
+    v2: str | None = None          # mount point of the unified hierarchy
+    v2_memory: bool = False        # memory controller available in the unified hierarchy
+
+
+def _unescape_mount(path: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \\ooo (octal)
+    if "\\" not in path:
+        return path
+    out, i = [], 0
+    while i < len(path):
+        if path[i] == "\\" and i + 4 <= len(path) and path[i + 1:i + 4].isdigit():
+            out.append(chr(int(path[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(path[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[tuple[str, str, str, str]]:
+    """mountinfo -> [(root, mount point, fs type, super options)]."""
+    out = []
+    for line in text.splitlines()[:10000]:
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        lf = left.split()
+        rf = right.split()
+        if len(lf) < 5 or len(rf) < 3:
+            continue
+        out.append((_unescape_mount(lf[3]), _unescape_mount(lf[4]), rf[0], rf[2]))
+    return out
+
+
+def find_mounts(mountinfo_text: str, read_controllers=None) -> CgroupMounts:
+    v1 = v2 = None
+    for _root, point, fstype, opts in parse_mountinfo(mountinfo_text):
+        if fstype == "cgroup" and v1 is None and "memory" in opts.split(","):
+            v1 = point
+        elif fstype == "cgroup2" and v2 is None:
+            v2 = point
+    v2_memory = False
+    if v2 is not None and read_controllers is not None:
+        try:
+            v2_memory = "memory" in read_controllers(os.path.join(v2, "cgroup.controllers")).split()
+        except OSError:
+            v2_memory = False
+    return CgroupMounts(v1, v2, v2_memory)
+
+
+class CgroupFS:
+    """Readers for the OOM counters; `procfs` is the proc root (--path.procfs)."""
+
+    def __init__(self, procfs: str = "/proc", mounts: CgroupMounts | None = None):
+        self.procfs = procfs.rstrip("/") or "/"
+        self._mounts = mounts
+
+    @staticmethod
+    def _read(path: str, limit: int = MAX_SMALL_FILE) -> str:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", "replace")
+
+    @property
+    def mounts(self) -> CgroupMounts:
+        if self._mounts is None:
+            try:
+                text = self._read(os.path.join(self.procfs, "self", "mountinfo"), MAX_MOUNTINFO)
+            except OSError:
+                text = ""
+            self._mounts = find_mounts(text, self._read)
+        return self._mounts
+
+    def vmstat_oom_kill(self) -> int | None:
+        return parse_vmstat_oom_kill(self._read(os.path.join(self.procfs, "vmstat")))
+
+    def memory_cgroup(self, pid: int) -> MemoryCgroup | None:
+        text = self._read(os.path.join(self.procfs, str(pid), "cgroup"))
+        m = self.mounts
+        cg = parse_proc_cgroup(text, v2_has_memory=m.v2_memory)
+        if cg is None:
+            return None
+        if cg.version == 1 and m.v1_memory is None:
+            return None
+        return cg
+
+    def directory(self, cg: MemoryCgroup) -> str | None:
+        base = self.mounts.v1_memory if cg.version == 1 else self.mounts.v2
+        if base is None:
+            return None
+        return os.path.join(base, cg.path.lstrip("/"))
+
+    def oom_kills(self, cg: MemoryCgroup) -> int | None:
+        """The cgroup's own OOM kill counter; None when it cannot be read."""
+        d = self.directory(cg)
+        if d is None:
+            return None
+        try:
+            if cg.version == 1:
+                return parse_oom_control(self._read(os.path.join(d, "memory.oom_control")))
+            return parse_memory_events(self._read(os.path.join(d, "memory.events")))
+        except OSError:
+            return None
