@@ -12,7 +12,8 @@ from exporter.collectors.gunicorn import GunicornCollector, GunicornOptions
 from exporter.collectors.logs import LogsCollector
 from exporter.collectors.netstat import NetstatCollector
 from exporter.collectors.oom import OomCollector
-from exporter.config import Config, load
+from exporter.collectors.postgres import PostgresCollector
+from exporter.config import Config, ConfigError, build_parser, load, postgres_options
 from exporter.http import create_app
 from exporter.linux.procfs import ProcFS
 from exporter.scrape import Scraper
@@ -38,6 +39,7 @@ def build_collectors(config: Config) -> list:
         "logs": lambda: LogsCollector(config.log_files, config.log_signatures,
                                       interval=config.log_poll_interval,
                                       max_line=config.log_max_line),
+        "postgres": lambda: PostgresCollector(postgres_options(config)),
     }
     return [make() for name, make in available.items() if config.collectors.get(name)]
 
@@ -50,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     host, port = config.host_port
-    collectors = build_collectors(config)
+    try:
+        collectors = build_collectors(config)
+    except ConfigError as e:  # e.g. a DSN file that became unreadable
+        build_parser().error(str(e))
     log.info("starting gunicorn-exporter %s on %s%s with collectors %s", __version__,
              config.listen_address, config.telemetry_path,
              ",".join(c.name for c in collectors) or "(none)")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from exporter import __version__
 from exporter.collectors.logs import LogFile, parse_log_file
+from exporter.collectors.postgres import PostgresOptions, read_dsn_file, server_label
 from exporter.logs.signatures import Signature, SignatureError, merge, parse_user_signature
 
 DEFAULT_PORT = 10188
@@ -27,6 +28,7 @@ COLLECTORS: dict[str, tuple[bool, str]] = {
     "netstat": (True, "net.core.somaxconn and TCP listen overflow counters"),
     "oom": (True, "kernel OOM kills attributed to gunicorn apps (/dev/kmsg, cgroup and vmstat counters)"),
     "logs": (True, "error signatures counted in the log files named by --logs.file"),
+    "postgres": (True, "pg_stat_activity of --postgres.dsn servers, connections attributed to workers, budgets"),
 }
 
 
@@ -51,6 +53,11 @@ class Config:
     log_signatures: tuple[Signature, ...] = ()
     log_poll_interval: float = 1.0
     log_max_line: int = 64 * 1024
+    postgres_dsns: tuple[str, ...] = field(default=(), repr=False)  # may hold passwords
+    postgres_dsn_files: tuple[str, ...] = ()
+    postgres_timeout: float = 2.0
+    postgres_app_budgets: dict[str, float | str] = field(default_factory=dict)
+    postgres_max_application_names: int = 20
 
     @property
     def host_port(self) -> tuple[str | None, int]:
@@ -209,6 +216,69 @@ def parse_line_length(value) -> int:
     return n
 
 
+def parse_dsns(values) -> tuple[str, ...]:
+    """DSNs as given; validated without ever echoing them (they may hold a password)."""
+    out = []
+    for i, v in enumerate(_as_list(values)):
+        text = str(v).strip()
+        if not text:
+            continue
+        try:
+            server_label(text)
+        except ValueError as e:
+            raise ConfigError(f"DSN #{i + 1}: {e}") from None
+        out.append(text)
+    return tuple(out)
+
+
+def parse_dsn_files(values) -> tuple[str, ...]:
+    out = []
+    for v in _as_list(values):
+        path = str(v)
+        if not os.path.isabs(path):
+            raise ConfigError(f"{path!r} must be an absolute path")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"cannot read {path}")
+        out.append(path)
+    return tuple(out)
+
+
+def parse_app_budgets(values) -> dict[str, float | str | None]:
+    """APP=N | APP=threads | APP=none; APP '*' sets the default for undeclared apps."""
+    out: dict[str, float | str | None] = {}
+    for v in _as_list(values):
+        if isinstance(v, dict):  # config file: [postgres.app-budget] shop = 15
+            items = list(v.items())
+        else:
+            app, sep, value = str(v).rpartition("=")
+            if not sep or not app.strip():
+                raise ConfigError(f"{v!r} is not APP=N (N connections per worker, 'threads' or 'none')")
+            items = [(app, value)]
+        for app, value in items:
+            app, value = str(app).strip(), str(value).strip().lower()
+            if value in ("threads", "none"):
+                out[app] = value
+                continue
+            try:
+                n = float(value)
+            except ValueError:
+                raise ConfigError(f"{app}={value}: the budget must be a number, 'threads' or 'none'") from None
+            if n < 0 or n != n:
+                raise ConfigError(f"{app}={value}: the budget must not be negative")
+            out[app] = n
+    return out
+
+
+def _max_names(value) -> int:
+    try:
+        n = int(str(value))
+    except ValueError:
+        raise ConfigError(f"{value!r} is not a whole number") from None
+    if n < 0:
+        raise ConfigError(f"{value!r} is negative")
+    return n
+
+
 # key (flag without --, env and config key) -> (Config field, converter, repeatable, help)
 SETTINGS: dict[str, tuple[str, object, bool, str]] = {
     "web.listen-address": ("listen_address", lambda v: (parse_listen_address(str(v)), str(v))[1], False,
@@ -241,9 +311,21 @@ SETTINGS: dict[str, tuple[str, object, bool, str]] = {
                            "how often log files are checked for new lines and rotation (default 1s)"),
     "logs.max-line-length": ("log_max_line", parse_line_length, False,
                              "longer lines are matched on their beginning only (default 64KiB)"),
+    "postgres.dsn": ("postgres_dsns", parse_dsns, True,
+                     "libpq connection string or postgresql:// URI of a server to watch (repeatable); "
+                     "prefer --postgres.dsn-file or PGPASSFILE for the password. The usual PG* environment variables apply"),
+    "postgres.dsn-file": ("postgres_dsn_files", parse_dsn_files, True,
+                          "file with one DSN per line (# comments), read at start; keeps passwords out of the process list (repeatable)"),
+    "postgres.timeout": ("postgres_timeout", _positive_duration, False,
+                         "time limit per server and scrape; also the session's statement_timeout and lock_timeout (default 2s)"),
+    "postgres.app-budget": ("postgres_app_budgets", parse_app_budgets, True,
+                            "APP=N: database connections one worker of APP may hold (SQLAlchemy pool_size + max_overflow), "
+                            "or APP=threads, or APP=none; *=... sets the default for other apps (default: threads) (repeatable)"),
+    "postgres.max-application-names": ("postgres_max_application_names", _max_names, False,
+                                       "application_name values kept per server; the rest are reported as 'other' (default 20)"),
 }
 # Repeatable settings whose values may contain commas: one value per environment variable.
-NO_COMMA_SPLIT = {"gunicorn.app-name", "logs.signature"}
+NO_COMMA_SPLIT = {"gunicorn.app-name", "logs.signature", "postgres.dsn"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,3 +442,20 @@ def _read_config_file(path: str) -> dict[str, object]:
         for name, on in collectors.items():
             flat[f"collector.{name}"] = on
     return flat
+
+
+def postgres_options(cfg: Config) -> PostgresOptions:
+    """PostgresOptions from a Config (reads the DSN files)."""
+    dsns = list(cfg.postgres_dsns)
+    for path in cfg.postgres_dsn_files:
+        try:
+            dsns.extend(read_dsn_file(path))
+        except OSError as e:
+            raise ConfigError(f"postgres.dsn-file: cannot read {path}: {e.strerror or e}") from None
+    declared = dict(cfg.postgres_app_budgets)
+    default = declared.pop("*", "threads")
+    if default == "none":
+        default = None
+    return PostgresOptions(dsns=tuple(dsns), timeout=cfg.postgres_timeout,
+                           max_application_names=cfg.postgres_max_application_names,
+                           budgets=declared, default_budget=default)

@@ -26,7 +26,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from exporter import __version__
 from exporter.collectors.logs import LogsSnapshot
 from exporter.collectors.oom import OomSnapshot
-from exporter.snapshot import (AppSnapshot, GunicornSnapshot, HostSnapshot, Snapshot)
+from exporter.snapshot import (AppSnapshot, GunicornSnapshot, HostSnapshot, PostgresSnapshot,
+                               Snapshot)
 
 
 def _g(name: str, doc: str, labels: Iterable[str] = (), unit: str = "") -> GaugeMetricFamily:
@@ -46,6 +47,8 @@ def render(snapshot: Snapshot) -> Iterator[Metric]:
             yield from render_oom(result.data)
         elif isinstance(result.data, LogsSnapshot):
             yield from render_logs(result.data)
+        elif isinstance(result.data, PostgresSnapshot):
+            yield from render_postgres(result.data)
     yield from render_self(snapshot)
 
 
@@ -228,6 +231,54 @@ def render_logs(snap: LogsSnapshot) -> Iterator[Metric]:
         up.add_metric([f.path], 1 if f.open else 0)
         err.add_metric([f.path], f.errors)
     yield from (lines, cut, rot, up, err)
+
+
+def render_postgres(snap: PostgresSnapshot) -> Iterator[Metric]:
+    up = _g("gunicorn_postgres_up", "1 if the exporter could query this Postgres server in this scrape, 0 if it is down, refused the login, or did not answer within --postgres.timeout.", ["server"])
+    priv = _g("gunicorn_postgres_monitor_privilege", "1 if the exporter's role sees every session (pg_monitor or superuser); 0 if other roles' sessions are hidden.", ["server"])
+    max_conn = _g("gunicorn_postgres_max_connections", "The server's max_connections setting, in connections.", ["server"])
+    su_reserved = _g("gunicorn_postgres_superuser_reserved_connections", "Connection slots kept for superusers (superuser_reserved_connections).", ["server"])
+    reserved = _g("gunicorn_postgres_reserved_connections", "Connection slots kept for roles with pg_use_reserved_connections (reserved_connections, Postgres 16+).", ["server"])
+    conns = _g("gunicorn_postgres_connections", "Client backends in pg_stat_activity by database, role, application_name (rare names folded into 'other') and state (unknown = hidden from this role).", ["server", "datname", "usename", "application_name", "state"])
+    hidden = _g("gunicorn_postgres_hidden_connections", "Client backends whose state and client address this role may not see (grant pg_monitor to see them).", ["server"])
+    idle_tx = _g("gunicorn_postgres_oldest_idle_in_transaction_seconds", "Seconds the longest idle-in-transaction session of the database has been idle in its transaction; 0 if none.", ["server", "datname"])
+    oldest = _g("gunicorn_postgres_oldest_query_seconds", "Seconds the longest-running active query of the database has run; 0 if none.", ["server", "datname"])
+    app_conn = _g("gunicorn_postgres_app_connections", "Client backends whose socket is held by a worker of this gunicorn app on this host.", ["server", "app"])
+    w_conn = _g("gunicorn_postgres_worker_connections", "Client backends whose socket is held by this gunicorn worker (slot).", ["server", "app", "worker"])
+    unattr = _g("gunicorn_postgres_unattributed_connections", "Client backends not held by any gunicorn worker seen on this host, by reason: remote (TCP from elsewhere), unix (unmatched unix socket), hidden (no pg_monitor).", ["server", "reason"])
+    budget = _g("gunicorn_app_db_connection_budget", "Database connections the app should stay under: workers x per-worker budget (declared with --postgres.app-budget, default one per thread).", ["app"])
+    per_worker = _g("gunicorn_app_db_connection_budget_per_worker", "Database connections one worker of the app may hold, and where that number comes from (declared, default, threads).", ["app", "source"])
+
+    for s in snap.servers:
+        up.add_metric([s.server], 1 if s.up else 0)
+        if not s.up:
+            continue
+        _maybe(priv, [s.server], None if s.monitor_privilege is None else int(s.monitor_privilege))
+        _maybe(max_conn, [s.server], s.max_connections)
+        _maybe(su_reserved, [s.server], s.superuser_reserved_connections)
+        _maybe(reserved, [s.server], s.reserved_connections)
+        for (datname, usename, appname, state), n in sorted(s.connections.items()):
+            conns.add_metric([s.server, datname, usename, appname, state], n)
+        hidden.add_metric([s.server], s.hidden_connections)
+        for datname, age in sorted(s.oldest_idle_in_transaction.items()):
+            idle_tx.add_metric([s.server, datname], age)
+        for datname, age in sorted(s.oldest_query.items()):
+            oldest.add_metric([s.server, datname], age)
+        a = s.attribution
+        if a is None:
+            continue
+        for app, n in sorted(a.apps.items()):
+            app_conn.add_metric([s.server, app], n)
+        for (app, slot), n in sorted(a.workers.items()):
+            w_conn.add_metric([s.server, app, str(slot)], n)
+        for reason, n in sorted(a.unattributed.items()):
+            unattr.add_metric([s.server, reason], n)
+    for b in snap.budgets:
+        budget.add_metric([b.app], b.total)
+        per_worker.add_metric([b.app, b.source], b.per_worker)
+
+    yield from (up, priv, max_conn, su_reserved, reserved, conns, hidden, idle_tx, oldest,
+                app_conn, w_conn, unattr, budget, per_worker)
 
 
 def render_self(snapshot: Snapshot) -> Iterator[Metric]:

@@ -89,3 +89,62 @@ class CollectorResult:
 class Snapshot:
     results: dict[str, CollectorResult] = field(default_factory=dict)
     collected_at: float = 0.0
+
+
+# --- Postgres (exporter/collectors/postgres.py) ------------------------------
+
+@dataclass
+class PostgresBackend:
+    """One client backend from pg_stat_activity, as far as attribution needs it."""
+    pid: int
+    client_addr: str | None         # None: unix socket, or hidden (no pg_monitor)
+    client_port: int | None         # -1: unix socket; None: hidden
+    hidden: bool = False            # the role may not see this session's details
+    socket_inodes: tuple[int, ...] = ()  # from /proc/<pid>/fd when the server is local
+
+
+@dataclass
+class PostgresAttribution:
+    apps: dict[str, int] = field(default_factory=dict)                   # app -> backends
+    workers: dict[tuple[str, int], int] = field(default_factory=dict)    # (app, slot) -> backends
+    unattributed: dict[str, int] = field(default_factory=dict)           # reason -> backends
+
+
+@dataclass
+class PostgresServerSnapshot:
+    server: str                     # host:port/dbname, never credentials
+    up: bool
+    error: str | None = None        # redacted; for logs and tests, not a label
+    version_num: int | None = None
+    port: int | None = None         # the server's `port` setting (matches worker sockets)
+    own_pid: int | None = None      # the exporter's own backend
+    local: bool = False             # backend pids are processes on this host
+    monitor_privilege: bool | None = None   # pg_monitor (or superuser): sees every session
+    max_connections: int | None = None
+    superuser_reserved_connections: int | None = None
+    reserved_connections: int | None = None  # Postgres 16+
+    # (datname, usename, application_name, state) -> client backends
+    connections: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    hidden_connections: int = 0
+    oldest_idle_in_transaction: dict[str, float] = field(default_factory=dict)  # datname -> s
+    oldest_query: dict[str, float] = field(default_factory=dict)                # datname -> s
+    backends: list[PostgresBackend] = field(default_factory=list)
+    attribution: PostgresAttribution | None = None  # set by finish() when gunicorn ran
+
+
+@dataclass
+class DbBudget:
+    app: str
+    workers: int
+    per_worker: float
+    source: str                     # 'declared' or 'threads' (the default)
+
+    @property
+    def total(self) -> float:
+        return self.workers * self.per_worker
+
+
+@dataclass
+class PostgresSnapshot:
+    servers: list[PostgresServerSnapshot] = field(default_factory=list)
+    budgets: list[DbBudget] = field(default_factory=list)

@@ -18,7 +18,8 @@ def test_defaults():
     assert cfg.listen_address == ":10188"
     assert cfg.host_port == (None, 10188)
     assert cfg.telemetry_path == "/metrics"
-    assert cfg.collectors == {"gunicorn": True, "netstat": True, "oom": True, "logs": True}
+    assert cfg.collectors == {"gunicorn": True, "netstat": True, "oom": True, "logs": True,
+                              "postgres": True}
     assert cfg.db_ports == (5432, 6432)
 
 

@@ -20,6 +20,8 @@ from exporter.http import _PROCESS
 from exporter.metrics import render
 from exporter.collectors.logs import LogFileStats, LogsSnapshot
 from exporter.collectors.oom import AppOom, OomSnapshot
+from exporter.collectors.postgres import attribute, budgets, build_server_snapshot
+from exporter.snapshot import PostgresSnapshot
 from exporter.snapshot import (AppSnapshot, CollectorResult, GunicornSnapshot,
                                HostSnapshot, ListenerSnapshot, Snapshot,
                                WorkerSnapshot)
@@ -76,7 +78,14 @@ def full_snapshot() -> Snapshot:
     logs = LogsSnapshot(events={("shop", "worker_timeout"): 2},
                         files=[LogFileStats(path="/var/log/shop/error.log", app="shop", lines=10,
                                             truncated_lines=0, rotations=1, open=True, errors=0)])
+    pg = build_server_snapshot("h:5432/db", (160000, 40, 3, "2", 5432, 9, True, 0.0),
+                               [(9, "db", "u", "x", "active", None, -1, 0.0, 0.0, 0.0, False),
+                                (10, "db", "u", "x", "idle", None, -1, 0.0, 0.0, 0.0, True)], 5)
+    pg.attribution = attribute(pg.backends, [shop], server_port=5432, own_pid=9)
+    pg.attribution.unattributed.setdefault("remote", 1)
+    pgsnap = PostgresSnapshot(servers=[pg], budgets=budgets([shop], {}))
     return Snapshot(results={
+        "postgres": CollectorResult("postgres", True, 0.01, data=pgsnap),
         "gunicorn": CollectorResult("gunicorn", True, 0.02, data=gunicorn),
         "netstat": CollectorResult("netstat", True, 0.001, data=host),
         "oom": CollectorResult("oom", True, 0.001, data=oom),
