@@ -84,3 +84,14 @@ def test_help_lists_collector_flags():
     for flag in ("--web.listen-address", "--web.telemetry-path", "--collector.gunicorn",
                  "--no-collector.gunicorn", "--log.level", "--config.file"):
         assert flag in r.stdout
+
+
+def test_configuration_doc_lists_every_setting_and_collector():
+    from pathlib import Path
+
+    from exporter.config import COLLECTORS, SETTINGS
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    missing = [f"--{k}" for k in SETTINGS if f"`--{k}" not in doc]
+    missing += [f"--[no-]collector.{n}" for n in COLLECTORS if f"`--[no-]collector.{n}`" not in doc]
+    missing += [env_name(k) for k in SETTINGS if env_name(k) not in doc]
+    assert not missing, f"docs/configuration.md does not document {missing}"

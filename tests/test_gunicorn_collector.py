@@ -16,6 +16,7 @@ import pytest
 from exporter.collectors.gunicorn import GunicornCollector, GunicornOptions
 from exporter.linux.procfs import ProcFS
 from exporter.snapshot import AppSnapshot
+from tests.conftest import require
 from tests.harness import (SlowClients, poll, ss_listen_queue, ss_worker_active_connections,
                            ss_worker_close_wait_connections)
 
@@ -344,3 +345,21 @@ def test_usr2_upgrade_shows_both_masters(gunicorn_factory, setproctitle):
             poll(lambda: not os.path.exists(f"/proc/{new_pid}") or
                  open(f"/proc/{new_pid}/stat").read().split(") ")[1].startswith("Z"), 15,
                  message="new master did not stop")
+
+
+@pytest.mark.parametrize("worker_class", ["uvicorn_worker.UvicornWorker", "uvicorn.workers.UvicornWorker"])
+def test_uvicorn_workers(gunicorn_factory, worker_class):
+    import importlib.util
+    module = worker_class.rsplit(".", 1)[0]
+    require(importlib.util.find_spec(module) is not None, f"{module} not installed")
+    g = gunicorn_factory(worker_class=worker_class, bind="tcp", workers=2, name="uvi",
+                         app="asgi_app:app", setproctitle=False)
+    collector = GunicornCollector()
+    a = wait_control(collector, g)
+    assert a.worker_class == "uvicorn" and a.capacity == float("inf")
+    assert sorted(w.pid for w in a.workers) == sorted(g.worker_pids())
+    with SlowClients(g, 3, seconds=20):
+        exp, ss = poll(lambda: (r := stable_reading(collector, g, lambda: _ss_view(g))()) and
+                       sum(n for _, n in r[0][2]) == 3 and r, 15,
+                       message="uvicorn workers did not take the 3 requests")
+        assert exp == ss

@@ -41,6 +41,7 @@ def test_titles():
 
 def test_worker_class_aliases():
     assert normalise_worker_class("uvicorn.workers.UvicornWorker") == "uvicorn"
+    assert normalise_worker_class("uvicorn_worker._workers.UvicornH11Worker") == "uvicorn"
     assert normalise_worker_class("egg:gunicorn#gevent") == "gevent"
     assert normalise_worker_class("gunicorn.workers.gthread.ThreadWorker") == "gthread"
     assert normalise_worker_class("my.custom.Worker") == "my.custom.Worker"

@@ -124,7 +124,14 @@ def normalise_worker_class(value: str) -> str:
     low = value.strip().lower()
     if low.startswith("egg:gunicorn#"):
         low = low.split("#", 1)[1]
-    return WORKER_CLASS_ALIASES.get(low, value.strip())
+    if low in WORKER_CLASS_ALIASES:
+        return WORKER_CLASS_ALIASES[low]
+    # Third-party packages move classes between modules (uvicorn.workers ->
+    # uvicorn_worker._workers): recognise the package.
+    root = low.split(".", 1)[0]
+    if root in ("uvicorn", "uvicorn_worker"):
+        return "uvicorn"
+    return value.strip()
 
 
 def parse_args(args: list[str]) -> tuple[dict[str, object], str | None]:
