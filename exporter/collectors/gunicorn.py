@@ -16,6 +16,7 @@ import glob
 import logging
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -438,7 +439,7 @@ def _legacy_heartbeat(version: str) -> bool | None:
 def _listener_address(sock) -> str:
     if isinstance(sock, sockdiag.UnixSocket):
         return f"unix:{sock.name}"
-    if sock.family == 10 and ":" in sock.local_addr:
+    if sock.family == socket.AF_INET6:
         return f"[{sock.local_addr}]:{sock.local_port}"
     return f"{sock.local_addr}:{sock.local_port}"
 
