@@ -1,0 +1,285 @@
+"""The alerting rules in alerts/: generated file up to date, promtool-valid, unit-tested,
+every insight marked **alert** covered and documented, and every metric a rule reads
+exported by the real exporter watching a real gunicorn.
+
+promtool is the Debian package `prometheus`; without it these tests skip (fail with CI=true).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import require
+from tests.harness import free_port, poll
+
+ROOT = Path(__file__).resolve().parent.parent
+ALERTS = ROOT / "alerts"
+RULES = ALERTS / "gunicorn.rules.yml"
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+UNIT_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
+
+# Insight IDs of shared/insights.md marked **alert** (all critical and warning ones).
+ALERT_INSIGHTS = ["C%d" % i for i in range(1, 8)] + ["W%d" % i for i in range(1, 12)]
+
+# Metric families that only appear with a Postgres server to watch (--postgres.dsn);
+# checked against exporter.metrics.render() of tests/test_docs.py's full snapshot.
+NEEDS_POSTGRES = re.compile(r"^gunicorn_postgres_")
+# Series Prometheus itself makes; rules may read them though the exporter does not export them.
+PROMETHEUS_SERIES = {"up"}
+
+
+def _load_build():
+    spec = importlib.util.spec_from_file_location("alerts_build", ALERTS / "build.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+build = _load_build()
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    require(path is not None, "promtool not installed (Debian package 'prometheus')")
+    return path
+
+
+# ---- the generated file ---------------------------------------------------------
+
+def test_rule_file_is_generated_from_config():
+    assert RULES.read_text() == build.render(), (
+        "alerts/gunicorn.rules.yml is stale: run .venv/bin/python alerts/build.py")
+
+
+def test_build_rejects_unknown_and_unused_config_keys():
+    config = build.load_config()
+    config["GunicornDown"] = dict(config["GunicornDown"], treshold=3)
+    with pytest.raises(build.ConfigError, match="treshold"):
+        build.build_rules(config)
+    config = build.load_config()
+    config["GunicornWorkerPoolSaturated"] = {"for": "15m", "severity": "warning", "window": "10m"}
+    with pytest.raises(build.ConfigError, match="busy_ratio"):
+        build.build_rules(config)
+    config = build.load_config()
+    config["GunicornDown"] = dict(config["GunicornDown"], severity="page")
+    with pytest.raises(build.ConfigError, match="severity"):
+        build.build_rules(config)
+
+
+def test_for_override_changes_only_for():
+    short = build.render(for_override="2s")
+    normal = build.render()
+    assert re.sub(r"for: \S+", "for: X", short) == re.sub(r"for: \S+", "for: X", normal)
+    assert set(re.findall(r"for: (\S+)", short)) == {"2s"}
+
+
+def test_promtool_check_rules():
+    res = subprocess.run([promtool(), "check", "rules", str(RULES)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    n_alerts = len(build.alerts_table())
+    assert "SUCCESS: %d rules found" % (n_alerts + len(build.RECORDING_RULES)) in res.stdout
+
+
+def test_promtool_unit_tests():
+    assert UNIT_TESTS, "no promtool unit tests in alerts/tests/"
+    res = subprocess.run([promtool(), "test", "rules", *map(str, UNIT_TESTS)],
+                         capture_output=True, text=True, timeout=120, cwd=ALERTS / "tests")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("SUCCESS") == len(UNIT_TESTS), res.stdout
+
+
+def test_every_alert_has_a_firing_and_a_silent_unit_test():
+    text = "\n".join(p.read_text() for p in UNIT_TESTS)
+    names = re.findall(r'^\s*- name: "([^"]+)"', text, re.M)
+    tested = set(re.findall(r"^\s*alertname: (\w+)", text, re.M))
+    for alert, _ in build.alerts_table():
+        assert alert in tested, alert
+        assert any(n.startswith(alert + " fires") for n in names), "%s: no firing case" % alert
+        assert any(n.startswith(alert + " stays silent") for n in names), "%s: no silent case" % alert
+    # and a firing case really expects the alert: an exp_labels line after its alertname
+    for alert, _ in build.alerts_table():
+        assert re.search(r"alertname: %s\n\s+exp_alerts:\n\s+- exp_labels: \{severity: "
+                         % alert, text), "%s: no case expects it to fire" % alert
+
+
+# ---- coverage and runbooks ----------------------------------------------------------
+
+def _runbook_headings() -> set[str]:
+    return set(re.findall(r"^#{2,3} (\w+)\s*$", RUNBOOKS.read_text(), re.M))
+
+
+def test_every_alert_has_a_runbook_section():
+    headings = _runbook_headings()
+    text = RULES.read_text()
+    for alert, _ in build.alerts_table():
+        assert alert in headings, "docs/runbooks.md has no section '## %s'" % alert
+        assert "runbooks.md#%s\"" % alert.lower() in text
+
+
+def test_every_alert_insight_has_an_alert_and_a_row_in_the_coverage_table():
+    covered = {i for _, ids in build.alerts_table() for i in ids.split()}
+    missing = [i for i in ALERT_INSIGHTS if i not in covered]
+    assert not missing, "insights without an alert: %s" % missing
+    doc = RUNBOOKS.read_text()
+    for insight in ALERT_INSIGHTS:
+        row = re.search(r"^\| %s \|(.*)$" % insight, doc, re.M)
+        assert row, "docs/runbooks.md coverage table has no row for %s" % insight
+        for alert, ids in build.alerts_table():
+            if insight in ids.split():
+                assert alert in row.group(1), "%s row does not name %s" % (insight, alert)
+
+
+def test_runbook_alert_list_matches_the_config():
+    config = build.load_config()
+    rows = dict((m[0], (m[1], m[2], m[3])) for m in re.findall(
+        r"^\| (Gunicorn\w+) \| (critical|warning) \| (\w+) \| ([^|]*) \|$",
+        RUNBOOKS.read_text(), re.M))
+    for alert, ids in build.alerts_table():
+        assert alert in rows, "docs/runbooks.md alert list misses %s" % alert
+        severity, for_, insights = rows[alert]
+        assert (severity, for_) == (config[alert]["severity"], config[alert]["for"]), alert
+        assert all(i in insights.split() for i in ids.split()), alert
+
+
+def test_insights_file_marks_the_same_ids():
+    insights = ROOT.parent / "shared" / "insights.md"
+    if not insights.exists():
+        pytest.skip("shared/insights.md is not next to the repository")
+    marked = re.findall(r"^\| ([CWI]\d+) \|.*\*\*alert\*\*", insights.read_text(), re.M)
+    assert sorted(marked) == sorted(ALERT_INSIGHTS)
+
+
+# ---- metric names -----------------------------------------------------------------
+
+_STRIP = [
+    re.compile(r'"(?:[^"\\]|\\.)*"'),                       # strings
+    re.compile(r"\{[^}]*\}"),                                 # label matchers
+    re.compile(r"\[[^\]]*\]"),                                # ranges, subqueries
+    re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"),
+]
+_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
+             "group_right", "bool", "offset", "inf", "nan"}
+_IDENT = re.compile(r"(?<![\w:.])([A-Za-z_:][\w:]*)(\s*\()?")
+
+
+def metric_names(expr: str) -> set[str]:
+    """Names of the series an expression reads (functions, keywords, labels removed)."""
+    for pattern in _STRIP:
+        expr = pattern.sub(" ", expr)
+    out = set()
+    for name, call in _IDENT.findall(expr):
+        if call or name.lower() in _KEYWORDS:
+            continue
+        out.add(name)
+    return out
+
+
+def test_metric_names_parser():
+    assert metric_names(
+        'sum without (state) (gunicorn_worker_connections{job="g", state="active"})\n'
+        '  / ignoring (worker) group_left () (gunicorn_timeout_seconds{job="g"} > 0)'
+        ' and rate(gunicorn_host_listen_overflows_total[5m]) > 0.5 or app:x:ratio >= 1'
+    ) == {"gunicorn_worker_connections", "gunicorn_timeout_seconds",
+          "gunicorn_host_listen_overflows_total", "app:x:ratio"}
+
+
+def rule_metric_names() -> set[str]:
+    """Exporter series read by any rule (recorded series excluded: they are checked to
+    be defined in the file)."""
+    groups = build.build_rules(build.load_config())
+    recorded = {r["record"] for _, rules in groups for r in rules if "record" in r}
+    used = set()
+    for _, rules in groups:
+        for r in rules:
+            used |= metric_names(r["expr"])
+    undefined = {n for n in used if ":" in n} - recorded
+    assert not undefined, "rules read recording rules that do not exist: %s" % undefined
+    return {n for n in used if ":" not in n}
+
+
+class _Families:
+    def __init__(self, families):
+        self._families = families
+
+    def collect(self):
+        return iter(self._families)
+
+
+def _sample_names(text: str) -> set[str]:
+    return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def _get(url: str, timeout: float = 10):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except OSError:
+        return None, None
+
+
+@contextlib.contextmanager
+def running_exporter(tmp_path: Path, *args: str):
+    """`python -m exporter` on a free 127.0.0.1 port; yields its base URL; stopped by PID."""
+    port = free_port()
+    log_path = tmp_path / ("exporter-%d.log" % port)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "exporter",
+                                 "--web.listen-address", "127.0.0.1:%d" % port, *args],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = "http://127.0.0.1:%d" % port
+
+            def healthy():
+                if proc.poll() is not None:
+                    raise AssertionError("exporter exited: " + log_path.read_text())
+                return _get(base + "/-/healthy")[0] == 200
+            poll(healthy, 20, message="exporter did not come up")
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.mark.slow
+def test_rules_read_only_metrics_the_exporter_exports(gunicorn_factory, tmp_path):
+    used = rule_metric_names() - PROMETHEUS_SERIES
+    # gthread: the class with the most families (worker_connections_limit, threads)
+    g = gunicorn_factory(worker_class="gthread", threads=2, workers=2, bind="tcp", name="alerts")
+    with running_exporter(tmp_path, "--logs.file", "alerts=%s" % g.log_path) as base:
+        def scraped():
+            status, text = _get(base + "/metrics")
+            if status != 200:
+                return None
+            names = _sample_names(text)
+            # workers fully read (heartbeat, fds) before we judge what is missing
+            return names if "gunicorn_worker_heartbeat_age_seconds" in names else None
+        live = poll(scraped, 20, interval=0.2, message="exporter never reported worker heartbeats")
+        # The oom collector learns the apps from the gunicorn collector after a scrape
+        # (docs/oom-and-logs.md): per-app OOM series start with the next one.
+        live |= poll(scraped, 20, interval=0.2, message="second scrape failed")
+    not_live = used - live
+    assert all(NEEDS_POSTGRES.match(n) for n in not_live), (
+        "rules read metrics a real exporter watching a real gunicorn does not export: %s"
+        % sorted(n for n in not_live if not NEEDS_POSTGRES.match(n)))
+    # The Postgres families: the exporter's own renderer with every optional field set.
+    from exporter.metrics import render
+    from tests.test_docs import full_snapshot
+    rendered = _sample_names(generate_latest(_Families(list(render(full_snapshot())))).decode())
+    assert not_live <= rendered, "not exported at all: %s" % sorted(not_live - rendered)
