@@ -45,6 +45,10 @@ def build_collectors(config: Config) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["demo"]:  # `gunicorn-exporter demo`: a throwaway gunicorn to look at
+        from exporter.demo import main as demo_main
+        return demo_main(args[1:])
     config = load(argv)
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),

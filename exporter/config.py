@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gunicorn-exporter",
         description="Prometheus exporter that watches gunicorn from outside.",
         epilog=f"Every flag can also be set with an environment variable {ENV_PREFIX}<FLAG> "
-               "(upper case, dots and dashes as underscores) or a key in --config.file.")
+               "(upper case, dots and dashes as underscores) or a key in --config.file. "
+               "'gunicorn-exporter demo' starts a throwaway gunicorn with some load to look at.")
     p.add_argument("--version", action="version", version=f"gunicorn-exporter {__version__}")
     p.add_argument("--config.file", dest="config_file", metavar="PATH",
                    help="TOML file with the same keys as the flags, e.g. [web] listen-address = ':10188'")

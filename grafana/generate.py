@@ -1,0 +1,548 @@
+#!/usr/bin/env python3
+"""Write grafana/dashboards/gunicorn.json, the gunicorn-exporter dashboard.
+
+    python grafana/generate.py            # rewrite the dashboard
+    python grafana/generate.py --check    # exit 1 if the file is not what this writes
+
+The dashboard is generated so that every panel has the same datasource, variables and
+style, and so that its threshold lines are the alert thresholds: `thresholds()` reads them from
+`alerts/config.toml`, the tunables alerts/build.py renders `alerts/gunicorn.rules.yml`
+from (THRESHOLDS names the alert and parameter of each; a missing one falls back to
+the value there). tests/test_grafana.py fails when the committed JSON differs from what
+this script writes from the current alerts, and when a threshold drawn here does not
+appear in its alert's expression in the rule file, so after changing an alert
+threshold run this script again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "grafana" / "dashboards" / "gunicorn.json"
+ALERTS_DIR = ROOT / "alerts"
+
+UID = "gunicorn-exporter"
+SCHEMA_VERSION = 39
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+# Selectors: every gunicorn_* series of an app, and host/exporter series (no app label).
+S = 'job=~"$job", instance=~"$instance", app=~"$app"'
+H = 'job=~"$job", instance=~"$instance"'
+
+# Each threshold the dashboard draws: (alert, its parameter in alerts/config.toml, the
+# value used when alerts/config.toml does not set it, colour). None as the parameter: the
+# alert's expression has the number built in (alerts/build.py), so it is fixed here too.
+THRESHOLDS: dict[str, tuple[str, str | None, float, str]] = {
+    # busy workers / workers (C1, W2)
+    "busy_warning": ("GunicornWorkerPoolSaturated", "busy_ratio", 0.8, "orange"),
+    "busy_critical": ("GunicornWorkerPoolExhausted", None, 1.0, "red"),
+    # listener queue length / queue limit (C2, W11)
+    "queue_warning": ("GunicornListenQueueFilling", "fill_ratio", 0.5, "orange"),
+    "queue_critical": ("GunicornListenQueueFull", "fill_ratio", 0.9, "red"),
+    # heartbeat age / --timeout (W5)
+    "heartbeat_warning": ("GunicornWorkerNearTimeout", "heartbeat_ratio", 0.8, "orange"),
+    # open fds / fd limit (W10)
+    "fd_warning": ("GunicornWorkerFileDescriptorsHigh", "fd_ratio", 0.8, "orange"),
+    # connections per worker / worker_connections (C3, W7)
+    "connections_warning": ("GunicornWorkerConnectionsNearLimit", "limit_ratio", 0.8, "orange"),
+    # app DB connections / budget (C5)
+    "db_budget_critical": ("GunicornDBConnectionsOverBudget", None, 1.0, "red"),
+    # Postgres connections / (max_connections - reserved slots) (C5, C6)
+    "pg_warning": ("GunicornPostgresConnectionsNearLimit", "usage_ratio", 0.8, "orange"),
+    "pg_critical": ("GunicornPostgresConnectionsExhausted", "usage_ratio", 0.95, "red"),
+}
+
+
+def thresholds(alerts_dir: Path = ALERTS_DIR) -> tuple[dict[str, float], dict[str, str]]:
+    """(threshold values, where each came from) from alerts/config.toml, the alerts'
+    tunables (alerts/build.py renders alerts/gunicorn.rules.yml from it)."""
+    import tomllib
+
+    path = alerts_dir / "config.toml"
+    config = tomllib.loads(path.read_text()) if path.is_file() else {}
+    values, source = {}, {}
+    for key, (alert, param, default, _colour) in THRESHOLDS.items():
+        table = config.get(alert) or {}
+        if param is not None and param in table:
+            values[key], source[key] = float(table[param]), f"alerts/config.toml [{alert}] {param}"
+        elif param is None and table:
+            values[key], source[key] = default, f"{alert} (fixed in its expression)"
+        else:
+            values[key], source[key] = default, "default (no such alert parameter)"
+    return values, source
+
+
+# --------------------------------------------------------------------------
+# panel builders
+# --------------------------------------------------------------------------
+
+LIMIT_RE = r".*\((limit|capacity|threshold|budget)\)$"
+
+
+def target(expr: str, legend: str = "__auto", ref: str = "A", *, instant: bool = False,
+           fmt: str = "time_series") -> dict:
+    return {"datasource": DS, "refId": ref, "expr": expr, "legendFormat": legend,
+            "range": not instant, "instant": instant, "format": fmt, "editorMode": "code"}
+
+
+def _targets(pairs) -> list[dict]:
+    return [target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(pairs)]
+
+
+def _threshold_steps(value: float | None, *, below_is_bad: bool = False) -> dict:
+    if value is None:
+        return {"mode": "absolute", "steps": [{"color": "green", "value": None}]}
+    if below_is_bad:
+        return {"mode": "absolute", "steps": [{"color": "red", "value": None},
+                                              {"color": "green", "value": value}]}
+    return {"mode": "absolute", "steps": [{"color": "green", "value": None},
+                                          {"color": "red", "value": value}]}
+
+
+def alert_steps(t: dict[str, float], *keys: str) -> dict:
+    """Threshold steps at the alert thresholds `keys` (orange = warning, red = critical)."""
+    steps = [{"color": "green", "value": None}]
+    for key in sorted(keys, key=lambda k: t[k]):
+        steps.append({"color": THRESHOLDS[key][3], "value": t[key]})
+    return {"mode": "absolute", "steps": steps}
+
+
+def _pct(t: dict[str, float], *keys: str) -> str:
+    return " / ".join(f"{THRESHOLDS[k][0]} {t[k]:g}" for k in keys)
+
+
+def timeseries(title: str, description: str, pairs, *, unit: str = "short",
+               threshold: dict | None = None, max_: float | None = None,
+               stack: bool = False, bars: bool = False, decimals: int | None = None) -> dict:
+    custom = {
+        "drawStyle": "bars" if bars else "line", "lineWidth": 1,
+        "fillOpacity": 60 if bars else (30 if stack else 10),
+        "showPoints": "never", "spanNulls": False, "axisSoftMin": 0,
+        "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+        "thresholdsStyle": {"mode": "dashed" if threshold is not None else "off"},
+    }
+    defaults = {"unit": unit, "min": 0, "color": {"mode": "palette-classic"},
+                "custom": custom, "thresholds": threshold or _threshold_steps(None)}
+    if max_ is not None:
+        defaults["max"] = max_
+    if decimals is not None:
+        defaults["decimals"] = decimals
+    overrides = [{
+        # limits drawn next to the values they bound: dashed, unfilled, not stacked
+        "matcher": {"id": "byRegexp", "options": LIMIT_RE},
+        "properties": [
+            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+            {"id": "custom.fillOpacity", "value": 0},
+            {"id": "custom.stacking", "value": {"mode": "none", "group": "A"}},
+            {"id": "custom.drawStyle", "value": "line"},
+        ],
+    }]
+    return {"type": "timeseries", "title": title, "description": description,
+            "datasource": DS, "targets": _targets(pairs),
+            "fieldConfig": {"defaults": defaults, "overrides": overrides},
+            "options": {"legend": {"displayMode": "table", "placement": "bottom",
+                                   "showLegend": True, "calcs": ["lastNotNull", "max"]},
+                        "tooltip": {"mode": "multi", "sort": "desc"}}}
+
+
+def stat(title: str, description: str, expr: str, legend: str, *, unit: str = "short",
+         steps: dict | None = None, mappings: list | None = None) -> dict:
+    return {"type": "stat", "title": title, "description": description, "datasource": DS,
+            "targets": [target(expr, legend)],
+            "fieldConfig": {"defaults": {"unit": unit, "mappings": mappings or [],
+                                         "thresholds": steps or _threshold_steps(None),
+                                         "color": {"mode": "thresholds"}},
+                            "overrides": []},
+            "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                        "colorMode": "background", "graphMode": "none", "textMode": "auto",
+                        "orientation": "auto", "justifyMode": "auto", "wideLayout": True,
+                        "showPercentChange": False}}
+
+
+def table(title: str, description: str, expr: str) -> dict:
+    return {"type": "table", "title": title, "description": description, "datasource": DS,
+            "targets": [target(expr, "", instant=True, fmt="table")],
+            "fieldConfig": {"defaults": {"custom": {"align": "auto"},
+                                         "thresholds": _threshold_steps(None)},
+                            "overrides": []},
+            "transformations": [{"id": "organize", "options": {
+                "excludeByName": {"Time": True, "Value": True, "__name__": True}}}],
+            "options": {"showHeader": True, "cellHeight": "sm"}}
+
+
+def row(title: str) -> dict:
+    return {"type": "row", "title": title, "collapsed": False, "panels": []}
+
+
+def _rate(metric: str, sel: str = S, by: str = "instance, app") -> str:
+    return f"sum by ({by}) (rate({metric}{{{sel}}}[$__rate_interval]))"
+
+
+def _increase(metric: str, sel: str = S, by: str = "instance, app") -> str:
+    return f"sum by ({by}) (increase({metric}{{{sel}}}[$__rate_interval]))"
+
+
+def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
+    """(panel, width, height) in reading order; rows take the full width."""
+    up_map = [{"type": "value", "options": {"0": {"text": "DOWN", "color": "red", "index": 0},
+                                            "1": {"text": "UP", "color": "green", "index": 1}}}]
+    out: list[tuple[dict, int, int]] = []
+    add = out.append
+
+    add((row("Overview"), 24, 1))
+    add((stat("Up", "gunicorn_up per app: 1 while the master runs, 0 for an app seen before "
+              "(or expected with --gunicorn.expected-app) that is gone. W4, C2.",
+              f"gunicorn_up{{{S}}}", "{{app}} @ {{instance}}",
+              steps=_threshold_steps(1, below_is_bad=True), mappings=up_map), 6, 5))
+    add((stat("Busy ratio", "All selected apps: busy workers / workers, coloured at the alert "
+              f"thresholds ({_pct(t, 'busy_warning', 'busy_critical')}). C1, W1, W2.",
+              f"sum(gunicorn_workers_busy{{{S}}}) / sum(gunicorn_workers{{{S}}})", "busy",
+              unit="percentunit", steps=alert_steps(t, "busy_warning", "busy_critical")), 6, 5))
+    add((stat("Waiting in accept queues", "Connections the kernel accepted that no worker has "
+              "taken yet, summed over the selected listeners. C1, C2.",
+              f"sum(gunicorn_listener_queue_length{{{S}}})", "queued",
+              steps=_threshold_steps(1)), 6, 5))
+    add((table("Apps", "gunicorn release and worker class of each app (gunicorn_info).",
+               f"gunicorn_info{{{S}}}"), 6, 5))
+
+    add((row("Saturation"), 24, 1))
+    add((timeseries("Busy workers vs workers",
+                    "gunicorn_workers_busy (workers whose active connections reach their capacity) "
+                    "against the workers alive and the workers configured. Busy = workers for "
+                    "minutes with a queue: C1; high most of the time: W2.",
+                    [(f"sum by (instance, app) (gunicorn_workers_busy{{{S}}})", "{{app}} @ {{instance}} busy"),
+                     (f"sum by (instance, app) (gunicorn_workers{{{S}}})", "{{app}} @ {{instance}} workers (capacity)"),
+                     (f"sum by (instance, app) (gunicorn_workers_desired{{{S}}})", "{{app}} @ {{instance}} desired (limit)")],
+                    decimals=0), 12, 8))
+    add((timeseries("Busy ratio",
+                    f"Busy workers / workers per app. Dashed: the alert thresholds "
+                    f"({_pct(t, 'busy_warning', 'busy_critical')}; the critical one also needs a "
+                    f"non-empty accept queue). C1, W1, W2, W6.",
+                    [(f"gunicorn_workers_busy{{{S}}} / (gunicorn_workers{{{S}}} > 0)", "{{app}} @ {{instance}}")],
+                    unit="percentunit", threshold=alert_steps(t, "busy_warning", "busy_critical"), max_=1), 12, 8))
+    add((timeseries("Accept queue length vs limit",
+                    "gunicorn_listener_queue_length (connections waiting for a worker, ss -l Recv-Q) "
+                    "and the queue's limit gunicorn_listener_queue_max (right axis). C1, C2, W11.",
+                    [(f"gunicorn_listener_queue_length{{{S}}}", "{{app}} {{listener}}"),
+                     (f"gunicorn_listener_queue_max{{{S}}}", "{{app}} {{listener}} (limit)")],
+                    decimals=0), 12, 8))
+    out[-1][0]["fieldConfig"]["overrides"][0]["properties"].append(
+        {"id": "custom.axisPlacement", "value": "right"})
+    add((timeseries("Accept queue fill",
+                    f"Queue length / queue limit per listener. Dashed: the alert thresholds "
+                    f"({_pct(t, 'queue_warning', 'queue_critical')}). A unix socket that stays full "
+                    f"for minutes is C2.",
+                    [(f"gunicorn_listener_queue_length{{{S}}} / (gunicorn_listener_queue_max{{{S}}} > 0)",
+                      "{{app}} {{listener}}")],
+                    unit="percentunit", threshold=alert_steps(t, "queue_warning", "queue_critical"), max_=1), 12, 8))
+    add((timeseries("Listen overflows and drops (host)",
+                    "TcpExt ListenOverflows / ListenDrops per second in the exporter's network "
+                    "namespace: a full accept queue made the kernel drop connections. W11, C1.",
+                    [(_rate("gunicorn_host_listen_overflows_total", H, "instance"), "{{instance}} overflows"),
+                     (_rate("gunicorn_host_listen_drops_total", H, "instance"), "{{instance}} drops")],
+                    unit="cps"), 12, 8))
+    add((timeseries("Backlog vs somaxconn",
+                    "The configured --backlog against net.core.somaxconn, which silently caps it. W11.",
+                    [(f"gunicorn_backlog{{{S}}}", "{{app}} backlog"),
+                     (f"max by (instance) (gunicorn_host_somaxconn{{{H}}})", "{{instance}} somaxconn (limit)")],
+                    decimals=0), 12, 8))
+
+    add((row("Workers"), 24, 1))
+    add((timeseries("Connections per worker",
+                    "Client connections each worker holds: active, and client_closed (the client "
+                    "hung up, the worker still works on it: W8), against the worker's capacity "
+                    "(threads / worker_connections) and worker_connections (gthread hangs there: C3; "
+                    f"{_pct(t, 'connections_warning')} x worker_connections is the alert). W9, W7.",
+                    [(f'gunicorn_worker_connections{{{S}, state="active"}}', "{{app}} w{{worker}} active"),
+                     (f'gunicorn_worker_connections{{{S}, state="client_closed"}}', "{{app}} w{{worker}} client_closed"),
+                     (f"gunicorn_worker_capacity{{{S}}}", "{{app}} (capacity)"),
+                     (f"gunicorn_worker_connections_limit{{{S}}}", "{{app}} worker_connections (limit)"),
+                     (f"{t['connections_warning']:g} * gunicorn_worker_connections_limit{{{S}}}",
+                      "{{app}} alert (threshold)")],
+                    decimals=0), 12, 8))
+    add((timeseries("Heartbeat age vs timeout",
+                    "Seconds since each worker last notified the master: for a sync worker, how "
+                    "long its current request has run. The master kills the worker at the timeout "
+                    f"(WORKER TIMEOUT, W5); {_pct(t, 'heartbeat_warning')} x timeout is the alert. "
+                    "Idle sync workers reach timeout/2 normally. W5, W8, W6, C2.",
+                    [(f"gunicorn_worker_heartbeat_age_seconds{{{S}}}", "{{app}} w{{worker}}"),
+                     (f"gunicorn_timeout_seconds{{{S}}} > 0", "{{app}} timeout (limit)"),
+                     (f"{t['heartbeat_warning']:g} * gunicorn_timeout_seconds{{{S}}} > 0",
+                      "{{app}} alert (threshold)")],
+                    unit="s"), 12, 8))
+    add((timeseries("Heartbeat age / timeout",
+                    f"Each worker's heartbeat age as a fraction of its app's timeout; dashed: the "
+                    f"alert threshold ({_pct(t, 'heartbeat_warning')}). W5.",
+                    [(f"gunicorn_worker_heartbeat_age_seconds{{{S}}} / on (job, instance, app) group_left () "
+                      f"(gunicorn_timeout_seconds{{{S}}} > 0)", "{{app}} w{{worker}}")],
+                    unit="percentunit", threshold=alert_steps(t, "heartbeat_warning"), max_=1), 12, 8))
+    add((timeseries("Resident memory per worker",
+                    "RSS of each worker. Rising together with connections: W3, W7; growth before "
+                    "a kill: C7.",
+                    [(f"gunicorn_worker_resident_memory_bytes{{{S}}}", "{{app}} w{{worker}}")],
+                    unit="bytes"), 12, 8))
+    add((timeseries("Open fds / fd limit",
+                    f"Each worker's open file descriptors over its ulimit -n; dashed: the alert "
+                    f"threshold ({_pct(t, 'fd_warning')}). W10.",
+                    [(f"gunicorn_worker_open_fds{{{S}}} / gunicorn_worker_max_fds{{{S}}}", "{{app}} w{{worker}}")],
+                    unit="percentunit", threshold=alert_steps(t, "fd_warning"), max_=1), 12, 8))
+    add((timeseries("CPU per worker",
+                    "CPU time per second of each worker (1 = one core). A busy worker that uses "
+                    "little CPU waits on I/O: W1, W6, I2.",
+                    [(f"rate(gunicorn_worker_cpu_seconds_total{{{S}}}[$__rate_interval])", "{{app}} w{{worker}}")],
+                    unit="percentunit"), 12, 8))
+    add((timeseries("Worker churn",
+                    "Workers spawned per second (control socket) and worker slots whose process "
+                    "changed: --max-requests recycling, timeouts (W5), OOM kills (C7).",
+                    [(_rate("gunicorn_workers_spawned_total"), "{{app}} @ {{instance}} spawned/s"),
+                     (f"sum by (instance, app) (changes(gunicorn_worker_start_time_seconds{{{S}}}[$__rate_interval]))",
+                      "{{app}} @ {{instance}} slots restarted")]), 12, 8))
+
+    add((row("Database"), 24, 1))
+    # As the alerts count: max_connections minus the slots ordinary roles can never use.
+    usable = (f"(gunicorn_postgres_max_connections{{{H}}}"
+              f" - gunicorn_postgres_superuser_reserved_connections{{{H}}}"
+              f" - (gunicorn_postgres_reserved_connections{{{H}}}"
+              f" or 0 * gunicorn_postgres_superuser_reserved_connections{{{H}}}))")
+    add((timeseries("Postgres connections by state",
+                    "Client backends in pg_stat_activity per server and state (stacked), against "
+                    "max_connections, the connections ordinary roles may open (max_connections "
+                    "minus reserved slots) and the alert thresholds on those "
+                    f"({_pct(t, 'pg_warning', 'pg_critical')}). C5, C6.",
+                    [(f"sum by (instance, server, state) (gunicorn_postgres_connections{{{H}}})",
+                      "{{server}} {{state}}"),
+                     (f"max by (instance, server) (gunicorn_postgres_max_connections{{{H}}})",
+                      "{{server}} max_connections (limit)"),
+                     (f"max by (instance, server) {usable}", "{{server}} usable (limit)"),
+                     (f"{t['pg_warning']:g} * max by (instance, server) {usable}",
+                      "{{server}} warning (threshold)"),
+                     (f"{t['pg_critical']:g} * max by (instance, server) {usable}",
+                      "{{server}} critical (threshold)")],
+                    stack=True, decimals=0), 12, 8))
+    add((timeseries("Postgres connections / usable connections",
+                    "All client backends of a server over max_connections minus reserved slots, "
+                    f"as the alerts compute it; dashed: the alert thresholds "
+                    f"({_pct(t, 'pg_warning', 'pg_critical')}). C5, C6.",
+                    [(f"sum by (job, instance, server) (gunicorn_postgres_connections{{{H}}}) / on (job, instance, server) "
+                      f"({usable} > 0)", "{{server}}")],
+                    unit="percentunit", threshold=alert_steps(t, "pg_warning", "pg_critical"), max_=1), 12, 8))
+    add((timeseries("DB connections by app vs budget",
+                    "Database connections each app's workers hold (counted from their sockets, and "
+                    "as pg_stat_activity attributes them) against the app's budget "
+                    f"(workers x per-worker budget; {_pct(t, 'db_budget_critical')} x budget is the "
+                    "alert). C5.",
+                    [(f"sum by (instance, app) (gunicorn_worker_db_connections{{{S}}})", "{{app}} @ {{instance}} sockets"),
+                     (f"sum by (instance, app, server) (gunicorn_postgres_app_connections{{{S}}})",
+                      "{{app}} @ {{instance}} in {{server}}"),
+                     (f"gunicorn_app_db_connection_budget{{{S}}}", "{{app}} @ {{instance}} (budget)")],
+                    decimals=0), 12, 8))
+    add((timeseries("DB connections / budget",
+                    "Each app's database connections (its workers' sockets) over its budget; dashed: "
+                    f"the alert threshold ({_pct(t, 'db_budget_critical')}). Above it connections "
+                    "leak or the budget (--postgres.app-budget) is wrong. C5.",
+                    [(f"sum by (job, instance, app) (gunicorn_worker_db_connections{{{S}}}) / on (job, instance, app) "
+                      f"(gunicorn_app_db_connection_budget{{{S}}} > 0)", "{{app}} @ {{instance}}")],
+                    unit="percentunit", threshold=alert_steps(t, "db_budget_critical")), 12, 8))
+    add((timeseries("DB connections per worker vs threads",
+                    "Database connections of each worker against its OS threads and its per-worker "
+                    "budget. Far above the threads (eventlet/gevent with persistent connections): "
+                    "C6; at pool_size + max_overflow: C4.",
+                    [(f"gunicorn_worker_db_connections{{{S}}}", "{{app}} w{{worker}} connections"),
+                     (f"gunicorn_worker_threads{{{S}}}", "{{app}} w{{worker}} threads"),
+                     (f"max by (instance, app) (gunicorn_app_db_connection_budget_per_worker{{{S}}})",
+                      "{{app}} per worker (budget)")],
+                    decimals=0), 12, 8))
+    add((timeseries("Unattributed and hidden connections",
+                    "Client backends no gunicorn worker on this host holds (by reason), and "
+                    "sessions the exporter's role may not see (grant pg_monitor).",
+                    [(f"gunicorn_postgres_unattributed_connections{{{H}}}", "{{server}} {{reason}}"),
+                     (f"gunicorn_postgres_hidden_connections{{{H}}}", "{{server}} hidden")],
+                    decimals=0), 12, 8))
+    add((timeseries("Oldest transaction and query",
+                    "Longest idle-in-transaction session and longest-running query per database.",
+                    [(f"gunicorn_postgres_oldest_idle_in_transaction_seconds{{{H}}}",
+                      "{{server}}/{{datname}} idle in transaction"),
+                     (f"gunicorn_postgres_oldest_query_seconds{{{H}}}", "{{server}}/{{datname}} query")],
+                    unit="s"), 24, 8))
+
+    add((row("Events"), 24, 1))
+    add((timeseries("OOM kills",
+                    "Processes the kernel OOM killer killed: workers and masters of each app "
+                    "(kernel log), the app's memory cgroup counter, and the whole host. C7.",
+                    [(_increase("gunicorn_worker_oom_kills_total"), "{{app}} @ {{instance}} workers"),
+                     (_increase("gunicorn_master_oom_kills_total"), "{{app}} @ {{instance}} master"),
+                     (_increase("gunicorn_cgroup_oom_kills_total"), "{{app}} @ {{instance}} cgroup"),
+                     (_increase("gunicorn_host_oom_kills_total", H, "instance"), "{{instance}} host"),
+                     (_increase("gunicorn_unattributed_oom_kills_total", H, "instance"), "{{instance}} not gunicorn")],
+                    bars=True, decimals=0), 12, 8))
+    add((timeseries("Worker timeouts",
+                    "'WORKER TIMEOUT' lines (W5) and workers killed by SIGKILL (C7, or a timeout "
+                    "escalation) in the followed gunicorn error logs.",
+                    [(_increase("gunicorn_log_events_total", f'{S}, signature="worker_timeout"'),
+                      "{{app}} @ {{instance}} worker timeout"),
+                     (_increase("gunicorn_log_events_total", f'{S}, signature="worker_sigkill"'),
+                      "{{app}} @ {{instance}} SIGKILL")],
+                    bars=True, decimals=0), 12, 8))
+    add((timeseries("Log signatures",
+                    "Matched log lines per signature (docs/oom-and-logs.md): QueuePool exhausted "
+                    "(C4), nginx connection refused (W4), EAGAIN on the upstream socket (C1/C2), "
+                    "502/504, Heroku H12 (W8), worker life cycle.",
+                    [(_increase("gunicorn_log_events_total", S, "instance, app, signature"),
+                      "{{app}} {{signature}}")],
+                    bars=True, decimals=0), 24, 8))
+
+    add((row("Exporter"), 24, 1))
+    add((timeseries("Scrapes and collectors",
+                    "up: Prometheus reached the exporter. collector success: 0 means that "
+                    "collector's series are missing from the scrape (gunicorn_up included).",
+                    [(f"up{{{H}}}", "{{instance}} up"),
+                     (f"min by (instance, collector) (gunicorn_exporter_collector_success{{{H}}})",
+                      "{{instance}} {{collector}}")],
+                    max_=1, decimals=0), 12, 8))
+    out[-1][0]["fieldConfig"]["defaults"]["thresholds"] = _threshold_steps(1, below_is_bad=True)
+    add((timeseries("Collector duration",
+                    "How long each collector's last run took (limit: --scrape.timeout).",
+                    [(f"gunicorn_exporter_collector_duration_seconds{{{H}}}", "{{instance}} {{collector}}")],
+                    unit="s"), 12, 8))
+    add((timeseries("Missing privileges and sources",
+                    "gunicorn processes whose /proc entries the exporter may not read (grant "
+                    "CAP_SYS_PTRACE: docs/configuration.md#privileges), kernel log overruns, "
+                    "log files not open and failed reads.",
+                    [(f"gunicorn_exporter_permission_denied_processes{{{H}}}", "{{instance}} permission denied"),
+                     (_increase("gunicorn_exporter_kmsg_overruns_total", H, "instance"), "{{instance}} kmsg overruns"),
+                     (f"1 - gunicorn_log_file_open{{{H}}}", "{{instance}} not open: {{file}}"),
+                     (_increase("gunicorn_log_read_errors_total", H, "instance, file"), "{{instance}} read errors: {{file}}")],
+                    decimals=0), 12, 8))
+    add((timeseries("Exporter process",
+                    "The exporter's own memory and CPU.",
+                    [(f"process_resident_memory_bytes{{{H}}}", "{{instance}} RSS"),
+                     (f"rate(process_cpu_seconds_total{{{H}}}[$__rate_interval])", "{{instance}} CPU (cores)")],
+                    unit="bytes"), 12, 8))
+    cpu = out[-1][0]
+    cpu["fieldConfig"]["overrides"].append({
+        "matcher": {"id": "byRegexp", "options": ".*CPU \\(cores\\)$"},
+        "properties": [{"id": "unit", "value": "percentunit"},
+                       {"id": "custom.axisPlacement", "value": "right"}]})
+    add((table("Data sources in use",
+               "Where socket tables (netlink / procfs) and OOM kills (kmsg / cgroup / vmstat) come "
+               "from, and the exporter's version.",
+               f'label_replace(gunicorn_exporter_socket_table_info{{{H}}}, "kind", "socket table", "", "")'
+               f' or label_replace(gunicorn_oom_source_info{{{H}}}, "kind", "oom", "", "")'
+               f' or label_replace(gunicorn_exporter_build_info{{{H}}}, "kind", "exporter", "", "")'), 24, 6))
+    return out
+
+
+def annotations() -> list[dict]:
+    def ann(name, expr, title, text, color):
+        return {"name": name, "datasource": DS, "enable": True, "hide": False,
+                "iconColor": color, "expr": expr, "step": "1m", "titleFormat": title,
+                "textFormat": text, "tagKeys": "app,instance", "useValueForTime": False}
+
+    return [
+        {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+         "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
+         "name": "Annotations & Alerts", "type": "dashboard"},
+        ann("OOM kills", f"sum by (instance, app) (increase(gunicorn_worker_oom_kills_total{{{S}}}[2m])"
+            f" + increase(gunicorn_master_oom_kills_total{{{S}}}[2m])) > 0",
+            "OOM kill", "{{app}} on {{instance}}: the kernel OOM killer killed a gunicorn process (C7)", "red"),
+        ann("Worker timeouts", f'sum by (instance, app) (increase(gunicorn_log_events_total{{{S}, '
+            f'signature="worker_timeout"}}[2m])) > 0',
+            "WORKER TIMEOUT", "{{app}} on {{instance}}: a worker was killed for exceeding --timeout (W5)", "orange"),
+        ann("Error log signatures", f'sum by (instance, app, signature) (increase(gunicorn_log_events_total{{{S}, '
+            f'signature!~"worker_timeout|worker_boot|worker_exiting"}}[2m])) > 0',
+            "log: {{signature}}", "{{app}} on {{instance}}: {{signature}}", "purple"),
+        ann("Master restarts", f"changes(gunicorn_master_start_time_seconds{{{S}}}[2m]) > 0",
+            "master restarted", "{{app}} on {{instance}}: a new gunicorn master (restart or USR2 upgrade)", "blue"),
+    ]
+
+
+def variables() -> list[dict]:
+    def query_var(name, label, query):
+        return {"name": name, "label": label, "type": "query", "datasource": DS,
+                "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+                "definition": query, "refresh": 2, "includeAll": True, "multi": True,
+                "allValue": ".+", "sort": 1, "current": {}, "options": [], "hide": 0,
+                "regex": "", "skipUrlSync": False}
+
+    return [
+        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+         "current": {}, "options": [], "hide": 0, "refresh": 1, "regex": "",
+         "includeAll": False, "multi": False, "skipUrlSync": False},
+        query_var("job", "Job", "label_values(gunicorn_up, job)"),
+        query_var("instance", "Instance", 'label_values(gunicorn_up{job=~"$job"}, instance)'),
+        query_var("app", "App", 'label_values(gunicorn_up{job=~"$job", instance=~"$instance"}, app)'),
+    ]
+
+
+def layout(items: list[tuple[dict, int, int]]) -> list[dict]:
+    """Give every panel an id and a gridPos: left to right, wrapping at 24 columns."""
+    out, x, y, row_h = [], 0, 0, 0
+    for i, (p, w, h) in enumerate(items, start=1):
+        if p["type"] == "row" or x + w > 24:
+            x, y, row_h = 0, y + row_h, 0
+        p = {"id": i, "gridPos": {"h": h, "w": w, "x": x, "y": y}, **p}
+        out.append(p)
+        x += w
+        row_h = max(row_h, h)
+        if p["type"] == "row":
+            x, y, row_h = 0, y + h, 0
+    return out
+
+
+def dashboard(alerts_dir: Path = ALERTS_DIR) -> dict:
+    t, _source = thresholds(alerts_dir)
+    return {
+        "uid": UID,
+        "title": "gunicorn",
+        "description": "gunicorn-exporter: saturation, workers, database, events and the "
+                       "exporter's health. Generated by grafana/generate.py; thresholds are the "
+                       "alert thresholds of alerts/*.rules.yml.",
+        "tags": ["gunicorn", "gunicorn-exporter", "prometheus"],
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "editable": True,
+        "graphTooltip": 1,
+        "fiscalYearStartMonth": 0,
+        "liveNow": False,
+        "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "timepicker": {},
+        "timezone": "browser",
+        "weekStart": "",
+        "links": [],
+        "annotations": {"list": annotations()},
+        "templating": {"list": variables()},
+        "panels": layout(panels(t)),
+    }
+
+
+def render(alerts_dir: Path = ALERTS_DIR) -> str:
+    return json.dumps(dashboard(alerts_dir), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if the dashboard is out of date")
+    args = ap.parse_args(argv)
+    text = render()
+    if args.check:
+        if not OUT.exists() or OUT.read_text() != text:
+            print(f"{OUT.relative_to(ROOT)} is out of date: run python grafana/generate.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(text)
+    _t, source = thresholds()
+    for key, value in _t.items():
+        print(f"{key} = {value:g} from {source[key]}")
+    print(f"wrote {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
