@@ -12,7 +12,7 @@ Rules this module follows (project rules):
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import os
 import re
 import shutil
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import namedtuple
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -936,3 +937,49 @@ def ss_worker_close_wait_connections(pid: int, listener) -> int:
 
 
 ss_worker_close_wait = ss_worker_close_wait_connections
+
+
+# ---------------------------------------------------------------- processes
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM a process we started, SIGKILL it after ``timeout``; always reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+def _healthy(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(base + "/-/healthy", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_exporter(tmp_path, *args: str, port: int | None = None,
+                     ready_timeout: float = 20.0):
+    """`python -m exporter` on 127.0.0.1 (a free port unless given); yields its base
+    URL once /-/healthy answers; stopped by PID on exit. Its log is
+    ``tmp_path/exporter-PORT.log``."""
+    port = port or free_port()
+    log_path = Path(tmp_path) / ("exporter-%d.log" % port)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "exporter",
+                                 "--web.listen-address", "127.0.0.1:%d" % port, *args],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = "http://127.0.0.1:%d" % port
+
+            def up():
+                if proc.poll() is not None:
+                    raise AssertionError("exporter exited: " + log_path.read_text())
+                return _healthy(base)
+            poll(up, ready_timeout, message="exporter did not come up")
+            yield base
+        finally:
+            stop_process(proc)

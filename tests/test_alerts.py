@@ -7,7 +7,6 @@ promtool is the Debian package `prometheus`; without it these tests skip (fail w
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import re
 import shutil
@@ -21,7 +20,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import require
-from tests.harness import free_port, poll
+from tests.harness import poll, running_exporter
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
@@ -156,8 +155,7 @@ def test_runbook_alert_list_matches_the_config():
 
 def test_insights_file_marks_the_same_ids():
     insights = ROOT.parent / "shared" / "insights.md"
-    if not insights.exists():
-        pytest.skip("shared/insights.md is not next to the repository")
+    require(insights.exists(), "shared/insights.md is not next to the repository (CI has it)")
     marked = re.findall(r"^\| ([CWI]\d+) \|.*\*\*alert\*\*", insights.read_text(), re.M)
     assert sorted(marked) == sorted(ALERT_INSIGHTS)
 
@@ -228,33 +226,6 @@ def _get(url: str, timeout: float = 10):
             return r.status, r.read().decode()
     except OSError:
         return None, None
-
-
-@contextlib.contextmanager
-def running_exporter(tmp_path: Path, *args: str):
-    """`python -m exporter` on a free 127.0.0.1 port; yields its base URL; stopped by PID."""
-    port = free_port()
-    log_path = tmp_path / ("exporter-%d.log" % port)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "exporter",
-                                 "--web.listen-address", "127.0.0.1:%d" % port, *args],
-                                stdout=log, stderr=subprocess.STDOUT)
-        try:
-            base = "http://127.0.0.1:%d" % port
-
-            def healthy():
-                if proc.poll() is not None:
-                    raise AssertionError("exporter exited: " + log_path.read_text())
-                return _get(base + "/-/healthy")[0] == 200
-            poll(healthy, 20, message="exporter did not come up")
-            yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.harness import SlowClients, free_port, poll
+from tests.harness import SlowClients, free_port, poll, stop_process
 from tests.test_alerts import build, running_exporter
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -67,12 +67,7 @@ def _server(argv: list[str], log_path: Path, ready_url: str, what: str):
             poll(up, 30, interval=0.1, message="%s not ready" % what)
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc, 15)
 
 
 def _am_alerts(am: str) -> list[dict]:

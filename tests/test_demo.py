@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from exporter.demo import app, demo_values
-from tests.harness import pid_alive, poll
+from tests.harness import pid_alive, poll, stop_process
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -41,13 +41,7 @@ def _text(tmp_path) -> str:
 
 
 def _stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, 30)
 
 
 def test_sample_app_answers_without_a_server():

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from tests.conftest import require
-from tests.harness import free_port, poll
+from tests.harness import free_port, poll, running_exporter
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -384,21 +384,9 @@ def test_healthcheck_command_works_against_a_real_exporter(tmp_path):
     argv = [sys.executable] + [a.replace(":10188/", f":{port}/") for a in argv[1:]]
     # nothing listens yet: the check must fail
     assert run(argv).returncode != 0
-    log = open(tmp_path / "exporter.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", "--web.listen-address",
-                             f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        poll(lambda: run(argv).returncode == 0 if proc.poll() is None else
-             pytest.fail("exporter exited: " + (tmp_path / "exporter.log").read_text()),
-             20, interval=0.2, message="HEALTHCHECK command never succeeded")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with running_exporter(tmp_path, port=port):
+        poll(lambda: run(argv).returncode == 0, 20, interval=0.2,
+             message="HEALTHCHECK command never succeeded")
 
 
 def test_build_context_builds_the_package(tmp_path):

@@ -27,7 +27,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import require
-from tests.harness import free_port, poll
+from tests.harness import free_port, poll, running_exporter, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "dashboards" / "gunicorn.json"
@@ -251,18 +251,11 @@ def test_core_metrics_it_reads_are_on_a_live_metrics_page(gunicorn_factory, tmp_
     assert len(core) > 20
     # gthread: the only class with every core series (worker_connections_limit included)
     gunicorn_factory(worker_class="gthread", threads=2, workers=2, bind="tcp", name="dash")
-    port = free_port()
-    log = open(tmp_path / "exporter.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", "--web.listen-address",
-                             f"127.0.0.1:{port}", "--no-collector.postgres"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with running_exporter(tmp_path, "--no-collector.postgres") as base:
         last: list = [sorted(core)]
 
         def all_there():
-            if proc.poll() is not None:
-                pytest.fail("exporter exited: " + (tmp_path / "exporter.log").read_text())
-            text = _scrape(f"http://127.0.0.1:{port}/metrics")
+            text = _scrape(base + "/metrics")
             if text is None:
                 return False
             seen = {s.name for f in text_string_to_metric_families(text) for s in f.samples
@@ -274,14 +267,6 @@ def test_core_metrics_it_reads_are_on_a_live_metrics_page(gunicorn_factory, tmp_
             poll(all_there, 30, interval=0.2)
         except AssertionError:
             pytest.fail(f"core families the dashboard reads are missing from /metrics: {last[0]}")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -362,10 +347,5 @@ def test_every_query_runs_on_a_real_prometheus(gunicorn_factory, tmp_path):
             assert float(busy["data"]["result"][0]["value"][1]) == 1.0
     finally:
         for proc, log in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 15)
             log.close()

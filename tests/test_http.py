@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -14,37 +15,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.scrape import Scraper
 from tests.conftest import require
-from tests.harness import free_port, poll
+from tests.harness import free_port, poll, running_exporter, stop_process
 
 pytestmark = [pytest.mark.timeout(60)]
 
 
 @pytest.fixture
 def exporter_process(tmp_path):
-    """Start `python -m exporter` on a free port; stop it by PID at teardown."""
-    procs = []
-
-    def start(*args):
-        port = free_port()
-        log = open(tmp_path / f"exporter-{port}.log", "wb")
-        p = subprocess.Popen([sys.executable, "-m", "exporter",
-                              "--web.listen-address", f"127.0.0.1:{port}", *args],
-                             stdout=log, stderr=subprocess.STDOUT)
-        procs.append((p, log))
-        base = f"http://127.0.0.1:{port}"
-        poll(lambda: _get(base + "/-/healthy")[0] == 200 if p.poll() is None else
-             pytest.fail(f"exporter exited: {(tmp_path / f'exporter-{port}.log').read_text()}"),
-             15, message="exporter did not come up")
-        return base
-    yield start
-    for p, log in procs:
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        log.close()
+    """Yields start(*args) -> base URL of a `python -m exporter`; all stopped at teardown."""
+    with contextlib.ExitStack() as stack:
+        yield lambda *args: stack.enter_context(running_exporter(tmp_path, *args))
 
 
 def _get(url, accept=None, timeout=10):
@@ -66,7 +46,7 @@ def samples(text):
 
 @pytest.mark.slow
 def test_metrics_of_a_real_gunicorn_pass_promtool(gunicorn_factory, exporter_process, tmp_path):
-    g = gunicorn_factory(worker_class="gthread", threads=2, bind="tcp", workers=2, name="e2e")
+    gunicorn_factory(worker_class="gthread", threads=2, bind="tcp", workers=2, name="e2e")
     base = exporter_process()
     status, ctype, text = _get(base + "/metrics")
     assert status == 200 and ctype.startswith("text/plain")
@@ -234,7 +214,6 @@ def test_without_privileges_it_says_so_once_and_exports_what_it_can(gunicorn_fac
         assert got[("gunicorn_worker_resident_memory_bytes", (("app", "priv"), ("worker", "0")))] > 0
         assert got[("gunicorn_exporter_collector_success", (("collector", "gunicorn"),))] == 1
     finally:
-        p.terminate()
-        p.wait(10)
+        stop_process(p)
     text = log_path.read_text()
     assert text.count("not allowed to read /proc entries") == 1, text

@@ -7,11 +7,9 @@ from __future__ import annotations
 import errno
 import os
 import re
-import resource
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import uuid
 
