@@ -20,26 +20,11 @@ Routes:
 import os
 import threading
 import time
-from urllib.parse import parse_qs
+
+from wsgi_app import _param, _respond  # same query parsing and answers as the main test app
 
 _engine = None
 _lock = threading.Lock()
-
-
-def _param(environ, name, default, cap, conv=float):
-    qs = parse_qs(environ.get("QUERY_STRING", ""))
-    try:
-        value = conv(qs.get(name, [default])[0])
-    except (TypeError, ValueError):
-        value = conv(default)
-    return max(conv(0), min(value, conv(cap)))
-
-
-def _respond(start_response, body, status="200 OK"):
-    data = body.encode("utf-8")
-    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                            ("Content-Length", str(len(data)))])
-    return [data]
 
 
 def _appname():
