@@ -315,6 +315,7 @@ class GunicornCollector:
         legacy = _legacy_heartbeat(raw.version)
         mono = time.monotonic()
         wall = time.time()
+        match = _SocketMatcher.of(raw, self.options)  # once per master, not per worker
         for w in raw.workers:
             st = w.stat
             age = None
@@ -329,7 +330,7 @@ class GunicornCollector:
             db_tcp: list[tuple[str, int, str, int]] = []
             db_unix: list[tuple[int, int]] = []
             if w.scan is not None and raw.socket_source != "none":
-                active, closed = _count_worker_sockets(raw, w, self.options, db_tcp, db_unix)
+                active, closed = _count_worker_sockets(raw, w, match, db_tcp, db_unix)
                 db = len(db_tcp) + len(db_unix)
             app.workers.append(WorkerSnapshot(
                 slot=-1, pid=w.pid,
@@ -486,16 +487,30 @@ def _join_sockets(raw: _MasterRaw, table: SocketTable, options: GunicornOptions)
                 w.sockets_inet.append(i)
 
 
-def _count_worker_sockets(raw: _MasterRaw, w: _WorkerRaw, options: GunicornOptions,
+@dataclass(frozen=True)
+class _SocketMatcher:
+    """What tells a master's client connections and DB connections apart."""
+
+    unix_names: frozenset[str]          # paths of its unix listeners
+    tcp_ports: dict[int, set[str]]      # port -> local addresses of its TCP listeners
+    db_ports: frozenset[int]
+    db_paths: tuple[str, ...]
+
+    @classmethod
+    def of(cls, raw: _MasterRaw, options: GunicornOptions) -> "_SocketMatcher":
+        tcp_ports: dict[int, set[str]] = {}
+        for s, _ in raw.listeners:
+            if isinstance(s, sockdiag.InetSocket):
+                tcp_ports.setdefault(s.local_port, set()).add(s.local_addr)
+        return cls(frozenset(s.name for s, _ in raw.listeners
+                             if isinstance(s, sockdiag.UnixSocket) and s.name),
+                   tcp_ports, frozenset(options.db_ports), options.db_socket_paths)
+
+
+def _count_worker_sockets(raw: _MasterRaw, w: _WorkerRaw, match: _SocketMatcher,
                           db_tcp: list, db_unix: list) -> tuple[int, int]:
     """(active, client_closed) client connections; DB connections go into db_tcp/db_unix."""
-    unix_names = {s.name for s, _ in raw.listeners
-                  if isinstance(s, sockdiag.UnixSocket) and s.name}
-    tcp_ports: dict[int, set[str]] = {}
-    for s, _ in raw.listeners:
-        if isinstance(s, sockdiag.InetSocket):
-            tcp_ports.setdefault(s.local_port, set()).add(s.local_addr)
-    db_ports = set(options.db_ports)
+    unix_names, tcp_ports, db_ports = match.unix_names, match.tcp_ports, match.db_ports
     active = closed = 0
     for u in w.sockets_unix:
         if u.state == TCP_LISTEN:
@@ -507,7 +522,7 @@ def _count_worker_sockets(raw: _MasterRaw, w: _WorkerRaw, options: GunicornOptio
                 active += 1
             continue
         peer_name = raw.unix_peers.get(u.peer) if u.peer else None
-        if peer_name and _is_db_socket(peer_name, db_ports, options.db_socket_paths):
+        if peer_name and _is_db_socket(peer_name, db_ports, match.db_paths):
             db_unix.append((u.inode, u.peer))
     for i in w.sockets_inet:
         if i.state not in (TCP_ESTABLISHED, TCP_CLOSE_WAIT):
@@ -528,7 +543,7 @@ def _v4_mapped(addr: str) -> str:
     return addr[7:] if addr.startswith("::ffff:") else addr
 
 
-def _is_db_socket(name: str, ports: set[int], paths: tuple[str, ...]) -> bool:
+def _is_db_socket(name: str, ports: frozenset[int], paths: tuple[str, ...]) -> bool:
     if name in paths:
         return True
     m = PGSQL_SOCKET_RE.search(name)
