@@ -9,6 +9,7 @@ from aiohttp import web
 
 from exporter import __version__
 from exporter.collectors.gunicorn import GunicornCollector, GunicornOptions
+from exporter.collectors.attribution import AppIndex
 from exporter.collectors.logs import LogsCollector
 from exporter.collectors.netstat import NetstatCollector
 from exporter.collectors.oom import OomCollector
@@ -23,6 +24,7 @@ log = logging.getLogger("exporter")
 
 def build_collectors(config: Config) -> list:
     procfs = ProcFS(config.procfs)
+    recent = AppIndex()  # pids/listeners/cgroups of gunicorn apps, for oom and logs alike
     available = {
         "gunicorn": lambda: GunicornCollector(GunicornOptions(
             db_ports=config.db_ports,
@@ -35,10 +37,11 @@ def build_collectors(config: Config) -> list:
         ), procfs),
         "netstat": lambda: NetstatCollector(procfs),
         # after "gunicorn": they learn its pids in finish(), which runs in this order
-        "oom": lambda: OomCollector(kmsg_path=config.kmsg_path or None, procfs=config.procfs),
+        "oom": lambda: OomCollector(kmsg_path=config.kmsg_path or None, procfs=config.procfs,
+                                    index=recent),
         "logs": lambda: LogsCollector(config.log_files, config.log_signatures,
                                       interval=config.log_poll_interval,
-                                      max_line=config.log_max_line),
+                                      max_line=config.log_max_line, index=recent),
         "postgres": lambda: PostgresCollector(postgres_options(config)),
     }
     return [make() for name, make in available.items() if config.collectors.get(name)]

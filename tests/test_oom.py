@@ -317,3 +317,16 @@ class _FakeCgroupFS:
 
     def oom_kills(self, cg):
         return self.values.get(cg.path)
+
+
+def test_one_index_serves_oom_and_logs_and_learns_each_snapshot_once():
+    from exporter.collectors.logs import LogsCollector
+    idx = AppIndex()
+    oom = OomCollector(kmsg_path=None, index=idx)
+    logs = LogsCollector(index=idx)
+    snap = _gsnap(workers=(1, 2))
+    oom.finish(snap)
+    first_seen = idx._pids[1][2]
+    logs.finish(snap)                      # same snapshot: nothing learned twice
+    assert idx._pids[1][2] == first_seen
+    assert idx.pid(2) == ("shop", "worker") and oom.index is logs.index

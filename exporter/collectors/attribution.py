@@ -45,8 +45,14 @@ class AppIndex:
         self._ports: OrderedDict[int, str] = OrderedDict()   # wildcard TCP listeners
         self.apps: OrderedDict[str, float] = OrderedDict()    # every app seen, LRU
         self.masters: dict[str, int] = {}                    # app -> current master pid
+        self._last: GunicornSnapshot | None = None
 
     def update(self, snap: GunicornSnapshot, now: float | None = None) -> None:
+        """Learn a collection's processes. The oom and logs collectors share one index
+        and both call this from finish(): the second call for a snapshot is a no-op."""
+        if snap is self._last:
+            return
+        self._last = snap
         now = time.time() if now is None else now
         masters: dict[str, int] = {}
         for a in snap.apps:
