@@ -115,13 +115,7 @@ def memcg():
 @pytest.mark.timeout(120)
 def test_real_oom_kill_of_a_worker_is_counted_for_its_app(memcg, gunicorn_factory, tmp_path):
     require(os.access("/dev/kmsg", os.R_OK), "cannot read /dev/kmsg")
-    hook = tmp_path / "in_cgroup.py"
-    hook.write_text(
-        "import os\n"
-        "def on_starting(server):\n"
-        f"    with open({str(memcg.dir / 'cgroup.procs')!r}, 'w') as f:\n"
-        "        f.write(str(os.getpid()))\n")
-    g = gunicorn_factory(workers=1, name="oomapp", extra_args=["-c", str(hook)])
+    g = _gunicorn_in(memcg, gunicorn_factory, tmp_path, "oomapp")
     (worker,) = g.worker_pids()
     with open(f"/proc/{worker}/cgroup") as f:
         assert memcg.path in f.read(), "worker is not in the test cgroup"
@@ -190,6 +184,18 @@ def test_real_oom_kill_of_a_worker_is_counted_for_its_app(memcg, gunicorn_factor
           f"vmstat delta {vmstat_oom_kill() - before['vmstat']}, cgroup delta 1")
 
 
+def _gunicorn_in(memcg, gunicorn_factory, tmp_path, name):
+    """A one-worker gunicorn whose master joins the test cgroup before forking (an
+    on_starting hook in a -c file), so the worker is born inside it."""
+    hook = tmp_path / "in_cgroup.py"
+    hook.write_text(
+        "import os\n"
+        "def on_starting(server):\n"
+        f"    with open({str(memcg.dir / 'cgroup.procs')!r}, 'w') as f:\n"
+        "        f.write(str(os.getpid()))\n")
+    return gunicorn_factory(workers=1, name=name, extra_args=["-c", str(hook)])
+
+
 def _alloc(g):
     try:
         return http_get(g.unix_path, "/alloc?mb=300", timeout=30)
@@ -211,13 +217,7 @@ def _wait_log(g, needle: str, timeout: float = 10.0) -> str:
 @pytest.mark.timeout(120)
 def test_cgroup_fallback_counts_the_kill_without_kmsg(memcg, gunicorn_factory, tmp_path):
     """No /dev/kmsg (a container): the master's cgroup counter attributes the kill."""
-    hook = tmp_path / "in_cgroup.py"
-    hook.write_text(
-        "import os\n"
-        "def on_starting(server):\n"
-        f"    with open({str(memcg.dir / 'cgroup.procs')!r}, 'w') as f:\n"
-        "        f.write(str(os.getpid()))\n")
-    g = gunicorn_factory(workers=1, name="oomfallback", extra_args=["-c", str(hook)])
+    g = _gunicorn_in(memcg, gunicorn_factory, tmp_path, "oomfallback")
     (worker,) = g.worker_pids()
 
     async def scenario():
