@@ -57,6 +57,9 @@ class ProcFS:
     def stat(self, pid: int) -> "ProcStat":
         return parse_stat(self.read_text(pid, "stat"))
 
+    def status(self, pid: int) -> "ProcStatus":
+        return parse_status(self.read_text(pid, "status"))
+
     def fd_limit(self, pid: int) -> int | None:
         return parse_limits_nofile(self.read_text(pid, "limits"))
 
@@ -66,7 +69,7 @@ class ProcFS:
         except OSError:
             return None
 
-    def scan_fds(self, pid: int) -> FdScan:
+    def scan_fds(self, pid: int, limit: int | None = None) -> FdScan:
         """List a process's fds once: socket inodes and heartbeat files.
 
         Raises PermissionError when we may not look (another user's process without
@@ -77,10 +80,11 @@ class ProcFS:
         heartbeats: list[tuple[int, str]] = []
         count = 0
         truncated = False
+        cap = MAX_FDS_PER_PROCESS if limit is None else min(limit, MAX_FDS_PER_PROCESS)
         with os.scandir(fd_dir) as it:
             for entry in it:
                 count += 1
-                if count > MAX_FDS_PER_PROCESS:
+                if count > cap:
                     truncated = True
                     break
                 try:
@@ -147,6 +151,65 @@ def parse_stat(text: str) -> ProcStat:
         starttime_ticks=int(f[19]),
         rss_pages=int(f[21]),
     )
+
+
+@dataclass(slots=True)
+class ProcStatus:
+    """The parts of /proc/PID/status the exporter uses (readable by every user)."""
+
+    uid: int                    # real uid
+    gid: int                    # real gid
+    groups: frozenset[int]
+    sig_caught: int             # SigCgt bit mask: bit N-1 is signal N
+    cpus_allowed: int | None    # CPUs in the affinity mask (len(os.sched_getaffinity(0)))
+
+    def catches(self, signum: int) -> bool:
+        return bool(self.sig_caught >> (signum - 1) & 1)
+
+    def may(self, st: os.stat_result, bit: int) -> bool:
+        """Would this user get access `bit` (4 read, 1 search) by the mode bits alone?
+
+        Root (uid 0) bypasses mode bits for read and search, as the kernel does with
+        CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH. ACLs are not consulted: a file that only
+        an ACL makes readable is treated as not readable (the safe side).
+        """
+        if self.uid == 0:
+            return True
+        if st.st_uid == self.uid:
+            return bool(st.st_mode >> 6 & bit)
+        if st.st_gid == self.gid or st.st_gid in self.groups:
+            return bool(st.st_mode >> 3 & bit)
+        return bool(st.st_mode & bit)
+
+
+def parse_status(text: str) -> ProcStatus:
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key in ("Uid", "Gid", "Groups", "SigCgt", "Cpus_allowed_list"):
+            fields[key] = value.strip()
+    uid = int(fields["Uid"].split()[0])
+    gid = int(fields["Gid"].split()[0])
+    groups = frozenset(int(g) for g in fields.get("Groups", "").split()[:1024])
+    return ProcStatus(uid=uid, gid=gid, groups=groups,
+                      sig_caught=int(fields.get("SigCgt", "0"), 16),
+                      cpus_allowed=parse_cpu_list(fields.get("Cpus_allowed_list", "")))
+
+
+def parse_cpu_list(text: str) -> int | None:
+    """Number of CPUs in a list such as '0-3,8,10-11'; None when empty or malformed."""
+    total = 0
+    for part in text.split(",")[:4096]:
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            return None
+        if b < a or b - a > 1 << 20:
+            return None
+        total += b - a + 1
+    return total or None
 
 
 def parse_nul_list(data: bytes) -> list[str]:

@@ -146,6 +146,14 @@ class UnixSocket:
     wqueue: int         # LISTEN: max backlog; else send queue
     shutdown: int       # sk_shutdown bits of this socket; -1 if unknown
     vfs_ino: int = 0    # inode of the socket file on disk, 0 if none
+    vfs_dev: int = 0    # its device in the kernel's encoding (major << 20 | minor)
+
+    @property
+    def vfs(self) -> tuple[int, int, int] | None:
+        """(major, minor, inode) of the bound file, comparable with os.stat()."""
+        if not self.vfs_ino:
+            return None
+        return self.vfs_dev >> 20, self.vfs_dev & 0xFFFFF, self.vfs_ino
 
 
 @dataclass(slots=True)
@@ -342,7 +350,7 @@ def _dump_unix(sock: socket.socket, seq: int, deadline: float,
             peer = 0
             rq = wq = 0
             shut = -1
-            vfs_ino = 0
+            vfs_ino = vfs_dev = 0
             while a + 4 <= end:
                 alen, atype = unpack_attr(buf, a)
                 if alen < 4 or a + alen > end:
@@ -357,15 +365,15 @@ def _dump_unix(sock: socket.socket, seq: int, deadline: float,
                     shut = buf[p]
                 elif atype == UNIX_DIAG_NAME:
                     raw_name = (p, a + alen)
-                elif atype == UNIX_DIAG_VFS:
-                    vfs_ino = unpack_u32(buf, p)[0]
+                elif atype == UNIX_DIAG_VFS and alen >= 12:
+                    vfs_ino, vfs_dev = unpack_2u32(buf, p)
                 a += (alen + 3) & ~3
             # embryos waiting in an accept queue have inode 0
             if ino and (wanted is None or ino in wanted or peer in wanted):
                 if raw_name is not None:
                     name = _decode_name(bytes(buf[raw_name[0]:raw_name[1]]))
                 out[ino] = Unix(ino, state, stype, name, peer, rq, wq, shut,
-                                vfs_ino)
+                                vfs_ino, vfs_dev)
             off += (mlen + 3) & ~3
     raise SockDiagError(errno.EIO, "sock_diag: dump ended without NLMSG_DONE")
 
