@@ -1,7 +1,7 @@
 """Static reading of gunicorn settings: argv shapes, GUNICORN_CMD_ARGS, config files, titles."""
 
 from exporter.gunicorn.settings import (gunicorn_args, normalise_worker_class, parse_args,
-                                        parse_title, read_config_file, resolve)
+                                        parse_title, resolve)
 
 
 def test_recognises_invocations():
@@ -47,7 +47,7 @@ def test_worker_class_aliases():
     assert normalise_worker_class("my.custom.Worker") == "my.custom.Worker"
 
 
-def test_config_file_is_read_statically():
+def test_config_file_is_evaluated_statically_never_run():
     text = (
         "import multiprocessing\n"
         "workers = multiprocessing.cpu_count() * 2 + 1\n"
@@ -57,11 +57,15 @@ def test_config_file_is_read_statically():
         "backlog = 64\n"
         "def on_starting(server):\n    raise SystemExit('must never run')\n"
     )
-    found, skipped = read_config_file(text)
-    assert found == {"worker_class": "gevent", "bind": ["unix:/run/x.sock"], "timeout": 120,
-                     "backlog": 64}
-    assert skipped == ["workers"]
-    assert read_config_file("this is not python (")[1][0].startswith("config file does not parse")
+    s = resolve(["-c", "/g.py", "app:app"], {}, {"/g.py": text}.__getitem__, cpu_count=4)
+    assert (s.get("workers"), s.get("worker_class"), s.get("bind"), s.get("timeout"),
+            s.get("backlog")) == (9, "gevent", ["unix:/run/x.sock"], 120, 64)
+    assert s.sources["workers"] == "config_file"
+    unknown_cpus = resolve(["-c", "/g.py", "app:app"], {}, {"/g.py": text}.__getitem__)
+    assert unknown_cpus.get("workers") is None and unknown_cpus.sources["workers"] == "unknown"
+    broken = resolve(["-c", "/g.py", "-w", "3", "app:app"], {}, {"/g.py": "this is not python ("}.__getitem__)
+    assert broken.get("timeout") is None and broken.sources["timeout"] == "unknown"
+    assert broken.get("workers") == 3  # the command line still says
 
 
 def test_precedence_defaults_file_env_cmdline():
@@ -86,9 +90,39 @@ def test_missing_default_config_is_not_a_problem_but_explicit_one_is():
 
 def test_bad_values_are_reported_not_raised():
     s = resolve(["-w", "many", "app:app"], {"GUNICORN_CMD_ARGS": "--timeout 'unclosed"})
-    assert s.get("workers") == 1
+    assert s.get("workers") is None and s.sources["workers"] == "unknown"
     assert any("workers" in p for p in s.problems)
     assert any("GUNICORN_CMD_ARGS" in p for p in s.problems)
+
+
+def test_out_of_range_values_are_unknown_not_crashes():
+    s = resolve(["-w", "9" * 400, "--timeout", "-5", "--threads", "0", "app:app"], {})
+    for name in ("workers", "timeout", "threads"):
+        assert s.get(name) is None and s.sources[name] == "unknown"
+    s = resolve(["app:app"], {}, {"./gunicorn.conf.py": "timeout = 1e999\nworkers = 2.5\n"}.__getitem__)
+    assert s.get("timeout") is None and s.get("workers") is None
+
+
+def test_web_concurrency_and_port_are_gunicorns_defaults():
+    s = resolve(["app:app"], {"WEB_CONCURRENCY": "4", "PORT": "9000"})
+    assert (s.get("workers"), s.sources["workers"]) == (4, "env")
+    assert s.get("bind") == ["0.0.0.0:9000"]
+    s = resolve(["-w", "2", "app:app"], {"WEB_CONCURRENCY": "4"})
+    assert s.get("workers") == 2
+
+
+def test_what_cannot_be_read_is_unknown():
+    # environment not readable: GUNICORN_CMD_ARGS could set anything not on the command line
+    s = resolve(["-w", "2", "app:app"], None)
+    assert s.get("workers") == 2 and s.get("timeout") is None and s.sources["timeout"] == "unknown"
+    # argv replaced by a process title: nothing is known
+    s = resolve(None, {})
+    assert all(src == "unknown" for src in s.sources.values())
+
+    def refused(path):
+        raise PermissionError(13, "Permission denied")
+    s = resolve(["-c", "/etc/secret.py", "-w", "2", "app:app"], {}, refused)
+    assert s.get("workers") == 2 and s.get("proc_name") is None and s.sources["timeout"] == "unknown"
 
 
 def test_app_from_env_only():
