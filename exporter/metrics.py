@@ -17,6 +17,7 @@ Sample output (one sync app, two workers, one busy):
 
 from __future__ import annotations
 
+import logging
 import platform
 from collections.abc import Iterable, Iterator
 
@@ -29,32 +30,61 @@ from exporter.collectors.oom import OomSnapshot
 from exporter.snapshot import (AppSnapshot, GunicornSnapshot, HostSnapshot, PostgresSnapshot,
                                Snapshot)
 
+log = logging.getLogger(__name__)
+
 
 def _g(name: str, doc: str, labels: Iterable[str] = (), unit: str = "") -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, labels=list(labels), unit=unit)
 
 
+RENDERERS = {}  # snapshot type -> renderer, filled below
+
+
 def render(snapshot: Snapshot) -> Iterator[Metric]:
-    """All families for one scrape, data first, exporter self-metrics last."""
+    """All families for one scrape, data first, exporter self-metrics last.
+
+    A collector's families are rendered completely before any is yielded: if rendering
+    fails (a bug, or a value that is not a number), that collector is reported as failed
+    and the others still answer; /metrics never fails as a whole.
+    """
     for result in snapshot.results.values():
         if not result.success or result.data is None:
             continue
-        if isinstance(result.data, GunicornSnapshot):
-            yield from render_gunicorn(result.data)
-        elif isinstance(result.data, HostSnapshot):
-            yield from render_host(result.data)
-        elif isinstance(result.data, OomSnapshot):
-            yield from render_oom(result.data)
-        elif isinstance(result.data, LogsSnapshot):
-            yield from render_logs(result.data)
-        elif isinstance(result.data, PostgresSnapshot):
-            yield from render_postgres(result.data)
+        renderer = RENDERERS.get(type(result.data))
+        if renderer is None:
+            continue
+        try:
+            families = [_checked(f) for f in renderer(result.data)]
+        except Exception as e:  # noqa: BLE001
+            log.warning("collector %s: rendering failed: %r", result.name, e)
+            result.success, result.error = False, f"rendering: {type(e).__name__}"
+            continue
+        yield from families
     yield from render_self(snapshot)
+
+
+def _checked(family: Metric) -> Metric:
+    """Every sample can be written: its value is a float, its label values encode as
+    UTF-8 (or the sample goes, with a warning: it is a bug upstream)."""
+    if not all(_writable(s) for s in family.samples):
+        family.samples = [s for s in family.samples if _writable(s)]
+        log.warning("%s: dropped a sample that cannot be written", family.name)
+    return family
+
+
+def _writable(sample) -> bool:
+    try:
+        float(sample.value)
+        for v in sample.labels.values():
+            v.encode("utf-8")
+        return True
+    except (TypeError, ValueError, OverflowError, UnicodeError, AttributeError):
+        return False
 
 
 def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
     up = _g("gunicorn_up", "1 if the gunicorn master of this app is running; 0 if it ran before (or is expected by --gunicorn.expected-app) and is not running now.", ["app"])
-    info = _g("gunicorn_info", "Gunicorn version and worker class of a running master; always 1.", ["app", "version", "worker_class"])
+    info = _g("gunicorn_info", "Gunicorn version, worker class and user of a running master; always 1.", ["app", "version", "worker_class", "user"])
     workers = _g("gunicorn_workers", "HTTP worker processes alive under the master.", ["app"])
     desired = _g("gunicorn_workers_desired", "Number of workers the master is configured to run.", ["app"])
     timeout = _g("gunicorn_timeout_seconds", "Worker timeout (--timeout): a worker silent this long is killed; 0 = disabled.", ["app"])
@@ -65,7 +95,9 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
     backlog = _g("gunicorn_backlog", "Configured --backlog; the kernel caps it at net.core.somaxconn (see gunicorn_listener_queue_max).", ["app"])
     master_start = _g("gunicorn_master_start_time_seconds", "Start time of the master process since the epoch.", ["app"])
     spawned = CounterMetricFamily("gunicorn_workers_spawned", "Workers the master has spawned since it started (control socket only).", labels=["app"])
-    source = _g("gunicorn_setting_source_info", "Where the exporter learned each setting: control_socket, cmdline, env, config_file or default; always 1.", ["app", "setting", "source"])
+    source = _g("gunicorn_setting_source_info", "Where the exporter learned each setting: control_socket, cmdline, env, config_file, default, kernel (backlog of the listening sockets) or unknown (not knowable: its gauge is absent); always 1.", ["app", "setting", "source"])
+    errors = _g("gunicorn_exporter_app_errors", "Parts of this app's data that could not be collected in this scrape (0 = complete; the exporter's log says what failed).", ["app"])
+    orphans = _g("gunicorn_orphan_workers", "Worker processes of the app whose master is gone (killed with -9 while they were busy); they serve nothing new and exit after their current request.", ["app"])
 
     w_info = _g("gunicorn_worker_info", "Process id of the worker in this slot; always 1. Slots are reused when workers are recycled.", ["app", "worker", "pid"])
     w_conn = _g("gunicorn_worker_connections", "Client connections a worker holds that were accepted from the master's listeners, by state (active, client_closed).", ["app", "worker", "state"])
@@ -85,7 +117,8 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
         up.add_metric([a.app], 1 if a.up else 0)
         if not a.up:
             continue
-        info.add_metric([a.app, a.version, a.worker_class], 1)
+        info.add_metric([a.app, a.version, a.worker_class, a.user], 1)
+        errors.add_metric([a.app], len(a.errors))
         workers.add_metric([a.app], len(a.workers))
         _maybe(desired, [a.app], a.workers_desired)
         _maybe(timeout, [a.app], a.timeout)
@@ -99,7 +132,8 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
             spawned.add_metric([a.app], a.workers_spawned)
         for setting, where in sorted(a.settings_source.items()):
             source.add_metric([a.app, setting, where], 1)
-        busy.add_metric([a.app], _busy(a))
+        if a.capacity is not None:
+            busy.add_metric([a.app], _busy(a))
         for w in a.workers:
             lv = [a.app, str(w.slot)]
             w_info.add_metric(lv + [str(w.pid)], 1)
@@ -119,9 +153,12 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
             _maybe(l_len, [a.app, name], lst.queue_length)
             _maybe(l_max, [a.app, name], lst.queue_max)
 
+    for app, n in sorted(snap.orphans.items()):
+        orphans.add_metric([app], n)
+
     yield from (up, info, workers, desired, timeout, keepalive, capacity, conn_limit, busy,
-                backlog, master_start, spawned, source, w_info, w_conn, w_beat, w_rss, w_cpu,
-                w_threads, w_fds, w_maxfds, w_start, w_db, l_len, l_max)
+                backlog, master_start, spawned, source, errors, orphans, w_info, w_conn, w_beat,
+                w_rss, w_cpu, w_threads, w_fds, w_maxfds, w_start, w_db, l_len, l_max)
 
     denied = _g("gunicorn_exporter_permission_denied_processes", "Gunicorn processes whose /proc fd table or environment the exporter may not read (0 = full view).")
     denied.add_metric([], snap.permission_denied)
@@ -129,6 +166,21 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
     src.add_metric([snap.socket_source], 1)
     yield denied
     yield src
+    for name, value, doc in (
+            ("gunicorn_exporter_dropped_masters", snap.dropped_masters,
+             "Gunicorn masters found but not measured in this scrape because there are more than --gunicorn.max-masters (shared out between users)."),
+            ("gunicorn_exporter_dropped_workers", snap.dropped_workers,
+             "Worker processes not measured in this scrape because a master has more than 1024."),
+            ("gunicorn_exporter_filtered_masters", snap.filtered_masters,
+             "Gunicorn masters not watched because their user is not one of --gunicorn.user."),
+            ("gunicorn_exporter_remembered_apps", snap.remembered_apps,
+             "Apps the exporter remembers so that a stopped one reads gunicorn_up 0 (at most 256).")):
+        g = _g(name, doc)
+        g.add_metric([], value)
+        yield g
+    forgotten = CounterMetricFamily("gunicorn_exporter_forgotten_apps", "Apps dropped from that memory because it was full (the oldest of the user with the most).")
+    forgotten.add_metric([], snap.forgotten_apps)
+    yield forgotten
 
 
 def _busy(a: AppSnapshot) -> int:
@@ -279,6 +331,11 @@ def render_postgres(snap: PostgresSnapshot) -> Iterator[Metric]:
 
     yield from (up, priv, max_conn, su_reserved, reserved, conns, hidden, idle_tx, oldest,
                 app_conn, w_conn, unattr, budget, per_worker)
+
+
+RENDERERS.update({GunicornSnapshot: render_gunicorn, HostSnapshot: render_host,
+                  OomSnapshot: render_oom, LogsSnapshot: render_logs,
+                  PostgresSnapshot: render_postgres})
 
 
 def render_self(snapshot: Snapshot) -> Iterator[Metric]:

@@ -59,6 +59,10 @@ class AppSnapshot:
     listeners: list[ListenerSnapshot] = field(default_factory=list)
     master_start_time: float | None = None
     workers_spawned: int | None = None  # from the control socket's `show stats`
+    user: str = ""                  # the master's user name (or uid), for gunicorn_info
+    uid: int = -1
+    errors: list[str] = field(default_factory=list)  # parts of this app that failed, this scrape
+    transient: bool = False         # a USR2 master's NAME.2 or NAME@listener: never remembered
 
 
 @dataclass
@@ -66,7 +70,12 @@ class GunicornSnapshot:
     apps: list[AppSnapshot] = field(default_factory=list)
     socket_source: str = "none"     # 'netlink', 'procfs' or 'none'
     permission_denied: int = 0      # processes whose /proc entries we could not read
-    truncated: bool = False
+    orphans: dict[str, int] = field(default_factory=dict)  # app -> workers whose master is gone
+    dropped_masters: int = 0        # masters over --gunicorn.max-masters, not measured
+    dropped_workers: int = 0        # workers over the per-master cap
+    filtered_masters: int = 0       # masters of users not watched (--gunicorn.user)
+    remembered_apps: int = 0        # apps remembered to report gunicorn_up 0
+    forgotten_apps: int = 0         # apps dropped from that memory because it was full (counter)
 
 
 @dataclass

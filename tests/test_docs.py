@@ -69,7 +69,7 @@ def full_snapshot() -> Snapshot:
         master_start_time=1_700_000_000.0, workers_spawned=5)
     gone = AppSnapshot(app="old", up=False)
     gunicorn = GunicornSnapshot(apps=[shop, gone], socket_source="netlink",
-                                permission_denied=1)
+                                permission_denied=1, orphans={"old": 1})
     host = HostSnapshot(somaxconn=4096, listen_overflows=7, listen_drops=9)
     oom = OomSnapshot(source="kmsg", host_oom_kills=3, unattributed_kills=1, kmsg_lost=0,
                       apps={"shop": AppOom(worker_kills=1, master_kills=0,

@@ -58,7 +58,8 @@ class AppIndex:
         for a in snap.apps:
             if not a.up:
                 continue
-            self._remember_app(a.app, now)
+            if not a.transient:  # a USR2 master's NAME.2 would otherwise stay forever
+                self._remember_app(a.app, now)
             if a.master_pid:
                 masters[a.app] = a.master_pid
                 self._remember_pid(a.master_pid, a.app, "master", now)

@@ -1,44 +1,58 @@
 """The gunicorn collector: masters, workers, their connections, heartbeats and listeners.
 
 One collection:
-  1. off the event loop (a worker thread): discover masters and workers in /proc,
-     read each network namespace's socket table once (netlink, `/proc/PID/net/*` as
-     the fallback), and join socket inodes from the workers' fd tables against it;
-  2. on the event loop: ask each master's control socket (if it has one) the read-only
-     `show config|stats` questions, with a short time limit;
-  3. merge both into `AppSnapshot`s, with stable per-app worker slots.
+  1. off the event loop (a worker thread): discover masters, workers and orphans in /proc
+     (`exporter/gunicorn/discovery.py`), read each network namespace's socket table once
+     (netlink, `/proc/PID/net/*` as the fallback), join socket inodes from the fd tables
+     against it (`exporter/gunicorn/join.py`), and work out each master's settings
+     (`exporter/gunicorn/settings.py`);
+  2. on the event loop: ask each master's control socket the read-only `show config|stats`
+     questions, with a short time limit, and keep an answer only when the kernel proves it
+     came from that master (`exporter/gunicorn/control.py`);
+  3. merge both into `AppSnapshot`s with unique, length-capped names and stable worker
+     slots; remember apps and workers across scrapes (`exporter/gunicorn/memory.py`).
+
+Every process read is untrusted: anything that goes wrong with one master (a vanished
+process, a hostile config file or control socket answer, a bug) is caught, counted in
+that app's `errors`, and costs that master only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import glob
 import logging
 import os
+import pwd
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 
-from exporter.gunicorn import control
-from exporter.gunicorn.discovery import Discovery, Master, discover
-from exporter.gunicorn.settings import Settings, normalise_worker_class, resolve
+from exporter.gunicorn import control, join
+from exporter.gunicorn.discovery import (MAX_MASTERS, Discovery, Master, ProcfsProbe, discover,
+                                         scan_processes)
+from exporter.gunicorn.memory import KnownApps, Slots, WorkerMemory
+from exporter.gunicorn.settings import (MAX_CONFIG_BYTES, Settings, evaluate_config,
+                                        normalise_worker_class, resolve)
+from exporter.gunicorn.version import MAX_MAPS_BYTES, find_version
+from exporter.labels import bounded
 from exporter.linux import procnet, sockdiag
+from exporter.linux.pathwalk import PathWalker
 from exporter.linux.procfs import FdScan, ProcFS
-from exporter.linux.sockdiag import (TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN,
-                                     SocketTable)
-from exporter.snapshot import (AppSnapshot, GunicornSnapshot, ListenerSnapshot,
-                               WorkerSnapshot)
+from exporter.linux.sockdiag import SocketTable
+from exporter.snapshot import AppSnapshot, GunicornSnapshot, ListenerSnapshot, WorkerSnapshot
 
 log = logging.getLogger(__name__)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-MAX_KNOWN_APPS = 256
-PGSQL_SOCKET_RE = re.compile(r"\.s\.PGSQL\.(\d+)$")
-WILDCARD_ADDRS = {"0.0.0.0", "::", ""}
-SITE_DIR_RE = re.compile(r"(/\S*?/(?:site|dist)-packages)/")
-DIST_INFO_RE = re.compile(r"gunicorn-(\d[^-]*?)(?:-py[\d.]+)?\.(?:dist|egg)-info$")
+MAX_CONFIG_CACHE = 1024
+MAX_LOGGED_ERRORS = 1024
+MAX_ORPHAN_APPS = 256
+# the settings the control socket's `show config` answer may override
+CONTROL_SETTINGS = ("workers", "worker_class", "threads", "worker_connections", "timeout",
+                    "keepalive", "bind", "proc_name", "max_requests", "backlog")
+SOURCE_SETTINGS = ("workers", "worker_class", "threads", "worker_connections", "timeout",
+                   "keepalive", "backlog", "bind")
 
 
 @dataclass
@@ -50,6 +64,10 @@ class GunicornOptions:
     control_timeout: float = 1.0
     forget_after: float = 0.0            # seconds; 0 = remember stopped apps while running
     expected_apps: tuple[str, ...] = ()  # always reported, gunicorn_up 0 when absent
+    users: frozenset[int] | None = None  # uids whose masters are watched; None = all
+    include: re.Pattern | None = None    # app names to report (default all)
+    exclude: re.Pattern | None = None    # app names not to report
+    max_masters: int = MAX_MASTERS
 
 
 @dataclass
@@ -57,25 +75,26 @@ class _WorkerRaw:
     pid: int
     stat: object
     scan: FdScan | None
-    fd_error: str | None
     fd_limit: int | None
     heartbeat_mtime: float | None
     heartbeat_ctime: float | None
-    sockets_unix: list = field(default_factory=list)
-    sockets_inet: list = field(default_factory=list)
+    sockets: join.WorkerSockets | None = None
 
 
 @dataclass
 class _MasterRaw:
     master: Master
     settings: Settings
-    version: str
-    start_time: float
-    listeners: list = field(default_factory=list)        # (socket, worker_pid|None)
-    control_path: str | None = None
+    version: str = "unknown"
+    start_time: float = 0.0
     workers: list[_WorkerRaw] = field(default_factory=list)
-    unix_peers: dict[int, str] = field(default_factory=dict)  # peer inode -> name
+    joined: join.Joined | None = None
     socket_source: str = "none"
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.master.proc.key
 
 
 class GunicornCollector:
@@ -86,13 +105,22 @@ class GunicornCollector:
         self.options = options or GunicornOptions()
         self.procfs = procfs or ProcFS()
         self._read_sockets = read_sockets or sockdiag.read_all
-        self._slots: dict[str, dict[int, int]] = {}
-        self._known: dict[str, float] = {}
+        self._slots = Slots()
+        self._known = KnownApps(forget_after=self.options.forget_after,
+                                expected=self.options.expected_apps)
+        self._workers = WorkerMemory()
+        self._previous_masters: set[tuple[int, int]] = set()
+        self._owners: dict[str, tuple] = {}      # app name -> master that holds it
         self._versions: dict[tuple[int, int], str] = {}
-        # Last good control socket answer per master: the socket is closed while the
+        # master -> {(dev, ino, mtime, size) of its config file: evaluation}
+        self._configs: dict[tuple[int, int], dict[tuple, object]] = {}
+        # Last proven control socket answer per master: the socket is closed while the
         # master forks a worker, and a failed query must not flip settings to defaults.
         self._ctl_cache: dict[tuple[int, int], dict[str, dict]] = {}
+        self._users: dict[int, str] = {}
+        self._logged: set[str] = set()
         self._denied_logged = False
+        self._cap_logged = False
         self._own_netns = self.procfs.netns("self")
         try:
             self._boot_time = self.procfs.boot_time()
@@ -100,46 +128,53 @@ class GunicornCollector:
             self._boot_time = time.time() - time.monotonic()
 
     async def collect(self) -> GunicornSnapshot:
-        raws, snap = await asyncio.to_thread(self._measure)
+        raws, found, snap = await asyncio.to_thread(self._measure)
         answers = await asyncio.gather(*(self._ask_control(r) for r in raws))
-        live = {_master_key(r) for r in raws}
-        for key in list(self._ctl_cache):
-            if key not in live:
-                del self._ctl_cache[key]
-        for i, (r, a) in enumerate(zip(raws, answers)):
-            if a:
-                self._ctl_cache[_master_key(r)] = a
-            else:
-                answers[i] = self._ctl_cache.get(_master_key(r), {})
+        live = {r.key for r in raws}
+        for cache in (self._ctl_cache, self._configs):
+            for key in list(cache):
+                if key not in live:
+                    del cache[key]
         now = time.time()
-        apps = [self._build_app(r, a) for r, a in zip(raws, answers)]
-        renamed = _disambiguate(apps)
-        self._assign_slots(apps)
-        seen = {a.app for a in apps}
+        apps = [self._build_app_guarded(r, a) for r, a in zip(raws, answers)]
+        apps = [a for a in apps if self._watched(a.app)]
+        renamed = join.assign_names(apps, self._owners, self._known.uid)
         for a in apps:
-            # transient names (a USR2 master's NAME.2, NAME@LISTENER while two masters
-            # share a name) are not remembered, or they would read "down" forever after
-            if a.up and not a.app.endswith(".2") and a.app not in renamed:
-                self._known[a.app] = now
-        for name in self.options.expected_apps:
-            self._known.setdefault(name, now)
-        self._forget(now)
+            a.app = bounded(a.app)
+            a.transient = a.transient or a.app in renamed
+            slots = self._slots.assign(a.app, a.workers)
+            for w in a.workers:
+                w.slot = slots[w.pid]
+            a.workers.sort(key=lambda w: w.slot)
+            for lst in a.listeners:
+                if lst.worker_slot is not None:
+                    lst.worker_slot = slots.get(lst.worker_slot)
+        self._slots.keep_only({a.app for a in apps})
+        for a in apps:
+            if not a.transient:
+                self._known.seen(a.app, a.uid, now)
+        self._known.expire(now)
+        snap.orphans = self._orphans(found, apps, snap)
+        live_names = {a.app for a in apps}
         snap.apps = apps + [AppSnapshot(app=name, up=False)
-                            for name in sorted(self._known) if name not in seen]
-        if snap.permission_denied and not self._denied_logged:
-            self._denied_logged = True
-            log.warning("not allowed to read /proc entries of %d gunicorn process(es); "
-                        "per-worker connections, fds and heartbeats are missing for them. "
-                        "Run as the same user as gunicorn or grant CAP_SYS_PTRACE "
-                        "(see docs/configuration.md#privileges)", snap.permission_denied)
+                            for name in sorted(self._known.names() - live_names)]
+        snap.remembered_apps = len(self._known)
+        snap.forgotten_apps = self._known.evicted
+        self._previous_masters = {r.key for r in raws}
+        self._log_once(snap, apps)
         return snap
 
     # --- step 1: /proc and sockets, in a thread -----------------------------
 
-    def _measure(self) -> tuple[list[_MasterRaw], GunicornSnapshot]:
-        found: Discovery = discover(self.procfs)
+    def _measure(self) -> tuple[list[_MasterRaw], Discovery, GunicornSnapshot]:
+        procs = scan_processes(self.procfs)
+        found = discover(procs, ProcfsProbe(self.procfs), known_workers=self._workers.keys(),
+                         previous_masters=self._previous_masters, users=self.options.users,
+                         max_masters=self.options.max_masters)
         snap = GunicornSnapshot(permission_denied=len(found.permission_denied),
-                                truncated=found.truncated)
+                                dropped_masters=found.dropped_masters,
+                                dropped_workers=found.dropped_workers,
+                                filtered_masters=found.filtered_masters)
         tables: dict[int | None, SocketTable | None] = {}
         # Only sockets that gunicorn processes hold (and their unix peers) are decoded.
         wanted: set[int] = set()
@@ -150,19 +185,26 @@ class GunicornCollector:
                 wanted.update(scan.socket_inodes)
         raws = []
         for m in found.masters:
-            raw = self._measure_master(m)
-            netns = self.procfs.netns(m.proc.pid)
-            if netns not in tables:
-                tables[netns] = self._socket_table(netns, m.proc.pid, wanted)
-            table = tables[netns]
-            if table is not None:
-                raw.socket_source = table.source
-                _join_sockets(raw, table, self.options)
+            raw = _MasterRaw(m, Settings())
+            try:
+                self._measure_master(raw)
+            except Exception as e:  # a hostile or vanished master costs itself only
+                raw.errors.append(f"reading /proc: {type(e).__name__}: {str(e)[:120]}")
+            try:
+                netns = self.procfs.netns(m.proc.pid)
+                if netns not in tables:
+                    tables[netns] = self._socket_table(netns, m.proc.pid, wanted)
+                table = tables[netns]
+                if table is not None:
+                    raw.socket_source = table.source
+                    self._join(raw, table)
+            except Exception as e:
+                raw.errors.append(f"joining sockets: {type(e).__name__}: {str(e)[:120]}")
             raws.append(raw)
         sources = {t.source for t in tables.values() if t is not None}
         snap.socket_source = "netlink" if sources == {"netlink"} else \
             ("+".join(sorted(sources)) if sources else "none")
-        return raws, snap
+        return raws, found, snap
 
     def _socket_table(self, netns: int | None, pid: int, wanted: set[int]) -> SocketTable | None:
         if netns is not None and netns == self._own_netns and self.procfs.root == "/proc":
@@ -176,21 +218,31 @@ class GunicornCollector:
             log.debug("cannot read socket tables of pid %d: %s", pid, e)
             return None
 
-    def _measure_master(self, m: Master) -> _MasterRaw:
+    def _measure_master(self, raw: _MasterRaw) -> None:
+        m = raw.master
         p = m.proc
-        settings = resolve(p.gargs or [], m.environ, self._config_reader(p.pid))
-        start = self._boot_time + p.stat.starttime_ticks / CLK_TCK
-        key = (p.pid, p.stat.starttime_ticks)
-        if key not in self._versions:
-            if len(self._versions) > 4 * MAX_KNOWN_APPS:
+        raw.start_time = self._boot_time + p.stat.starttime_ticks / CLK_TCK
+        try:
+            raw.settings = resolve(p.gargs, m.environ, self._config_reader(m),
+                                   cpu_count=os.cpu_count(),
+                                   affinity=p.status.cpus_allowed if p.status else None)
+        except Exception as e:
+            raw.settings = Settings()
+            raw.settings.forget_all("settings could not be worked out")
+            raw.errors.append(f"settings: {type(e).__name__}: {str(e)[:120]}")
+        if raw.key not in self._versions:
+            if len(self._versions) > 4 * self.options.max_masters:
                 self._versions.clear()
-            self._versions[key] = self._gunicorn_version(p.pid, p.argv)
-        raw = _MasterRaw(m, settings, self._versions[key], start)
+            try:
+                self._versions[raw.key] = self._gunicorn_version(m)
+            except OSError:
+                self._versions[raw.key] = "unknown"
+        raw.version = self._versions[raw.key]
         for w in m.workers:
             scan = m.worker_fds.get(w.pid)
             try:
                 limit = self.procfs.fd_limit(w.pid)
-            except OSError:
+            except (OSError, ValueError):
                 limit = None
             mtime = ctime = None
             if scan is not None and scan.heartbeats:
@@ -199,123 +251,146 @@ class GunicornCollector:
                     mtime, ctime = st.st_mtime, st.st_ctime
                 except OSError:
                     pass
-            raw.workers.append(_WorkerRaw(w.pid, w.stat, scan, m.worker_fd_errors.get(w.pid),
-                                          limit, mtime, ctime))
-        return raw
+            raw.workers.append(_WorkerRaw(w.pid, w.stat, scan, limit, mtime, ctime))
 
-    def _config_reader(self, pid: int):
-        cwd = self.procfs.path(pid, "cwd")
+    def _config_reader(self, m: Master):
+        """read_file for `resolve`: the file as the master sees it, with its own user's
+        rights (exporter/linux/pathwalk.py); the evaluation is cached per master and
+        file version (device, inode, mtime, size)."""
+        owner = m.proc.status
+        cpus = os.cpu_count()
+        affinity = owner.cpus_allowed if owner else None
 
-        def read(path: str) -> str | None:
-            full = path if os.path.isabs(path) else os.path.join(cwd, path)
-            if os.path.isabs(path):
-                full = self.procfs.path(pid, "root") + path
-            with open(full, "rb") as f:
-                return f.read(1 << 20).decode("utf-8", "replace")
+        def read(path: str):
+            if owner is None:
+                raise PermissionError("the master's user is not known")
+            mine = self._configs.get(m.proc.key, {})
+            with PathWalker(self.procfs, m.proc.pid, owner) as walker:
+                data, key = walker.read_regular(path, MAX_CONFIG_BYTES, cached=mine)
+            if data is None:
+                return mine[key]
+            result = evaluate_config(data.decode("utf-8", "replace"), m.environ, cpus, affinity)
+            if len(self._configs) >= MAX_CONFIG_CACHE:
+                self._configs.clear()
+            self._configs[m.proc.key] = {key: result}
+            return result
         return read
 
-    def _gunicorn_version(self, pid: int, argv: list[str]) -> str:
-        """The version in the name of the installed distribution's metadata directory.
+    def _gunicorn_version(self, m: Master) -> str:
+        p = m.proc
+        if p.status is None or self.procfs.root != "/proc":
+            return "unknown"
+        try:
+            maps = self.procfs.read_text(p.pid, "maps", limit=MAX_MAPS_BYTES)
+        except OSError:
+            maps = ""
+        try:
+            exe = os.readlink(self.procfs.path(p.pid, "exe"))
+        except OSError:
+            exe = None
+        with PathWalker(self.procfs, p.pid, p.status) as walker:
+            return bounded(find_version(maps, p.argv, exe, walker.list_dir))
 
-        Where to look: site-packages directories of shared libraries the master has
-        mapped (setproctitle, gevent, ... live there, and setproctitle erases argv),
-        then the prefix of the script or interpreter in argv, then of /proc/PID/exe.
-        """
-        sites: list[str] = []
-        try:
-            maps = self.procfs.read_text(pid, "maps", limit=4 << 20)
-            sites.extend(m.group(1) for m in SITE_DIR_RE.finditer(maps))
-        except OSError:
-            pass
-        roots = [os.path.dirname(os.path.dirname(p)) for p in argv[:2] if os.path.isabs(p)]
-        try:
-            roots.append(os.path.dirname(os.path.dirname(os.readlink(self.procfs.path(pid, "exe")))))
-        except OSError:
-            pass
-        for root in roots:
-            sites.extend(glob.glob(os.path.join(root, "lib/python3*/site-packages"))[:4])
-            sites.extend(glob.glob(os.path.join(root, "lib/python3*/dist-packages"))[:4])
-            sites.append(os.path.join(root, "lib/python3/dist-packages"))
-        prefix = self.procfs.path(pid, "root") if self.procfs.root == "/proc" else ""
-        for site in list(dict.fromkeys(sites))[:16]:
-            for hit in sorted(glob.glob(os.path.join(prefix + site, "gunicorn-*-info")))[:2]:
-                m = DIST_INFO_RE.match(os.path.basename(hit))
-                if m:
-                    return m.group(1)
-        return "unknown"
+    def _join(self, raw: _MasterRaw, table: SocketTable) -> None:
+        m = raw.master
+        master_inodes = set(m.fds.socket_inodes) if m.fds else set()
+        worker_inodes = {w.pid: set(w.scan.socket_inodes) if w.scan else set()
+                         for w in raw.workers}
+        ctl = raw.settings.get("control_socket")
+        raw.joined = join.join_sockets(master_inodes, worker_inodes, table,
+                                       ctl if isinstance(ctl, str) else None,
+                                       raw.settings.get("control_socket_disable") is True)
+        for w in raw.workers:
+            w.sockets = raw.joined.workers.get(w.pid)
 
     # --- step 2: control socket, on the loop ---------------------------------
 
     async def _ask_control(self, raw: _MasterRaw) -> dict[str, dict]:
-        if not self.options.control_socket or raw.control_path is None:
+        ctl = raw.joined.control if raw.joined is not None else None
+        if not self.options.control_socket or ctl is None or not ctl.name:
             return {}
-        path = raw.control_path
-        if not os.path.exists(path):
-            alt = self.procfs.path(raw.master.proc.pid, "root") + path
-            if os.path.exists(alt):
-                path = alt
+        proc = raw.master.proc
+        pid = proc.pid
+        if proc.status is None:
+            return {}
         try:
-            return await control.query(path, ("config", "stats"), self.options.control_timeout)
-        except (OSError, EOFError, asyncio.TimeoutError, control.ControlError, ValueError) as e:
-            log.debug("control socket %s of master %d: %r", path, raw.master.proc.pid, e)
-            return {}
+            answer = await control.query(self.procfs, pid, proc.status, ctl.name, pid, ctl.vfs,
+                                         ("config", "stats"), self.options.control_timeout)
+        except Exception as e:  # noqa: BLE001 - any answer at all costs this master only
+            log.debug("control socket %s of master %d: %r", ctl.name[:200], pid, e)
+            return self._ctl_cache.get(raw.key, {})
+        self._ctl_cache[raw.key] = answer
+        return answer
 
     # --- step 3: merge -------------------------------------------------------
+
+    def _build_app_guarded(self, raw: _MasterRaw, ctl: dict[str, dict]) -> AppSnapshot:
+        try:
+            return self._build_app(raw, ctl)
+        except Exception as e:  # noqa: BLE001
+            p = raw.master.proc
+            name = p.title[1] if p.title and p.title[1] else f"pid{p.pid}"
+            return AppSnapshot(app=bounded(name), up=True, master_pid=p.pid, uid=p.uid,
+                               user=self._user(p.uid),
+                               errors=raw.errors + [f"building: {type(e).__name__}: {str(e)[:120]}"])
 
     def _build_app(self, raw: _MasterRaw, ctl: dict[str, dict]) -> AppSnapshot:
         s = raw.settings
         cfg = ctl.get("config") or {}
-        for key in ("workers", "worker_class", "threads", "worker_connections", "timeout",
-                    "keepalive", "bind", "proc_name", "max_requests"):
-            if key in cfg and cfg[key] is not None:
-                value = cfg[key]
+        for key in CONTROL_SETTINGS:
+            value = cfg.get(key)
+            if value is not None:
                 if key == "worker_class":
-                    value = _class_path(str(value))
+                    value = _class_path(str(value)[:512])
                 s.set(key, value, "control_socket")
         stats = ctl.get("stats") or {}
-        if isinstance(stats.get("workers_target"), int):
-            s.set("workers", stats["workers_target"], "control_socket")
+        target = stats.get("workers_target")
+        if isinstance(target, int) and not isinstance(target, bool):
+            s.set("workers", target, "control_socket")
+        spawned = stats.get("workers_spawned")
+        if not isinstance(spawned, int) or isinstance(spawned, bool) or not 0 <= spawned < 2**53:
+            spawned = None
 
         worker_class = s.worker_class
-        threads = int(s.get("threads") or 1)
-        if worker_class == "sync" and threads > 1:
+        threads = s.get("threads")
+        if worker_class == "sync" and isinstance(threads, int) and threads > 1:
             worker_class = "gthread"  # gunicorn switches on its own
-        wc = int(s.get("worker_connections") or 1000)
-        capacity: float
-        if worker_class == "sync":
-            capacity = 1
-        elif worker_class == "gthread":
-            capacity = threads
-        elif worker_class in ("uvicorn", "asgi"):
-            capacity = float("inf")  # an asyncio loop accepts without limit
-        else:
-            capacity = wc
-
+        if worker_class == "sync" and threads is None:
+            worker_class = None       # sync, or gthread if --threads > 1: not known
+        wc = s.get("worker_connections")
+        p = raw.master.proc
+        name = self._app_name(raw, cfg.get("proc_name") if isinstance(cfg.get("proc_name"), str) else None)
+        backlog, backlog_source = _backlog_in_force(raw, s)
+        sources = {k: s.sources.get(k, "unknown") for k in SOURCE_SETTINGS}
+        sources["backlog"] = backlog_source
         app = AppSnapshot(
-            app=self._app_name(raw, cfg.get("proc_name") if isinstance(cfg.get("proc_name"), str) else None),
+            app=name,
             up=True,
-            master_pid=raw.master.proc.pid,
+            master_pid=p.pid,
             version=raw.version,
-            worker_class=worker_class,
-            workers_desired=int(s.get("workers") or 1),
-            timeout=float(s.get("timeout") or 0),
-            keepalive=float(s.get("keepalive") or 0),
-            capacity=capacity,
+            worker_class=bounded(worker_class) if worker_class else "unknown",
+            workers_desired=s.get("workers"),
+            timeout=s.get("timeout"),
+            keepalive=s.get("keepalive"),
+            capacity=join.capacity(worker_class, threads, wc),
             worker_connections=wc,
             threads=threads,
-            backlog=int(s.get("backlog") or 2048),
-            settings_source={k: s.sources[k] for k in
-                             ("workers", "worker_class", "threads", "worker_connections",
-                              "timeout", "keepalive", "backlog", "bind") if k in s.sources},
+            backlog=backlog,
+            settings_source=sources,
             control_socket=bool(ctl),
             master_start_time=raw.start_time,
-            workers_spawned=stats.get("workers_spawned")
-            if isinstance(stats.get("workers_spawned"), int) else None,
+            workers_spawned=spawned,
+            user=self._user(p.uid),
+            uid=p.uid,
+            errors=list(raw.errors),
+            transient=raw.master.upgraded_from is not None,
         )
         legacy = _legacy_heartbeat(raw.version)
         mono = time.monotonic()
         wall = time.time()
-        match = _SocketMatcher.of(raw, self.options)  # once per master, not per worker
+        joined = raw.joined
+        match = join.SocketMatcher.of(joined.listeners if joined else [],
+                                      self.options.db_ports, self.options.db_socket_paths)
         for w in raw.workers:
             st = w.stat
             age = None
@@ -326,12 +401,9 @@ class GunicornCollector:
                     age = max(0.0, mono - w.heartbeat_mtime)
                 else:
                     age = max(0.0, wall - (w.heartbeat_ctime or w.heartbeat_mtime))
-            active = closed = db = None
-            db_tcp: list[tuple[str, int, str, int]] = []
-            db_unix: list[tuple[int, int]] = []
-            if w.scan is not None and raw.socket_source != "none":
-                active, closed = _count_worker_sockets(raw, w, match, db_tcp, db_unix)
-                db = len(db_tcp) + len(db_unix)
+            conns = None
+            if w.sockets is not None and joined is not None:
+                conns = join.count_worker_sockets(w.sockets, joined.unix_peers, match)
             app.workers.append(WorkerSnapshot(
                 slot=-1, pid=w.pid,
                 start_time=self._boot_time + st.starttime_ticks / CLK_TCK,
@@ -341,226 +413,150 @@ class GunicornCollector:
                 open_fds=w.scan.count if w.scan is not None else None,
                 fd_limit=w.fd_limit,
                 heartbeat_age=age,
-                connections_active=active,
-                connections_client_closed=closed,
-                db_connections=db,
-                db_tcp=db_tcp,
-                db_unix=db_unix,
+                connections_active=conns.active if conns else None,
+                connections_client_closed=conns.client_closed if conns else None,
+                db_connections=len(conns.db_tcp) + len(conns.db_unix) if conns else None,
+                db_tcp=conns.db_tcp if conns else [],
+                db_unix=conns.db_unix if conns else [],
             ))
-        for sock, worker_pid in raw.listeners:
+        names: set[tuple[str, int | None]] = set()
+        for sock, worker_pid in (joined.listeners if joined else []):
+            address = bounded(join.listener_address(sock), 256)
+            while (address, worker_pid) in names:  # the same address bound twice
+                address += "+"
+            names.add((address, worker_pid))
             app.listeners.append(ListenerSnapshot(
-                address=_listener_address(sock),
+                address=address,
                 kind="unix" if isinstance(sock, sockdiag.UnixSocket) else "tcp",
                 queue_length=sock.rqueue if sock.rqueue >= 0 else None,
                 queue_max=sock.wqueue if sock.wqueue >= 0 else None,
-                worker_slot=worker_pid,  # replaced by the slot in _assign_slots
+                worker_slot=worker_pid,  # replaced by the slot once slots are assigned
             ))
         return app
 
     def _app_name(self, raw: _MasterRaw, configured_name: str | None) -> str:
-        p = raw.master.proc
-        s = raw.settings
-        name = None
-        if p.title and p.title[0] == "master" and p.title[1]:
-            name = p.title[1]
-            # A USR2 master calls itself NAME.2 for the rest of its life; we say .2
-            # only while the old master is still there (below). Its configured name
-            # (control socket) or its exec-time GUNICORN_PID tell us it is one.
-            if name.endswith(".2") and (
-                    configured_name == name[:-2] or raw.master.upgraded_from is not None
-                    or (raw.master.environ or {}).get("GUNICORN_PID")):
-                name = name[:-2]
-        name = name or s.get("proc_name") or s.app_module or "gunicorn"
-        cmd = " ".join(p.argv)
+        m = raw.master
+        title = m.proc.title
+        if title and title[0] == "master" and title[1] and title[1].endswith(".2") and (
+                configured_name == title[1][:-2] or m.upgraded_from is not None
+                or (m.environ or {}).get("GUNICORN_PID")):
+            # A USR2 master calls itself NAME.2 for the rest of its life; we say .2 only
+            # while the old master is still there (below). Its configured name (control
+            # socket) or its exec-time GUNICORN_PID tell us it is one.
+            title = (title[0], title[1][:-2])
+        name = self._name_from(title, raw.settings, m.proc.argv, configured_name)
+        return name + ".2" if m.upgraded_from is not None else name
+
+    def _name_from(self, title, settings: Settings, argv: list[str],
+                   configured_name: str | None = None) -> str:
+        """The app name: the process title's [NAME], the configured proc_name, the app
+        module, mapped by --gunicorn.app-name, capped in length."""
+        name = (title[1] if title and title[1] else None) or configured_name \
+            or settings.get("proc_name") or settings.app_module or "gunicorn"
+        name = str(name)
+        cmd = " ".join(argv)[:4096]
         for pattern, mapped in self.options.app_names:
-            if pattern.search(str(name)) or pattern.search(cmd):
+            if pattern.search(name[:4096]) or pattern.search(cmd):
                 name = mapped
                 break
-        name = str(name)
-        if raw.master.upgraded_from is not None:
-            name += ".2"
+        return bounded(name)
+
+    def _watched(self, name: str) -> bool:
+        inc, exc = self.options.include, self.options.exclude
+        base = name[:-2] if name.endswith(".2") else name
+        return (inc is None or bool(inc.fullmatch(base))) and \
+            (exc is None or not exc.fullmatch(base))
+
+    def _orphans(self, found: Discovery, apps: list[AppSnapshot],
+                 snap: GunicornSnapshot) -> dict[str, int]:
+        """Count orphaned workers per app; remember this scrape's workers for the next.
+
+        An orphan the exporter saw as a worker keeps that app's name. Otherwise it is
+        named by its title or command line, but a name remembered for another user gets
+        `@uid<N>`: a process cannot count itself into someone else's app."""
+        by_pid = {a.master_pid: a for a in apps}
+        remembered: dict[tuple[int, int], str] = {}
+        for m in found.masters:
+            a = by_pid.get(m.proc.pid)
+            if a is not None:
+                for w in m.workers:
+                    remembered[w.key] = a.app
+        counts: dict[str, int] = {}
+        for p in found.orphans:
+            app = self._workers.get(p.key)
+            if app is None:
+                settings = resolve(p.gargs, {}) if p.gargs is not None else Settings()
+                app = self._name_from(p.title, settings, p.argv)
+                owner = self._known.uid(app)
+                if owner is not None and owner != p.uid:
+                    app = bounded(f"{app}@uid{p.uid}")
+            if not self._watched(app):
+                continue
+            if app not in counts and len(counts) >= MAX_ORPHAN_APPS:
+                snap.dropped_workers += 1
+                continue
+            remembered[p.key] = app
+            counts[app] = counts.get(app, 0) + 1
+        self._workers.replace(remembered)
+        return counts
+
+    def _user(self, uid: int) -> str:
+        if uid < 0:
+            return "unknown"
+        name = self._users.get(uid)
+        if name is None:
+            try:
+                name = bounded(pwd.getpwuid(uid).pw_name, 64)
+            except (KeyError, OverflowError):
+                name = str(uid)
+            if len(self._users) > 4096:
+                self._users.clear()
+            self._users[uid] = name
         return name
 
-    def _assign_slots(self, apps: list[AppSnapshot]) -> None:
-        """Give each worker the lowest slot number its app has free.
-
-        A recycled worker's replacement takes the freed slot, so `--max-requests`
-        churn does not grow the number of series; the pid is in gunicorn_worker_info.
-        """
-        live = {a.app for a in apps if a.up}
-        for name in list(self._slots):
-            if name not in live:
-                del self._slots[name]
+    def _log_once(self, snap: GunicornSnapshot, apps: list[AppSnapshot]) -> None:
+        if snap.permission_denied and not self._denied_logged:
+            self._denied_logged = True
+            log.warning("not allowed to read /proc entries of %d gunicorn process(es); "
+                        "per-worker connections, fds and heartbeats are missing for them. "
+                        "Run as the same user as gunicorn or grant CAP_SYS_PTRACE "
+                        "(see docs/configuration.md#privileges)", snap.permission_denied)
+        if snap.dropped_masters and not self._cap_logged:
+            self._cap_logged = True
+            log.warning("more gunicorn masters than --gunicorn.max-masters=%d: %d not measured "
+                        "(shared out between users; gunicorn_exporter_dropped_masters)",
+                        self.options.max_masters, snap.dropped_masters)
         for a in apps:
-            if not a.up:
-                continue
-            slots = self._slots.setdefault(a.app, {})
-            pids = {w.pid for w in a.workers}
-            for pid in list(slots):
-                if pid not in pids:
-                    del slots[pid]
-            used = set(slots.values())
-            free = (i for i in range(len(pids) + len(used) + 1) if i not in used)
-            for w in sorted(a.workers, key=lambda w: w.start_time):
-                if w.pid not in slots:
-                    slots[w.pid] = next(free)
-                w.slot = slots[w.pid]
-            a.workers.sort(key=lambda w: w.slot)
-            for lst in a.listeners:
-                if lst.worker_slot is not None:
-                    lst.worker_slot = slots.get(lst.worker_slot)
-
-    def _forget(self, now: float) -> None:
-        horizon = self.options.forget_after
-        if horizon > 0:
-            for name, seen in list(self._known.items()):
-                if now - seen > horizon and name not in self.options.expected_apps:
-                    del self._known[name]
-        while len(self._known) > MAX_KNOWN_APPS:
-            del self._known[min(self._known, key=self._known.__getitem__)]
+            for err in a.errors:
+                text = f"{a.app}: {err}"
+                if text not in self._logged and len(self._logged) < MAX_LOGGED_ERRORS:
+                    self._logged.add(text)
+                    log.warning("app %s (master %s): %s", a.app, a.master_pid, err)
 
 
-def _master_key(raw: _MasterRaw) -> tuple[int, int]:
-    return raw.master.proc.pid, raw.master.proc.stat.starttime_ticks
+def _backlog_in_force(raw: _MasterRaw, s: Settings) -> tuple[int | None, str]:
+    """The listen backlog of the app's listeners as the kernel has it, else the setting.
+
+    Sockets inherited from systemd (or a USR2 parent) keep the backlog they were created
+    with; gunicorn does not call listen() on them again.
+    """
+    joined = raw.joined
+    limits = [sock.wqueue for sock, _ in (joined.listeners if joined else [])
+              if getattr(sock, "wqueue", -1) >= 0 and raw.socket_source == "netlink"]
+    if limits:
+        return max(limits), "kernel"
+    backlog = s.get("backlog")
+    return backlog, s.sources.get("backlog", "unknown")
 
 
 def _class_path(value: str) -> str:
     # show config renders the class object: "<class 'gunicorn.workers.sync.SyncWorker'>"
-    m = re.search(r"'([\w.]+)'", value)
+    m = re.search(r"'([\w.]{1,200})'", value)
     return normalise_worker_class(m.group(1) if m else value)
 
 
 def _legacy_heartbeat(version: str) -> bool | None:
-    m = re.match(r"(\d+)\.", version)
+    m = re.match(r"(\d{1,4})\.", version)
     if not m:
         return None
     return int(m.group(1)) < 22
-
-
-def _listener_address(sock) -> str:
-    if isinstance(sock, sockdiag.UnixSocket):
-        return f"unix:{sock.name}"
-    if sock.family == socket.AF_INET6:
-        return f"[{sock.local_addr}]:{sock.local_port}"
-    return f"{sock.local_addr}:{sock.local_port}"
-
-
-def _join_sockets(raw: _MasterRaw, table: SocketTable, options: GunicornOptions) -> None:
-    """Find listeners and the control socket among the sockets the master/workers hold."""
-    m = raw.master
-    master_inodes = set(m.fds.socket_inodes) if m.fds else set()
-    worker_inodes: dict[int, set[int]] = {
-        w.pid: set(w.scan.socket_inodes) if w.scan else set() for w in raw.workers}
-    held_by_workers = set().union(*worker_inodes.values()) if worker_inodes else set()
-    ctl_path = raw.settings.get("control_socket")
-    for ino in sorted(master_inodes):
-        sock = table.unix.get(ino) or table.inet.get(ino)
-        if sock is None or sock.state != TCP_LISTEN:
-            continue
-        if isinstance(sock, sockdiag.UnixSocket):
-            name = sock.name or ""
-            is_ctl = (ino not in held_by_workers) and (
-                name == ctl_path or name.endswith(".ctl"))
-            if is_ctl:
-                if raw.settings.get("control_socket_disable") is not True:
-                    raw.control_path = name
-                continue
-        raw.listeners.append((sock, None))
-    # --reuse-port: every worker binds its own listeners
-    for w in raw.workers:
-        for ino in sorted(worker_inodes[w.pid] - master_inodes):
-            sock = table.unix.get(ino) or table.inet.get(ino)
-            if sock is not None and sock.state == TCP_LISTEN:
-                raw.listeners.append((sock, w.pid))
-    for w in raw.workers:
-        for ino in worker_inodes[w.pid]:
-            u = table.unix.get(ino)
-            if u is not None:
-                w.sockets_unix.append(u)
-                if u.peer:
-                    peer = table.unix.get(u.peer)
-                    if peer is not None and peer.name:
-                        raw.unix_peers[u.peer] = peer.name
-                continue
-            i = table.inet.get(ino)
-            if i is not None:
-                w.sockets_inet.append(i)
-
-
-@dataclass(frozen=True)
-class _SocketMatcher:
-    """What tells a master's client connections and DB connections apart."""
-
-    unix_names: frozenset[str]          # paths of its unix listeners
-    tcp_ports: dict[int, set[str]]      # port -> local addresses of its TCP listeners
-    db_ports: frozenset[int]
-    db_paths: tuple[str, ...]
-
-    @classmethod
-    def of(cls, raw: _MasterRaw, options: GunicornOptions) -> "_SocketMatcher":
-        tcp_ports: dict[int, set[str]] = {}
-        for s, _ in raw.listeners:
-            if isinstance(s, sockdiag.InetSocket):
-                tcp_ports.setdefault(s.local_port, set()).add(s.local_addr)
-        return cls(frozenset(s.name for s, _ in raw.listeners
-                             if isinstance(s, sockdiag.UnixSocket) and s.name),
-                   tcp_ports, frozenset(options.db_ports), options.db_socket_paths)
-
-
-def _count_worker_sockets(raw: _MasterRaw, w: _WorkerRaw, match: _SocketMatcher,
-                          db_tcp: list, db_unix: list) -> tuple[int, int]:
-    """(active, client_closed) client connections; DB connections go into db_tcp/db_unix."""
-    unix_names, tcp_ports, db_ports = match.unix_names, match.tcp_ports, match.db_ports
-    active = closed = 0
-    for u in w.sockets_unix:
-        if u.state == TCP_LISTEN:
-            continue
-        if u.name and u.name in unix_names:
-            if u.shutdown > 0 and u.shutdown & 1:
-                closed += 1
-            else:
-                active += 1
-            continue
-        peer_name = raw.unix_peers.get(u.peer) if u.peer else None
-        if peer_name and _is_db_socket(peer_name, db_ports, match.db_paths):
-            db_unix.append((u.inode, u.peer))
-    for i in w.sockets_inet:
-        if i.state not in (TCP_ESTABLISHED, TCP_CLOSE_WAIT):
-            continue
-        addrs = tcp_ports.get(i.local_port)
-        if addrs is not None and (addrs & WILDCARD_ADDRS or i.local_addr in addrs
-                                  or _v4_mapped(i.local_addr) in addrs):
-            if i.state == TCP_CLOSE_WAIT:
-                closed += 1
-            else:
-                active += 1
-        elif i.remote_port in db_ports:
-            db_tcp.append((i.local_addr, i.local_port, i.remote_addr, i.remote_port))
-    return active, closed
-
-
-def _v4_mapped(addr: str) -> str:
-    return addr[7:] if addr.startswith("::ffff:") else addr
-
-
-def _is_db_socket(name: str, ports: frozenset[int], paths: tuple[str, ...]) -> bool:
-    if name in paths:
-        return True
-    m = PGSQL_SOCKET_RE.search(name)
-    return bool(m and int(m.group(1)) in ports)
-
-
-def _disambiguate(apps: list[AppSnapshot]) -> set[str]:
-    """Two unrelated masters with the same name get their first listener appended."""
-    renamed: set[str] = set()
-    by_name: dict[str, list[AppSnapshot]] = {}
-    for a in apps:
-        by_name.setdefault(a.app, []).append(a)
-    for name, group in by_name.items():
-        if len(group) < 2:
-            continue
-        for a in group:
-            where = a.listeners[0].address if a.listeners else f"pid{a.master_pid}"
-            a.app = f"{name}@{where}"
-            renamed.add(a.app)
-    return renamed
