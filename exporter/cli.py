@@ -14,7 +14,8 @@ from exporter.collectors.logs import LogsCollector
 from exporter.collectors.netstat import NetstatCollector
 from exporter.collectors.oom import OomCollector
 from exporter.collectors.postgres import PostgresCollector
-from exporter.config import Config, ConfigError, build_parser, load, postgres_options
+from exporter.config import (Config, ConfigError, build_parser, database_endpoints, load,
+                             postgres_options)
 from exporter.http import create_app
 from exporter.linux.procfs import ProcFS
 from exporter.scrape import Scraper
@@ -25,15 +26,21 @@ log = logging.getLogger("exporter")
 def build_collectors(config: Config) -> list:
     procfs = ProcFS(config.procfs)
     recent = AppIndex()  # pids/listeners/cgroups of gunicorn apps, for oom and logs alike
+    pg = postgres_options(config)
+    db_ports, db_paths = database_endpoints(config, pg)
     available = {
         "gunicorn": lambda: GunicornCollector(GunicornOptions(
-            db_ports=config.db_ports,
-            db_socket_paths=config.db_socket_paths,
+            db_ports=db_ports,
+            db_socket_paths=db_paths,
             app_names=config.app_names,
             control_socket=config.control_socket,
             control_timeout=config.control_timeout,
             forget_after=config.forget_after,
             expected_apps=config.expected_apps,
+            users=config.users,
+            include=config.include,
+            exclude=config.exclude,
+            max_masters=config.max_masters,
         ), procfs),
         "netstat": lambda: NetstatCollector(procfs),
         # after "gunicorn": they learn its pids in finish(), which runs in this order
@@ -42,7 +49,7 @@ def build_collectors(config: Config) -> list:
         "logs": lambda: LogsCollector(config.log_files, config.log_signatures,
                                       interval=config.log_poll_interval,
                                       max_line=config.log_max_line, index=recent),
-        "postgres": lambda: PostgresCollector(postgres_options(config)),
+        "postgres": lambda: PostgresCollector(pg),
     }
     return [make() for name, make in available.items() if config.collectors.get(name)]
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import re
 import tomllib
 from dataclasses import dataclass, field
 
 from exporter import __version__
 from exporter.collectors.logs import LogFile, parse_log_file
-from exporter.collectors.postgres import PostgresOptions, read_dsn_file, server_label
+from exporter.collectors.postgres import (PostgresOptions, dsn_endpoint, read_dsn_file,
+                                          server_label)
 from exporter.logs.signatures import Signature, SignatureError, merge, parse_user_signature
 
 DEFAULT_PORT = 10188
@@ -47,6 +49,10 @@ class Config:
     control_socket: bool = True
     control_timeout: float = 1.0
     forget_after: float = 0.0
+    users: frozenset[int] | None = None
+    include: re.Pattern | None = None
+    exclude: re.Pattern | None = None
+    max_masters: int = 256
     config_file: str | None = None
     kmsg_path: str = "/dev/kmsg"
     log_files: tuple[LogFile, ...] = ()
@@ -118,6 +124,39 @@ def parse_app_names(values) -> tuple[tuple[re.Pattern, str], ...]:
         except re.error as e:
             raise ConfigError(f"{pattern!r} is not a valid regular expression: {e}") from None
     return tuple(out)
+
+
+def parse_users(values) -> frozenset[int] | None:
+    """User names or uids whose masters are watched; None (all users) when empty."""
+    uids = set()
+    for v in _as_list(values):
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part.isdigit():
+                uids.add(int(part))
+                continue
+            try:
+                uids.add(pwd.getpwnam(part).pw_uid)
+            except KeyError:
+                raise ConfigError(f"{part!r} is not a user on this host (give a uid for "
+                                  "users that exist only inside containers)") from None
+    return frozenset(uids) or None
+
+
+def parse_regex(value) -> re.Pattern:
+    try:
+        return re.compile(str(value))
+    except re.error as e:
+        raise ConfigError(f"{value!r} is not a valid regular expression: {e}") from None
+
+
+def parse_max_masters(value) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 100_000:
+        raise ConfigError(f"{value!r} is not a whole number from 1 to 100000")
+    return int(text)
 
 
 def parse_bool(value) -> bool:
@@ -301,6 +340,14 @@ SETTINGS: dict[str, tuple[str, object, bool, str]] = {
     "gunicorn.control-socket-timeout": ("control_timeout", _positive_duration, False, "time limit for one control socket query (default 1s)"),
     "gunicorn.forget-after": ("forget_after", parse_duration, False,
                               "stop reporting gunicorn_up 0 for an app gone this long; 0 = never (default 0)"),
+    "gunicorn.user": ("users", parse_users, True,
+                      "watch only masters run by this user (name or uid; repeatable or comma-separated; default: every user)"),
+    "gunicorn.include": ("include", parse_regex, False,
+                         "report only apps whose whole name matches this regular expression (default: all)"),
+    "gunicorn.exclude": ("exclude", parse_regex, False,
+                         "do not report apps whose whole name matches this regular expression (default: none)"),
+    "gunicorn.max-masters": ("max_masters", parse_max_masters, False,
+                             "masters measured per scrape, shared out between their users; the rest are counted in gunicorn_exporter_dropped_masters (default 256)"),
     "oom.kmsg-path": ("kmsg_path", parse_kmsg_path, False,
                       "kernel log device read for OOM kill records; 'none' = use cgroup and /proc/vmstat counters only (default /dev/kmsg)"),
     "logs.file": ("log_files", parse_log_files, True,
@@ -325,7 +372,8 @@ SETTINGS: dict[str, tuple[str, object, bool, str]] = {
                                        "application_name values kept per server; the rest are reported as 'other' (default 20)"),
 }
 # Repeatable settings whose values may contain commas: one value per environment variable.
-NO_COMMA_SPLIT = {"gunicorn.app-name", "logs.signature", "postgres.dsn"}
+NO_COMMA_SPLIT = {"gunicorn.app-name", "logs.signature", "postgres.dsn", "gunicorn.include",
+                  "gunicorn.exclude"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -450,9 +498,15 @@ def postgres_options(cfg: Config) -> PostgresOptions:
     dsns = list(cfg.postgres_dsns)
     for path in cfg.postgres_dsn_files:
         try:
-            dsns.extend(read_dsn_file(path))
-        except OSError as e:
-            raise ConfigError(f"postgres.dsn-file: cannot read {path}: {e.strerror or e}") from None
+            from_file = read_dsn_file(path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"postgres.dsn-file: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+        for i, dsn in enumerate(from_file):
+            try:
+                server_label(dsn)
+            except ValueError as e:
+                raise ConfigError(f"postgres.dsn-file {path}: DSN #{i + 1}: {e}") from None
+        dsns.extend(from_file)
     declared = dict(cfg.postgres_app_budgets)
     default = declared.pop("*", "threads")
     if default == "none":
@@ -460,3 +514,21 @@ def postgres_options(cfg: Config) -> PostgresOptions:
     return PostgresOptions(dsns=tuple(dsns), timeout=cfg.postgres_timeout,
                            max_application_names=cfg.postgres_max_application_names,
                            budgets=declared, default_budget=default)
+
+
+def database_endpoints(cfg: Config, options: PostgresOptions) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """TCP ports and unix socket paths of databases whose connections workers are counted
+    to: --gunicorn.db-port / --gunicorn.db-socket plus every --postgres.dsn server."""
+    ports = list(cfg.db_ports)
+    paths = list(cfg.db_socket_paths)
+    for dsn in options.dsns:
+        try:
+            host, port, _db = dsn_endpoint(dsn)
+        except ValueError:
+            continue
+        if port not in ports:
+            ports.append(port)
+        for h in host.split(","):
+            if h.startswith("/"):
+                paths.append(os.path.join(h, f".s.PGSQL.{port}"))
+    return tuple(ports), tuple(dict.fromkeys(paths))

@@ -413,3 +413,37 @@ def test_server_restart(pg, scrapes):
     srv = poll(lambda: (s := scrape.server()).up and s, 15, interval=0.2,
                message="did not reconnect after restart")
     assert srv.max_connections == 40
+
+
+@pytest.mark.slow
+def test_a_dsn_server_on_another_port_is_attributed_without_db_port(pg, gunicorn_factory):
+    """The cluster listens on a free port (never 5432/6432): naming it with --postgres.dsn
+    is enough for its connections to be counted and attributed to workers."""
+    from exporter.cli import build_collectors
+    from exporter.config import load
+    assert pg.port not in (5432, 6432)
+    name = f"pg-dsn-{pg.port}"
+    g = gunicorn_factory(worker_class="sync", workers=1, bind="tcp", app="db_app:app",
+                         name=name, env=_app_env(pg, 2, 0))
+    config = load(["--postgres.dsn", pg.dsn("monitor", "postgres"), "--postgres.timeout", "2s",
+                   "--no-collector.oom", "--no-collector.logs", "--no-collector.netstat"])
+    collectors = build_collectors(config)
+    scraper = Scraper(collectors, timeout=8)
+    loop = asyncio.new_event_loop()
+    try:
+        def scrape():
+            return loop.run_until_complete(scraper.scrape())
+        out, ts = _in_threads(g, ["/db/hold?n=2&seconds=4"])
+        held = poll(_agree(scrape, lambda: _oracle_tcp(pg, g), g,
+                           lambda v: sum(v.values()) == 2), 15,
+                    message="connections to the DSN's server were not attributed")
+        assert held == {g.worker_pids()[0]: 2}
+        snap = scrape()
+        [app] = [a for a in snap.results["gunicorn"].data.apps if a.master_pid == g.pid]
+        assert app.workers[0].db_connections >= 2
+        _join(ts)
+        assert all(status == 200 for status, _ in out), out
+    finally:
+        pgc = next(c for c in collectors if c.name == "postgres")
+        loop.run_until_complete(pgc.stop())
+        loop.close()

@@ -89,10 +89,11 @@ class PostgresOptions:
 
 # --- DSN handling -------------------------------------------------------------
 
-def server_label(dsn: str, environ: dict[str, str] | None = None) -> str:
-    """host:port/dbname of a DSN (libpq env variables and defaults filled in), no secrets.
+def dsn_endpoint(dsn: str, environ: dict[str, str] | None = None) -> tuple[str, int, str]:
+    """(host, port, dbname) of a DSN, libpq environment variables and defaults filled in.
 
-    Raises ValueError with a message that does not contain the DSN.
+    host is a name, an address, or a unix socket directory (starting with /). Raises
+    ValueError with a message that does not contain the DSN.
     """
     from psycopg.conninfo import conninfo_to_dict
     env = os.environ if environ is None else environ
@@ -102,9 +103,20 @@ def server_label(dsn: str, environ: dict[str, str] | None = None) -> str:
         raise ValueError("not a valid connection string (libpq key=value or postgresql:// URI)") from None
     host = str(params.get("host") or params.get("hostaddr") or env.get("PGHOST")
                or env.get("PGHOSTADDR") or "localhost")
-    port = str(params.get("port") or env.get("PGPORT") or "5432")
+    port_text = str(params.get("port") or env.get("PGPORT") or "5432")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError("the port is not a number from 1 to 65535")
     user = str(params.get("user") or env.get("PGUSER") or _os_user())
     dbname = str(params.get("dbname") or env.get("PGDATABASE") or user)
+    return host, int(port_text), dbname
+
+
+def server_label(dsn: str, environ: dict[str, str] | None = None) -> str:
+    """host:port/dbname of a DSN (libpq env variables and defaults filled in), no secrets.
+
+    Raises ValueError with a message that does not contain the DSN.
+    """
+    host, port, dbname = dsn_endpoint(dsn, environ)
     if ":" in host and not host.startswith("/") and "," not in host:
         host = f"[{host}]"
     return f"{host}:{port}/{dbname}"
