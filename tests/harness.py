@@ -313,14 +313,15 @@ class Gunicorn:
     # ---- construction ---------------------------------------------------
 
     @classmethod
-    def start(cls, tmp_path, *, worker_class: str = "sync", workers: int = 2,
+    def start(cls, tmp_path, *, worker_class: str = "sync", workers: int | None = 2,
               bind: str | Sequence[str] = "unix", threads: int | None = None,
               worker_connections: int | None = None, timeout: int = 30,
               graceful_timeout: int = 5, name: str | None = None,
               extra_args: Iterable[str] = (), env: dict | None = None,
               setproctitle: bool = True, invoke: str = "script",
               app: str = "wsgi_app:app", wait_workers: bool = True,
-              start_timeout: float = 20.0, private_tmpdir: bool = False) -> "Gunicorn":
+              start_timeout: float = 20.0, private_tmpdir: bool = False,
+              control_socket: bool = True, run_as=None) -> "Gunicorn":
         """Start a master and wait until it listens (and, if ``wait_workers``,
         until ``workers`` workers have booted).
 
@@ -334,11 +335,26 @@ class Gunicorn:
               and kills the "orphan" it names on start, so parallel masters
               with dirty workers and the same proc_name must not share TMPDIR.
               (Also moves the worker heartbeat tmp files.)
+        workers: --workers N; None passes no --workers (the config file or
+              $WEB_CONCURRENCY decide; then call wait_for_workers yourself).
+        control_socket: pass --control-socket with a path of its own; False leaves
+              gunicorn's default ($XDG_RUNTIME_DIR or $HOME/.gunicorn/gunicorn.ctl,
+              shared by every master of a user: set HOME in ``env``).
+        run_as: a tests.hostile.User to run the master as (``python -m gunicorn`` with
+              an interpreter that user may execute; files under its home).
         """
+        if run_as is not None:
+            tmp_path = run_as.home
+            invoke = "module"
         tmp_path = Path(tmp_path)
         tmp_path.mkdir(parents=True, exist_ok=True)
         rundir = Path(tempfile.mkdtemp(prefix="gunicorn-", dir=tmp_path))
+        if run_as is not None:
+            os.chown(rundir, run_as.uid, run_as.gid)
+            rundir.chmod(0o755)
         sock_dir, owns = _short_dir(rundir, "gunicorn.sock")
+        if run_as is not None and owns:
+            os.chown(sock_dir, run_as.uid, run_as.gid)
         if isinstance(bind, str):
             bind_specs = [bind]
         else:
@@ -365,20 +381,26 @@ class Gunicorn:
                 if p.exists():
                     p.unlink()
 
+            python, python_env = sys.executable, {}
+            if run_as is not None:
+                from tests.hostile import interpreter
+                python, python_env = interpreter()
             if invoke == "script":
                 argv = [str(GUNICORN_SCRIPT)]
             elif invoke == "module":
-                argv = [sys.executable, "-m", "gunicorn"]
+                argv = [python, "-m", "gunicorn"]
             else:
                 raise ValueError("invoke must be 'script' or 'module'")
             argv += ["--chdir", str(APPS_DIR),
-                     "--worker-class", worker_class,
-                     "--workers", str(workers),
-                     "--timeout", str(timeout),
+                     "--worker-class", worker_class]
+            if workers is not None:
+                argv += ["--workers", str(workers)]
+            argv += ["--timeout", str(timeout),
                      "--graceful-timeout", str(graceful_timeout),
                      "--error-logfile", str(log_path),
-                     "--log-level", "info",
-                     "--control-socket", str(ctl_path)]
+                     "--log-level", "info"]
+            if control_socket:
+                argv += ["--control-socket", str(ctl_path)]
             for b in binds:
                 argv += ["--bind", b]
             if threads is not None:
@@ -398,7 +420,13 @@ class Gunicorn:
                 pypath.insert(0, str(NO_SETPROCTITLE_DIR))
             if penv.get("PYTHONPATH"):
                 pypath.append(penv["PYTHONPATH"])
+            if python_env.get("PYTHONPATH"):
+                pypath.append(python_env["PYTHONPATH"])
             penv["PYTHONPATH"] = os.pathsep.join(pypath)
+            if run_as is not None:
+                penv["HOME"] = str(run_as.home)
+            if not control_socket:
+                penv.pop("XDG_RUNTIME_DIR", None)  # so the default is $HOME/.gunicorn/...
             penv["PYTHONUNBUFFERED"] = "1"
             if private_tmpdir:
                 tdir = rundir / "tmp"
@@ -407,10 +435,12 @@ class Gunicorn:
             if env:
                 penv.update(env)
 
+            ids = {} if run_as is None else {"user": run_as.uid, "group": run_as.gid,
+                                             "extra_groups": []}
             with open(stdout_path, "wb") as out:
                 proc = subprocess.Popen(argv, cwd=str(APPS_DIR), env=penv,
                                         stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT, **ids)
             g = cls(proc=proc, rundir=rundir, binds=binds, log_path=log_path,
                     stdout_path=stdout_path, ctl_path=ctl_path, argv=argv,
                     env=penv, worker_class=worker_class, workers=workers,
@@ -426,6 +456,8 @@ class Gunicorn:
             except BaseException:
                 g.stop(timeout=5)
                 raise
+            if wait_workers and workers is None:
+                raise ValueError("workers=None (not on the command line) needs wait_workers=False")
             if wait_workers and workers > 0:
                 try:
                     g.wait_for_workers(workers, timeout=start_timeout)
