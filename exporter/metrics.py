@@ -112,6 +112,7 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
 
     l_len = _g("gunicorn_listener_queue_length", "Connections waiting in the listening socket's accept queue (ss Recv-Q).", ["app", "listener"])
     l_max = _g("gunicorn_listener_queue_max", "Accept queue limit of the listening socket: min(--backlog, somaxconn) (ss Send-Q).", ["app", "listener"])
+    l_drops = CounterMetricFamily("gunicorn_listener_drops", "Connections the kernel dropped at this TCP listening socket since it was created, full accept queue included (its share of TcpExt ListenDrops).", labels=["app", "listener"])
 
     for a in snap.apps:
         up.add_metric([a.app], 1 if a.up else 0)
@@ -152,13 +153,15 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
             name = lst.address if lst.worker_slot is None else f"{lst.address}#{lst.worker_slot}"
             _maybe(l_len, [a.app, name], lst.queue_length)
             _maybe(l_max, [a.app, name], lst.queue_max)
+            if lst.drops is not None:
+                l_drops.add_metric([a.app, name], lst.drops)
 
     for app, n in sorted(snap.orphans.items()):
         orphans.add_metric([app], n)
 
     yield from (up, info, workers, desired, timeout, keepalive, capacity, conn_limit, busy,
                 backlog, master_start, spawned, source, errors, orphans, w_info, w_conn, w_beat,
-                w_rss, w_cpu, w_threads, w_fds, w_maxfds, w_start, w_db, l_len, l_max)
+                w_rss, w_cpu, w_threads, w_fds, w_maxfds, w_start, w_db, l_len, l_max, l_drops)
 
     denied = _g("gunicorn_exporter_permission_denied_processes", "Gunicorn processes whose /proc fd table or environment the exporter may not read (0 = full view).")
     denied.add_metric([], snap.permission_denied)

@@ -37,6 +37,7 @@ class ListenerSnapshot:
     queue_length: int | None
     queue_max: int | None
     worker_slot: int | None = None  # per-worker listener (--reuse-port)
+    drops: int | None = None        # TCP: connections the kernel dropped at this socket
 
 
 @dataclass

@@ -64,7 +64,8 @@ def full_snapshot() -> Snapshot:
         workers=[_worker(0, 101, busy=True), _worker(1, 102, busy=False)],
         listeners=[
             ListenerSnapshot("unix:/run/shop.sock", "unix", queue_length=3, queue_max=2048),
-            ListenerSnapshot("[::]:8000", "tcp", queue_length=0, queue_max=2048, worker_slot=1),
+            ListenerSnapshot("[::]:8000", "tcp", queue_length=0, queue_max=2048, worker_slot=1,
+                             drops=4),
         ],
         master_start_time=1_700_000_000.0, workers_spawned=5)
     gone = AppSnapshot(app="old", up=False)

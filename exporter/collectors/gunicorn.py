@@ -431,6 +431,7 @@ class GunicornCollector:
                 queue_length=sock.rqueue if sock.rqueue >= 0 else None,
                 queue_max=sock.wqueue if sock.wqueue >= 0 else None,
                 worker_slot=worker_pid,  # replaced by the slot once slots are assigned
+                drops=getattr(sock, "drops", -1) if getattr(sock, "drops", -1) >= 0 else None,
             ))
         return app
 

@@ -168,6 +168,7 @@ class InetSocket:
     rqueue: int         # LISTEN: accept-queue length; else bytes unread
     wqueue: int         # LISTEN: backlog limit; else bytes unsent
     uid: int
+    drops: int = -1     # LISTEN: connections dropped at this socket (sk_drops); -1 unknown
 
 
 @dataclass(slots=True)
@@ -440,6 +441,46 @@ def _dump_inet(sock: socket.socket, family: int, states: int, seq: int,
     raise SockDiagError(errno.EIO, "sock_diag: dump ended without NLMSG_DONE")
 
 
+INET_DIAG_SKMEMINFO = 7
+SK_MEMINFO_DROPS = 8
+
+
+def _inet_listen_request(family: int) -> bytes:
+    """LISTEN sockets only, with their socket memory info (its sk_drops: the kernel
+    counts every connection dropped at a full accept queue there, as well as in the
+    host-wide TcpExt ListenDrops)."""
+    sockid = bytes(40) + b"\xff" * 8
+    return _INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_SKMEMINFO - 1),
+                                  0, 1 << TCP_LISTEN, sockid)
+
+
+def parse_listen_drops(buf, off: int, length: int) -> tuple[int, int] | None:
+    """(inode, drops) from one inet_diag_msg with an INET_DIAG_SKMEMINFO attribute."""
+    if length < _INET_DIAG_MSG_LEN:
+        return None
+    inode = _U32.unpack_from(buf, off + 68)[0]
+    a, end = off + _INET_DIAG_MSG_LEN, off + length
+    while a + 4 <= end:
+        alen, atype = _NLATTR.unpack_from(buf, a)
+        if alen < 4 or a + alen > end:
+            return None
+        if atype & 0x3FFF == INET_DIAG_SKMEMINFO and alen >= 4 + 4 * (SK_MEMINFO_DROPS + 1):
+            return inode, _U32.unpack_from(buf, a + 4 + 4 * SK_MEMINFO_DROPS)[0]
+        a += (alen + 3) & ~3
+    return None
+
+
+def _listen_drops(sock: socket.socket, seq: int, deadline: float,
+                  out: dict[int, InetSocket]) -> None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        def on_msg(buf, off, length):
+            hit = parse_listen_drops(buf, off, length)
+            if hit is not None and hit[0] in out:
+                out[hit[0]].drops = hit[1]
+        _dump(sock, _inet_listen_request(family), seq, deadline, on_msg)
+        seq += 1
+
+
 # --------------------------------------------------------------------------
 # Public API
 
@@ -490,6 +531,8 @@ def read_all(timeout: float = _DEFAULT_TIMEOUT, wanted=None) -> SocketTable:
         inet: dict[int, InetSocket] = {}
         _dump_inet(sock, socket.AF_INET, ALL_STATES_MASK, 2, deadline, inet, wanted)
         _dump_inet(sock, socket.AF_INET6, ALL_STATES_MASK, 3, deadline, inet, wanted)
+        if any(s.state == TCP_LISTEN for s in inet.values()):
+            _listen_drops(sock, 4, deadline, inet)
         return SocketTable(unix=unix, inet=inet, source="netlink")
     finally:
         sock.close()
