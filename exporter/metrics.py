@@ -100,7 +100,7 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
     orphans = _g("gunicorn_orphan_workers", "Worker processes of the app whose master is gone (killed with -9 while they were busy); they serve nothing new and exit after their current request.", ["app"])
 
     w_info = _g("gunicorn_worker_info", "Process id of the worker in this slot; always 1. Slots are reused when workers are recycled.", ["app", "worker", "pid"])
-    w_conn = _g("gunicorn_worker_connections", "Client connections a worker holds that were accepted from the master's listeners, by state (active, client_closed).", ["app", "worker", "state"])
+    w_conn = _g("gunicorn_worker_connections", "Client connections a worker holds that were accepted from the master's listeners, by state: active (a request in flight), idle (TCP keep-alive, its last request answered; gthread/gevent workers), client_closed (the client hung up).", ["app", "worker", "state"])
     w_beat = _g("gunicorn_worker_heartbeat_age_seconds", "Seconds since the worker last notified the master, computed as the master does; a sync worker's current request has run this long.", ["app", "worker"])
     w_rss = _g("gunicorn_worker_resident_memory_bytes", "Resident memory of the worker process.", ["app", "worker"])
     w_cpu = CounterMetricFamily("gunicorn_worker_cpu_seconds", "User and system CPU time of the worker process, in seconds.", labels=["app", "worker"])
@@ -133,14 +133,15 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
             spawned.add_metric([a.app], a.workers_spawned)
         for setting, where in sorted(a.settings_source.items()):
             source.add_metric([a.app, setting, where], 1)
-        if a.capacity is not None:
-            busy.add_metric([a.app], _busy(a))
+        busy.add_metric([a.app], _busy(a))
         for w in a.workers:
             lv = [a.app, str(w.slot)]
             w_info.add_metric(lv + [str(w.pid)], 1)
             if w.connections_active is not None:
                 w_conn.add_metric(lv + ["active"], w.connections_active)
                 w_conn.add_metric(lv + ["client_closed"], w.connections_client_closed or 0)
+                if w.connections_idle is not None:
+                    w_conn.add_metric(lv + ["idle"], w.connections_idle)
             _maybe(w_beat, lv, w.heartbeat_age)
             w_rss.add_metric(lv, w.rss_bytes)
             w_cpu.add_metric(lv, w.cpu_seconds)
@@ -187,10 +188,14 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
 
 
 def _busy(a: AppSnapshot) -> int:
-    if not a.capacity:
+    """Workers at capacity. When the capacity is not known (the worker class cannot be
+    read), a worker with a request in flight counts as busy: exact for sync workers, an
+    upper bound for the others."""
+    capacity = a.capacity if a.capacity is not None else 1
+    if not capacity:
         return 0
     return sum(1 for w in a.workers
-               if w.connections_active is not None and w.connections_active >= a.capacity)
+               if w.connections_active is not None and w.connections_active >= capacity)
 
 
 def _maybe(family: GaugeMetricFamily, labels: list[str], value) -> None:

@@ -28,6 +28,7 @@ class WorkerSnapshot:
     # TCP (local_addr, local_port, remote_addr, remote_port) and unix (inode, peer inode).
     db_tcp: list[tuple[str, int, str, int]] = field(default_factory=list)
     db_unix: list[tuple[int, int]] = field(default_factory=list)
+    connections_idle: int | None = None     # None: not measured (unix listeners, sync workers...)
 
 
 @dataclass

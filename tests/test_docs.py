@@ -48,7 +48,7 @@ def _worker(slot: int, pid: int, *, busy: bool) -> WorkerSnapshot:
     return WorkerSnapshot(
         slot=slot, pid=pid, start_time=1_700_000_100.0 + slot, rss_bytes=50_000_000,
         cpu_seconds=12.5, threads=3, open_fds=17, fd_limit=1024, heartbeat_age=1.5,
-        connections_active=1 if busy else 0, connections_client_closed=1,
+        connections_active=1 if busy else 0, connections_client_closed=1, connections_idle=2,
         db_connections=2)
 
 

@@ -367,3 +367,43 @@ def test_uvicorn_workers(gunicorn_factory, worker_class):
                        sum(n for _, n in r[0][2]) == 3 and r, 15,
                        message="uvicorn workers did not take the 3 requests")
         assert exp == ss
+
+
+def _keepalive_request(g, path: str = "/") -> "socket.socket":
+    """One HTTP/1.1 request on a connection that stays open (keep-alive): the answer is
+    read whole (Content-Length), so by the client's own account the connection is idle."""
+    import socket as _socket
+    s = _socket.create_connection((g.host, g.port), timeout=10)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int([h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0])
+    while len(body) < length:
+        body += s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200")
+    return s
+
+
+def test_idle_keepalive_connections_are_not_busy(gunicorn_factory):
+    """gthread parks keep-alive connections; they are idle, not requests in flight (the
+    client's own account is the oracle: answered in full, nothing sent since)."""
+    g = gunicorn_factory(worker_class="gthread", threads=2, workers=1, bind="tcp",
+                         name="keepalive", extra_args=["--keep-alive", "60"])
+    collector = GunicornCollector()
+    [pid] = g.worker_pids()
+    idle = [_keepalive_request(g) for _ in range(3)]
+    try:
+        w = poll(lambda: (w := by_pid(app_for(collector, g))[pid]).connections_idle == 3 and w,
+                 10, message="idle keep-alive connections not seen")
+        assert w.connections_active == 0
+        assert app_for(collector, g).workers and sum(
+            1 for x in app_for(collector, g).workers if x.connections_active >= 2) == 0
+        with SlowClients(g, 1, seconds=20):   # one request in flight beside them
+            w = poll(lambda: (w := by_pid(app_for(collector, g))[pid]).connections_active == 1
+                     and w, 10, message="the request in flight was not active")
+            assert w.connections_idle == 3
+    finally:
+        for s in idle:
+            s.close()

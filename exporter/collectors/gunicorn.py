@@ -48,6 +48,10 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MAX_CONFIG_CACHE = 1024
 MAX_LOGGED_ERRORS = 1024
 MAX_ORPHAN_APPS = 256
+# worker classes that keep a connection open between requests (HTTP keep-alive) and
+# have a finite capacity: there an idle keep-alive connection must not count as busy
+# (None: the class is not known, so it may be one of them)
+KEEPALIVE_CLASSES = {"gthread", "gevent", "eventlet", "tornado", None}
 # the settings the control socket's `show config` answer may override
 CONTROL_SETTINGS = ("workers", "worker_class", "threads", "worker_connections", "timeout",
                     "keepalive", "bind", "proc_name", "max_requests", "backlog")
@@ -91,6 +95,7 @@ class _MasterRaw:
     joined: join.Joined | None = None
     socket_source: str = "none"
     errors: list[str] = field(default_factory=list)
+    idle_measured: bool = False     # keep-alive connections told apart (TCP, see _find_idle)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -105,6 +110,8 @@ class GunicornCollector:
         self.options = options or GunicornOptions()
         self.procfs = procfs or ProcFS()
         self._read_sockets = read_sockets or sockdiag.read_all
+        self._tcp_idle = sockdiag.tcp_idle
+        self._idle: set[int] = set()
         self._slots = Slots()
         self._known = KnownApps(forget_after=self.options.forget_after,
                                 expected=self.options.expected_apps)
@@ -167,6 +174,7 @@ class GunicornCollector:
     # --- step 1: /proc and sockets, in a thread -----------------------------
 
     def _measure(self) -> tuple[list[_MasterRaw], Discovery, GunicornSnapshot]:
+        self._idle = set()
         procs = scan_processes(self.procfs)
         found = discover(procs, ProcfsProbe(self.procfs), known_workers=self._workers.keys(),
                          previous_masters=self._previous_masters, users=self.options.users,
@@ -204,7 +212,44 @@ class GunicornCollector:
         sources = {t.source for t in tables.values() if t is not None}
         snap.socket_source = "netlink" if sources == {"netlink"} else \
             ("+".join(sorted(sources)) if sources else "none")
+        self._find_idle(raws)
         return raws, found, snap
+
+    def _find_idle(self, raws: list[_MasterRaw]) -> None:
+        """Which TCP client connections are idle keep-alive ones (last request answered),
+        for the worker classes that keep connections open between requests; one batch of
+        exact sock_diag lookups (tcp_info), host network namespace only."""
+        candidates = []
+        for raw in raws:
+            if raw.socket_source != "netlink" or raw.joined is None:
+                continue
+            if self._worker_class_hint(raw) not in KEEPALIVE_CLASSES:
+                continue
+            match = join.SocketMatcher.of(raw.joined.listeners, (), ())
+            for w in raw.workers:
+                if w.sockets is not None:
+                    candidates.extend(join.client_tcp(w.sockets, match))
+            raw.idle_measured = True
+        if not candidates:
+            return
+        try:
+            idle = self._tcp_idle(candidates)
+        except OSError as e:
+            log.debug("tcp_info lookups failed: %s", e)
+            for raw in raws:
+                raw.idle_measured = False
+            return
+        self._idle = {ino for ino, is_idle in idle.items() if is_idle}
+
+    def _worker_class_hint(self, raw: _MasterRaw) -> str | None:
+        cfg = self._ctl_cache.get(raw.key, {}).get("config") or {}
+        if cfg.get("worker_class"):
+            return _class_path(str(cfg["worker_class"])[:512])
+        cls = raw.settings.worker_class
+        threads = raw.settings.get("threads")
+        if cls == "sync" and isinstance(threads, int) and threads > 1:
+            return "gthread"
+        return cls
 
     def _socket_table(self, netns: int | None, pid: int, wanted: set[int]) -> SocketTable | None:
         if netns is not None and netns == self._own_netns and self.procfs.root == "/proc":
@@ -403,7 +448,8 @@ class GunicornCollector:
                     age = max(0.0, wall - (w.heartbeat_ctime or w.heartbeat_mtime))
             conns = None
             if w.sockets is not None and joined is not None:
-                conns = join.count_worker_sockets(w.sockets, joined.unix_peers, match)
+                conns = join.count_worker_sockets(w.sockets, joined.unix_peers, match,
+                                                  self._idle)
             app.workers.append(WorkerSnapshot(
                 slot=-1, pid=w.pid,
                 start_time=self._boot_time + st.starttime_ticks / CLK_TCK,
@@ -415,6 +461,7 @@ class GunicornCollector:
                 heartbeat_age=age,
                 connections_active=conns.active if conns else None,
                 connections_client_closed=conns.client_closed if conns else None,
+                connections_idle=conns.idle if conns and raw.idle_measured else None,
                 db_connections=len(conns.db_tcp) + len(conns.db_unix) if conns else None,
                 db_tcp=conns.db_tcp if conns else [],
                 db_unix=conns.db_unix if conns else [],

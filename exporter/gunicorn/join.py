@@ -118,13 +118,28 @@ class SocketMatcher:
 class WorkerConnections:
     active: int = 0
     client_closed: int = 0
+    idle: int = 0             # TCP keep-alive connections whose last request is answered
     db_tcp: list[tuple[str, int, str, int]] = field(default_factory=list)
     db_unix: list[tuple[int, int]] = field(default_factory=list)
 
 
+def client_tcp(ws: WorkerSockets, match: SocketMatcher) -> list:
+    """The worker's established TCP client connections (accepted from its listeners)."""
+    out = []
+    for i in ws.inet:
+        addrs = match.tcp_ports.get(i.local_port)
+        if i.state == TCP_ESTABLISHED and addrs is not None and (
+                addrs & WILDCARD_ADDRS or i.local_addr in addrs
+                or _v4_mapped(i.local_addr) in addrs):
+            out.append(i)
+    return out
+
+
 def count_worker_sockets(ws: WorkerSockets, unix_peers: dict[int, str],
-                         match: SocketMatcher) -> WorkerConnections:
-    """A worker's client connections (active / client_closed) and DB connections."""
+                         match: SocketMatcher, idle: frozenset[int] | set[int] = frozenset()
+                         ) -> WorkerConnections:
+    """A worker's client connections (active / idle / client_closed) and DB connections.
+    `idle`: inodes of TCP connections known to be idle keep-alive (sock_diag tcp_info)."""
     out = WorkerConnections()
     for u in ws.unix:
         if u.state == TCP_LISTEN:
@@ -146,6 +161,8 @@ def count_worker_sockets(ws: WorkerSockets, unix_peers: dict[int, str],
                                   or _v4_mapped(i.local_addr) in addrs):
             if i.state == TCP_CLOSE_WAIT:
                 out.client_closed += 1
+            elif i.inode in idle:
+                out.idle += 1
             else:
                 out.active += 1
         elif i.remote_port in match.db_ports:

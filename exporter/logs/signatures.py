@@ -1,6 +1,6 @@
 """Error signatures: which log lines mean what (docs/oom-and-logs.md lists them).
 
-Every row of the "Error signatures" table in the project's insights, gunicorn's worker
+Every row of the "Error signatures" table of docs/failure-modes.md, gunicorn's worker
 life-cycle lines, and the user's own `NAME=REGEX` signatures. A line may match several
 signatures; each match counts once.
 
