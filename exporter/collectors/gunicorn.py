@@ -118,6 +118,9 @@ class GunicornCollector:
         self._workers = WorkerMemory()
         self._previous_masters: set[tuple[int, int]] = set()
         self._owners: dict[str, tuple] = {}      # app name -> master that holds it
+        # masters seen started by a USR2 upgrade: they keep calling themselves NAME.2
+        # after the old master is gone (setproctitle may have erased their environment)
+        self._usr2_masters: set[tuple[int, int]] = set()
         self._versions: dict[tuple[int, int], str] = {}
         # master -> {(dev, ino, mtime, size) of its config file: evaluation}
         self._configs: dict[tuple[int, int], dict[tuple, object]] = {}
@@ -138,6 +141,7 @@ class GunicornCollector:
         raws, found, snap = await asyncio.to_thread(self._measure)
         answers = await asyncio.gather(*(self._ask_control(r) for r in raws))
         live = {r.key for r in raws}
+        self._usr2_masters &= live
         for cache in (self._ctl_cache, self._configs):
             for key in list(cache):
                 if key not in live:
@@ -485,8 +489,10 @@ class GunicornCollector:
     def _app_name(self, raw: _MasterRaw, configured_name: str | None) -> str:
         m = raw.master
         title = m.proc.title
+        if m.upgraded_from is not None:
+            self._usr2_masters.add(m.proc.key)
         if title and title[0] == "master" and title[1] and title[1].endswith(".2") and (
-                configured_name == title[1][:-2] or m.upgraded_from is not None
+                configured_name == title[1][:-2] or m.proc.key in self._usr2_masters
                 or (m.environ or {}).get("GUNICORN_PID")):
             # A USR2 master calls itself NAME.2 for the rest of its life; we say .2 only
             # while the old master is still there (below). Its configured name (control
