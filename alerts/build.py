@@ -42,15 +42,36 @@ RECORDING_RULES: list[tuple[str, str]] = [
     ("listener:gunicorn_listener_queue_fill:ratio",
      "gunicorn_listener_queue_length{<<selector>>}\n"
      "  / (gunicorn_listener_queue_max{<<selector>>} > 0)"),
+    # Requests waiting inside workers: connections a worker accepted beyond what it can
+    # serve at once (gthread parks them; the accept queue does not show them).
+    ("app:gunicorn_worker_connections_waiting:sum",
+     "sum without (worker, state) (clamp_min(\n"
+     "  gunicorn_worker_connections{<<selector>>, state=\"active\"}\n"
+     "    - ignoring (worker, state) group_left gunicorn_worker_capacity{<<selector>>},\n"
+     "  0))"),
+    # Either part alone when the other cannot be read (a listener in another network
+    # namespace has no queue length; workers whose fds are unreadable have no connections).
+    ("app:gunicorn_requests_waiting:sum",
+     "app:gunicorn_listener_queue_length:sum + app:gunicorn_worker_connections_waiting:sum\n"
+     "or app:gunicorn_listener_queue_length:sum\n"
+     "or app:gunicorn_worker_connections_waiting:sum"),
     ("worker:gunicorn_worker_heartbeat_timeout:ratio",
      "gunicorn_worker_heartbeat_age_seconds{<<selector>>}\n"
      "  / ignoring (worker) group_left () (gunicorn_timeout_seconds{<<selector>>} > 0)"),
     ("app:gunicorn_worker_heartbeat_timeout:max_ratio",
      "max without (worker) (worker:gunicorn_worker_heartbeat_timeout:ratio)"),
-    ("app:gunicorn_worker_heartbeat_timeout:min_ratio",
-     "min without (worker) (worker:gunicorn_worker_heartbeat_timeout:ratio)"),
+    # Sync workers only: the heartbeat is how long the current request has run, and only
+    # busy workers have one (an idle sync worker's heartbeat ages up to timeout/2).
+    ("app:gunicorn_busy_worker_heartbeat_timeout:avg_ratio",
+     "avg without (worker) (\n"
+     "  worker:gunicorn_worker_heartbeat_timeout:ratio\n"
+     "  and ignoring (state) (gunicorn_worker_connections{<<selector>>, state=\"active\"}\n"
+     "    >= ignoring (worker, state) group_left gunicorn_worker_capacity{<<selector>>})\n"
+     ")"),
     ("worker:gunicorn_worker_connections:sum",
      "sum without (state) (gunicorn_worker_connections{<<selector>>})"),
+    ("app:gunicorn_worker_connections_client_closed:sum",
+     "sum without (worker, state) (gunicorn_worker_connections{<<selector>>, state=\"client_closed\"})"),
     ("app:gunicorn_worker_db_connections:sum",
      "sum without (worker) (gunicorn_worker_db_connections{<<selector>>})"),
     ("app:gunicorn_db_connection_budget:ratio",
@@ -72,15 +93,34 @@ RECORDING_RULES: list[tuple[str, str]] = [
      "gunicorn_worker_open_fds{<<selector>>} / (gunicorn_worker_max_fds{<<selector>>} > 0)"),
 ]
 
+# gunicorn_info's own labels: `ignoring` them joins it with an app's series
+INFO = "version, worker_class, user"
+
 
 @dataclass
 class Alert:
     name: str
-    insights: str          # IDs of shared/insights.md, for docs and the coverage test
+    insights: str          # IDs of docs/failure-modes.md, for docs and the coverage test
     expr: str
     summary: str
     description: str
     extra_labels: dict = field(default_factory=dict)
+
+
+def _log_events(signatures: str, window: str = "<<window>>") -> str:
+    return ("sum without (signature) (increase(gunicorn_log_events_total{<<selector>>,"
+            " signature=~\"%s\"}[%s]))" % (signatures, window))
+
+
+def _ratio_or_count(access_errors: str, log_errors: str) -> str:
+    """Errors per answered request when an access log shows enough of them (its
+    `http_response` lines; the errors counted there too), else a count of error lines
+    in any log: the one expression both proxy alerts use. A failed request is in both
+    nginx logs; the ratio reads the access log only, so it is never counted twice."""
+    responses = _log_events("http_response")
+    return ("(\n  %s\n  / (%s > <<min_responses>>)\n) > <<error_ratio>>\n"
+            "or\n(\n  %s > <<events>>\n  unless %s > <<min_responses>>\n)"
+            % (_log_events(access_errors), responses, _log_events(log_errors), responses))
 
 
 GROUPS: list[tuple[str, list[Alert]]] = [
@@ -90,14 +130,25 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               "gunicorn app {{ $labels.app }} is down on {{ $labels.instance }}",
               "No gunicorn master of app {{ $labels.app }} runs on {{ $labels.instance }}"
               " (gunicorn_up {{ $value }}): nothing accepts connections on its socket and"
-              " the proxy answers 502 (nginx: connect() failed (111: Connection refused))."),
+              " the proxy answers 502 (nginx: connect() failed)."),
+        Alert("GunicornAppVanished", "W4",
+              "max_over_time(gunicorn_up{<<selector>>, app!~`.+(\\.2|@.+)`}[<<window>>]) == 1\n"
+              "unless gunicorn_up{<<selector>>}\n"
+              "and on (job, instance) up{<<selector>>} == 1\n"
+              "and on (job, instance)"
+              " gunicorn_exporter_collector_success{<<selector>>, collector=\"gunicorn\"} == 1",
+              "gunicorn app {{ $labels.app }} vanished from {{ $labels.instance }}",
+              "App {{ $labels.app }} ran on {{ $labels.instance }} within <<window>> and has"
+              " no series now, while the exporter answers: it restarted and the app did not"
+              " come back (or the app was renamed or removed)."),
         Alert("GunicornWorkerPoolExhausted", "C1",
-              "app:gunicorn_listener_queue_length:sum > 0\n"
-              "and app:gunicorn_workers_busy:ratio >= 1",
-              "Every worker of {{ $labels.app }} is busy and requests queue",
-              "All workers of {{ $labels.app }} on {{ $labels.instance }} are busy and"
-              " {{ $value }} connections wait in the accept queue: requests hang until the"
-              " proxy times out (502/504)."),
+              "min_over_time(app:gunicorn_requests_waiting:sum[<<window>>]) > 0\n"
+              "and avg_over_time(app:gunicorn_workers_busy:ratio[<<window>>]) >= <<busy_ratio>>\n"
+              "and count_over_time(app:gunicorn_requests_waiting:sum[<<window>>]) >= <<min_samples>>",
+              "Every worker of {{ $labels.app }} is busy and requests wait",
+              "All workers of {{ $labels.app }} on {{ $labels.instance }} are busy and at"
+              " least {{ $value }} requests have been waiting (in the accept queue, or inside"
+              " gthread workers) for <<window>>: requests hang until the proxy times out."),
         Alert("GunicornWorkerPoolSaturated", "W2 W6 C1",
               "avg_over_time(app:gunicorn_workers_busy:ratio[<<window>>]) > <<busy_ratio>>",
               "Workers of {{ $labels.app }} are busy most of the time",
@@ -109,7 +160,7 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               "  avg_over_time(app:gunicorn_workers_busy:ratio[<<window>>]) > <<busy_ratio>>\n"
               "  and max_over_time(app:gunicorn_listener_queue_length:sum[<<window>>]) > 0\n"
               ")\n"
-              "and ignoring (version, worker_class) gunicorn_info{<<selector>>, worker_class=\"sync\"}",
+              "and ignoring (" + INFO + ") gunicorn_info{<<selector>>, worker_class=\"sync\"}",
               "Sync workers of {{ $labels.app }} block and requests queue",
               "The sync workers of {{ $labels.app }} on {{ $labels.instance }} were busy"
               " {{ $value | humanizePercentage }} of the time over <<window>> and requests"
@@ -120,59 +171,76 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               "{{ $labels.app }} on {{ $labels.instance }} has had only {{ $value }} workers"
               " for a while, fewer than --workers: workers keep dying (OOM kills, timeouts)"
               " or fail to boot."),
-        Alert("GunicornAllWorkersSlow", "W6",
-              "app:gunicorn_worker_heartbeat_timeout:min_ratio > <<heartbeat_ratio>>\n"
-              "and app:gunicorn_workers_busy:ratio >= <<busy_ratio>>",
-              "Every worker of {{ $labels.app }} is stuck in a long request",
-              "Even the youngest heartbeat of {{ $labels.app }} on {{ $labels.instance }} is"
-              " {{ $value | humanizePercentage }} of --timeout while the workers are busy:"
-              " a slow dependency holds all of them."),
+        Alert("GunicornSlowRequestsSaturate", "W6",
+              "avg_over_time(app:gunicorn_busy_worker_heartbeat_timeout:avg_ratio[<<window>>])"
+              " > <<heartbeat_ratio>>\n"
+              "and avg_over_time(app:gunicorn_workers_busy:ratio[<<window>>]) > <<busy_ratio>>\n"
+              "and ignoring (" + INFO + ") gunicorn_info{<<selector>>, worker_class=\"sync\"}",
+              "Slow requests keep the workers of {{ $labels.app }} busy",
+              "The busy sync workers of {{ $labels.app }} on {{ $labels.instance }} have been"
+              " in their current request for {{ $value | humanizePercentage }} of --timeout"
+              " on average over <<window>>, with most workers busy: a slow dependency holds"
+              " them."),
+        Alert("GunicornWorkerLoopBlocked", "W6 C1",
+              "gunicorn_worker_heartbeat_age_seconds{<<selector>>} > <<stall_seconds>>\n"
+              "and ignoring (worker, " + INFO + ") gunicorn_info{<<selector>>,"
+              " worker_class=~\"gthread|gevent|eventlet|tornado\"}",
+              "The main loop of a {{ $labels.app }} worker is blocked",
+              "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }} has"
+              " not run its main loop for {{ $value | humanizeDuration }} (it refreshes its"
+              " heartbeat every second when it can): CPU-bound code, a lock, or a blocking call"
+              " in a green thread holds it, and none of its connections is served."),
     ]),
     ("gunicorn.timeouts", [
         Alert("GunicornWorkerNearTimeout", "W5",
               "max_over_time(app:gunicorn_worker_heartbeat_timeout:max_ratio[<<window>>])"
-              " > <<heartbeat_ratio>>",
+              " > <<heartbeat_ratio>>\n"
+              "and ignoring (" + INFO + ") gunicorn_info{<<selector>>, worker_class=\"sync\"}",
               "Requests of {{ $labels.app }} keep running close to --timeout",
               "Requests of {{ $labels.app }} on {{ $labels.instance }} keep reaching"
               " {{ $value | humanizePercentage }} of gunicorn's --timeout (threshold"
               " <<heartbeat_ratio|pct>>): WORKER TIMEOUT kills are next."),
         Alert("GunicornWorkerTimeouts", "W5",
-              "increase(gunicorn_log_events_total{<<selector>>, signature=\"worker_timeout\"}"
-              "[<<window>>]) > 0",
+              _log_events("worker_timeout") + " > 0",
               "Workers of {{ $labels.app }} are killed by WORKER TIMEOUT",
               "gunicorn logged {{ $value | humanize }} WORKER TIMEOUT lines for"
               " {{ $labels.app }} on {{ $labels.instance }} in <<window>>: requests run"
               " longer than --timeout and are killed."),
         Alert("GunicornTimeoutAboveProxyTimeout", "W8",
-              "gunicorn_timeout_seconds{<<selector>>} > <<proxy_timeout_seconds>>",
+              "gunicorn_timeout_seconds{<<selector>>} > <<proxy_timeout_seconds>>\n"
+              "or gunicorn_timeout_seconds{<<selector>>} == 0",
               "{{ $labels.app }} lets requests outlive the proxy's timeout",
-              "--timeout of {{ $labels.app }} on {{ $labels.instance }} is {{ $value }} s,"
-              " above the proxy's <<proxy_timeout_seconds>> s: workers keep working on"
-              " requests nobody waits for."),
+              "--timeout of {{ $labels.app }} on {{ $labels.instance }} is {{ $value }} s"
+              " (0 = never), above the proxy's <<proxy_timeout_seconds>> s: workers keep"
+              " working on requests nobody waits for."),
         Alert("GunicornWorkingForGoneClients", "W8",
-              "sum without (worker, state) (gunicorn_worker_connections{<<selector>>,"
-              " state=\"client_closed\"}) > 0",
-              "Workers of {{ $labels.app }} serve clients that hung up",
-              "Workers of {{ $labels.app }} on {{ $labels.instance }} have held"
-              " {{ $value }} connections whose client already hung up (proxy or platform"
-              " timed out first) for minutes."),
+              "avg_over_time((app:gunicorn_worker_connections_client_closed:sum > bool 0)"
+              "[<<window>>:]) > <<time_ratio>>",
+              "Workers of {{ $labels.app }} keep serving clients that hung up",
+              "For {{ $value | humanizePercentage }} of the last <<window>>, workers of"
+              " {{ $labels.app }} on {{ $labels.instance }} held connections whose client had"
+              " already hung up: the proxy or platform times out before gunicorn does."),
         Alert("GunicornProxyTimeouts", "C1 W8",
-              "sum without (signature) (\n"
-              "  increase(gunicorn_log_events_total{<<selector>>,"
-              " signature=~\"nginx_upstream_timeout|http_504|heroku_h12\"}[<<window>>])\n"
-              ") > <<events>>",
+              _ratio_or_count("http_504", "http_504|nginx_upstream_timeout|heroku_h12"),
               "The proxy keeps timing out on {{ $labels.app }}",
-              "{{ $value | humanize }} upstream timeouts, 504s or Heroku H12s for"
-              " {{ $labels.app }} on {{ $labels.instance }} in <<window>>: requests take"
-              " longer than the proxy waits."),
+              "Requests of {{ $labels.app }} on {{ $labels.instance }} time out at the proxy"
+              " ({{ printf \"%.3g\" $value }}: the share of the answered requests, 0 to 1,"
+              " when the access log shows enough of them, else the number of error lines in"
+              " <<window>>): they take longer than the proxy waits."),
     ]),
     ("gunicorn.listeners", [
         Alert("GunicornListenQueueStuck", "C2 C1",
-              "gunicorn_listener_queue_length{<<selector>>} > 0",
+              "(\n"
+              "  min_over_time(app:gunicorn_listener_queue_length:sum[<<window>>]) > 0\n"
+              "  and count_over_time(app:gunicorn_listener_queue_length:sum[<<window>>])"
+              " >= <<min_samples>>\n"
+              ")\n"
+              "unless avg_over_time(app:gunicorn_workers_busy:ratio[<<window>>]) >= <<busy_ratio>>",
               "The accept queue of {{ $labels.app }} does not drain",
-              "{{ $value }} connections wait in the accept queue of {{ $labels.listener }}"
-              " ({{ $labels.app }} on {{ $labels.instance }}) and it has not been empty for"
-              " minutes: the app does not accept."),
+              "Connections have waited in the accept queue of {{ $labels.app }} on"
+              " {{ $labels.instance }} for <<window>> (at least {{ $value }}) while its"
+              " workers are not all busy: they do not accept (stopped, deadlocked, or a stuck"
+              " unix socket)."),
         Alert("GunicornListenQueueFilling", "C2 W11",
               "listener:gunicorn_listener_queue_fill:ratio > <<fill_ratio>>",
               "The accept queue of {{ $labels.app }} is filling up",
@@ -185,32 +253,33 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               "The accept queue of {{ $labels.listener }} ({{ $labels.app }} on"
               " {{ $labels.instance }}) is {{ $value | humanizePercentage }} full: new"
               " connections get EAGAIN (unix) or are dropped (TCP)."),
-        Alert("GunicornListenOverflows", "W11 C1",
-              "rate(gunicorn_host_listen_overflows_total{<<selector>>}[<<window>>]) > 0",
-              "The kernel drops connections on full accept queues",
-              "The kernel of {{ $labels.instance }} drops {{ $value | humanize }}"
-              " connections/s because an accept queue is full (TcpExt ListenOverflows)."),
+        Alert("GunicornListenDrops", "W11 C1",
+              "sum without (listener) (increase(gunicorn_listener_drops_total{<<selector>>}"
+              "[<<window>>])) > 0",
+              "The kernel drops connections to {{ $labels.app }}",
+              "The kernel of {{ $labels.instance }} dropped {{ $value | humanize }}"
+              " connections to {{ $labels.app }} in <<window>> at its full accept queue."),
         Alert("GunicornBacklogCapped", "W11",
-              "gunicorn_backlog{<<selector>>}\n"
-              "  > min without (listener) (gunicorn_listener_queue_max{<<selector>>})",
-              "--backlog of {{ $labels.app }} is silently capped",
-              "{{ $labels.app }} on {{ $labels.instance }} asks for --backlog {{ $value }}"
-              " but its accept queue is smaller: net.core.somaxconn caps it."),
+              "min without (listener) (gunicorn_listener_queue_max{<<selector>>})\n"
+              "  >= on (job, instance) group_left gunicorn_host_somaxconn{<<selector>>}",
+              "The accept queue of {{ $labels.app }} is capped by somaxconn",
+              "The accept queue limit of {{ $labels.app }} on {{ $labels.instance }} is"
+              " {{ $value }}, net.core.somaxconn itself: a larger --backlog is silently cut"
+              " to it."),
         Alert("GunicornProxyCannotConnect", "C1 C2 W4",
-              "sum without (signature) (\n"
-              "  increase(gunicorn_log_events_total{<<selector>>,"
-              " signature=~\"nginx_upstream_eagain|nginx_connect_refused|http_502\"}[<<window>>])\n"
-              ") > <<events>>",
+              _ratio_or_count("http_502", "http_502|nginx_upstream_eagain|nginx_connect_refused"
+                                          "|nginx_upstream_missing"),
               "The proxy cannot reach {{ $labels.app }}",
-              "{{ $value | humanize }} EAGAIN, connection refused or 502 errors for"
-              " {{ $labels.app }} on {{ $labels.instance }} in <<window>>: its queue is"
-              " full or nothing listens."),
+              "The proxy answers 502 or cannot connect to {{ $labels.app }} on"
+              " {{ $labels.instance }} ({{ printf \"%.3g\" $value }}: the share of the"
+              " answered requests, 0 to 1, when the access log shows enough of them, else the"
+              " number of error lines in <<window>>): its queue is full or nothing listens."),
     ]),
     ("gunicorn.connections", [
         Alert("GunicornGthreadWorkerConnectionsAtLimit", "C3",
               "worker:gunicorn_worker_connections:sum\n"
               "  >= ignoring (worker) group_left gunicorn_worker_connections_limit{<<selector>>}\n"
-              "and ignoring (worker, version, worker_class) gunicorn_info{<<selector>>,"
+              "and ignoring (worker, " + INFO + ") gunicorn_info{<<selector>>,"
               " worker_class=\"gthread\"}",
               "A gthread worker of {{ $labels.app }} is at worker_connections",
               "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
@@ -227,7 +296,7 @@ GROUPS: list[tuple[str, list[Alert]]] = [
         Alert("GunicornGthreadConnectionsQueuedInWorker", "W9",
               "gunicorn_worker_connections{<<selector>>, state=\"active\"}\n"
               "  > ignoring (worker, state) group_left gunicorn_worker_capacity{<<selector>>}\n"
-              "and ignoring (worker, state, version, worker_class) gunicorn_info{<<selector>>,"
+              "and ignoring (worker, state, " + INFO + ") gunicorn_info{<<selector>>,"
               " worker_class=\"gthread\"}",
               "Connections wait inside gthread workers of {{ $labels.app }}",
               "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
@@ -236,8 +305,7 @@ GROUPS: list[tuple[str, list[Alert]]] = [
     ]),
     ("gunicorn.database", [
         Alert("GunicornSQLAlchemyPoolExhausted", "C4",
-              "increase(gunicorn_log_events_total{<<selector>>,"
-              " signature=\"queuepool_exhausted\"}[<<window>>]) > <<events>>",
+              _log_events("queuepool_exhausted") + " > <<events>>",
               "SQLAlchemy pool of {{ $labels.app }} is exhausted",
               "{{ $labels.app }} on {{ $labels.instance }} logged {{ $value | humanize }}"
               " `QueuePool limit ... reached` errors in <<window>>: requests wait"
@@ -258,54 +326,69 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " {{ $value | humanizePercentage }} of their connection budget"
               " (workers x per-worker pool): connections leak."),
         Alert("GunicornDBConnectionsWillExceedBudget", "C5",
+              "app:gunicorn_db_connection_budget:ratio > <<budget_ratio>>\n"
+              "and\n"
               "predict_linear(app:gunicorn_worker_db_connections:sum[<<window>>],"
               " <<horizon_seconds>>)\n"
               "  > gunicorn_app_db_connection_budget{<<selector>>}",
               "DB connections of {{ $labels.app }} grow towards the budget",
-              "At the trend of the last <<window>>, the workers of {{ $labels.app }} on"
-              " {{ $labels.instance }} will hold {{ $value | humanize }} database"
-              " connections in <<horizon_seconds>> s, above their budget: a leak."),
+              "The workers of {{ $labels.app }} on {{ $labels.instance }} already hold"
+              " {{ $value | humanizePercentage }} of their connection budget, and at the"
+              " trend of the last <<window>> they pass it within <<horizon_seconds>> s: a leak."),
+        Alert("GunicornPostgresDown", "C5 C6",
+              "max without (instance) (gunicorn_postgres_up{<<selector>>}) == 0",
+              "Postgres {{ $labels.server }} cannot be queried",
+              "No exporter could query Postgres {{ $labels.server }}: it is down, refuses"
+              " logins (at max_connections, a new session is refused too) or does not answer"
+              " within --postgres.timeout."),
         Alert("GunicornPostgresConnectionsNearLimit", "C5 C6",
-              "server:gunicorn_postgres_connections:ratio > <<usage_ratio>>",
+              "max without (instance) (server:gunicorn_postgres_connections:ratio) > <<usage_ratio>>",
               "Postgres {{ $labels.server }} nears max_connections",
-              "Postgres {{ $labels.server }} (seen from {{ $labels.instance }}) uses"
-              " {{ $value | humanizePercentage }} of the connections ordinary roles may"
-              " open (threshold <<usage_ratio|pct>>)."),
+              "Postgres {{ $labels.server }} uses {{ $value | humanizePercentage }} of the"
+              " connections ordinary roles may open (threshold <<usage_ratio|pct>>)."),
         Alert("GunicornPostgresConnectionsExhausted", "C5 C6",
-              "server:gunicorn_postgres_connections:ratio > <<usage_ratio>>",
+              "max without (instance) (server:gunicorn_postgres_connections:ratio) > <<usage_ratio>>",
               "Postgres {{ $labels.server }} is out of connections",
-              "Postgres {{ $labels.server }} (seen from {{ $labels.instance }}) uses"
-              " {{ $value | humanizePercentage }} of the connections ordinary roles may"
-              " open: new connections fail with `too many clients`."),
+              "Postgres {{ $labels.server }} uses {{ $value | humanizePercentage }} of the"
+              " connections ordinary roles may open: new connections fail with"
+              " `too many clients`."),
+        Alert("GunicornPostgresRefusingConnections", "C5 C6",
+              _log_events("postgres_too_many_clients") + " > 0",
+              "Postgres refuses connections of {{ $labels.app }}",
+              "{{ $labels.app }} on {{ $labels.instance }} logged {{ $value | humanize }}"
+              " `too many clients` / `remaining connection slots are reserved` errors in"
+              " <<window>>: Postgres is at max_connections."),
         Alert("GunicornGreenThreadDBConnections", "C6",
               "gunicorn_worker_db_connections{<<selector>>} > <<min_connections>>\n"
               "and gunicorn_worker_db_connections{<<selector>>}\n"
               "  > <<per_thread>> * gunicorn_worker_threads{<<selector>>}\n"
-              "and ignoring (worker, version, worker_class) gunicorn_info{<<selector>>,"
-              " worker_class=~\".*(gevent|eventlet).*\"}",
+              "and gunicorn_worker_db_connections{<<selector>>}\n"
+              "  > ignoring (worker) group_left\n"
+              "  max without (source) (gunicorn_app_db_connection_budget_per_worker{<<selector>>})\n"
+              "and ignoring (worker, " + INFO + ") gunicorn_info{<<selector>>,"
+              " worker_class=~\"gevent|eventlet\"}",
               "Green threads of {{ $labels.app }} open a DB connection each",
               "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
-              " ({{ $value }} DB connections) holds far more connections than OS threads:"
-              " every green thread keeps its own connection."),
+              " ({{ $value }} DB connections) holds more connections than its budget and far"
+              " more than OS threads: every green thread keeps its own connection."),
     ]),
     ("gunicorn.memory", [
         Alert("GunicornWorkerOOMKilled", "C7",
               "increase(gunicorn_worker_oom_kills_total{<<selector>>}[<<window>>]) > 0\n"
-              "or sum without (signature) (\n"
-              "  increase(gunicorn_log_events_total{<<selector>>,"
-              " signature=~\"worker_sigkill|kernel_oom_kill\"}[<<window>>])\n"
-              ") > 0",
-              "Workers of {{ $labels.app }} were OOM-killed",
-              "{{ $value | humanize }} workers of {{ $labels.app }} on {{ $labels.instance }}"
-              " were killed by the kernel OOM killer (or SIGKILLed: `Perhaps out of"
-              " memory?`) in <<window>>."),
-        Alert("GunicornRepeatedOOMKills", "C7",
-              "increase(gunicorn_worker_oom_kills_total{<<selector>>}[<<window>>]) >= <<kills>>\n"
               "or increase(gunicorn_master_oom_kills_total{<<selector>>}[<<window>>]) > 0",
-              "{{ $labels.app }} is being OOM-killed repeatedly",
-              "The OOM killer killed {{ $value | humanize }} processes of {{ $labels.app }}"
-              " on {{ $labels.instance }} in <<window>> (or its master): requests fail"
-              " and workers respawn in a loop."),
+              "Processes of {{ $labels.app }} were OOM-killed",
+              "The kernel OOM killer killed {{ $value | humanize }} processes of"
+              " {{ $labels.app }} on {{ $labels.instance }} in <<window>> (confirmed by the"
+              " kernel log or the cgroup's counter): requests in flight failed."),
+        Alert("GunicornWorkerSIGKILLed", "C7",
+              _log_events("worker_sigkill") + "\n  > "
+              + _log_events("worker_timeout", "<<timeout_window>>"),
+              "Workers of {{ $labels.app }} die of SIGKILL",
+              "gunicorn logged {{ $value | humanize }} `was sent SIGKILL! Perhaps out of"
+              " memory?` lines for {{ $labels.app }} on {{ $labels.instance }} in <<window>>,"
+              " more than its WORKER TIMEOUTs (counted over <<timeout_window>>, so a timeout's"
+              " own escalation to SIGKILL is always explained): something kills workers (an"
+              " OOM kill the exporter cannot see, or another process)."),
         Alert("GunicornWorkerMemoryGrowing", "W3 W7 C7",
               "delta(gunicorn_worker_resident_memory_bytes{<<selector>>}[<<window>>])"
               " > <<growth_bytes>>\n"
@@ -322,12 +405,35 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " at the limit."),
     ]),
     ("gunicorn.exporter", [
+        Alert("GunicornExporterDown", "",
+              "up{<<selector>>} == 0",
+              "gunicorn-exporter on {{ $labels.instance }} does not answer",
+              "Prometheus cannot scrape gunicorn-exporter on {{ $labels.instance }}: every"
+              " gunicorn alert of that host is blind (and the host may be down)."),
+        Alert("GunicornExporterAbsent", "",
+              "absent(up{<<selector>>})",
+              "No gunicorn-exporter target is known to Prometheus",
+              "Prometheus has no target for gunicorn-exporter (<<selector>>): service"
+              " discovery lost it, and every gunicorn alert is blind."),
         Alert("GunicornExporterCollectorFailing", "",
-              "gunicorn_exporter_collector_success{<<selector>>} == 0",
+              "avg_over_time(gunicorn_exporter_collector_success{<<selector>>}[<<window>>])"
+              " < <<success_ratio>>",
               "gunicorn-exporter collector {{ $labels.collector }} fails",
-              "Collector {{ $labels.collector }} of gunicorn-exporter on"
-              " {{ $labels.instance }} has failed for minutes: its series, and the alerts"
-              " that read them, are missing."),
+              "Collector {{ $labels.collector }} of gunicorn-exporter on {{ $labels.instance }}"
+              " succeeded in only {{ $value | humanizePercentage }} of the scrapes over"
+              " <<window>>: its series, and the alerts that read them, come and go."),
+        Alert("GunicornExporterAppErrors", "",
+              "gunicorn_exporter_app_errors{<<selector>>} > 0",
+              "gunicorn-exporter cannot fully read {{ $labels.app }}",
+              "Parts of the data of {{ $labels.app }} on {{ $labels.instance }} have failed"
+              " to collect for a while (the exporter's log says what): some of its series"
+              " are missing."),
+        Alert("GunicornExporterDroppedMasters", "",
+              "gunicorn_exporter_dropped_masters{<<selector>>} > 0",
+              "gunicorn-exporter does not measure every master",
+              "gunicorn-exporter on {{ $labels.instance }} leaves {{ $value }} gunicorn"
+              " masters unmeasured (more than --gunicorn.max-masters): raise it, or watch"
+              " fewer users with --gunicorn.user."),
         Alert("GunicornExporterPermissionDenied", "",
               "gunicorn_exporter_permission_denied_processes{<<selector>>} > 0",
               "gunicorn-exporter cannot read some gunicorn processes",
@@ -338,6 +444,9 @@ GROUPS: list[tuple[str, list[Alert]]] = [
 ]
 
 _PLACEHOLDER = re.compile(r"<<(\w+)(\|pct)?>>")
+_RANGE = re.compile(r"\[(\w+)(:\w*)?\]")
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+SCALED_KEYS = {"horizon_seconds"}   # config values that are durations of observation
 _DURATION = re.compile(r"^(0|(\d+(ms|s|m|h|d|w|y))+)$")
 _META_KEYS = {"for", "severity"}
 
@@ -357,6 +466,36 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def parse_duration(text: str) -> float:
+    """Seconds in a Prometheus duration ('90s', '1h30m', '0m')."""
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        if text == "0":
+            return 0.0
+        raise ConfigError("%r is not a duration" % text)
+    return sum(int(n) * _UNIT[u] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    if ms % 1000:
+        return "%dms" % ms
+    return "%ds" % (ms // 1000)
+
+
+def scale_durations(expr: str, factor: float) -> str:
+    """Every range and subquery duration in a PromQL expression times `factor`
+    (at least 1 s): `[5m]` -> `[20s]` for 1/15."""
+    def one(m):
+        window, step = m.group(1), m.group(2)
+        out = "[" + format_duration(max(1.0, parse_duration(window) * factor))
+        if step is not None:
+            out += ":" + (format_duration(max(1.0, parse_duration(step[1:]) * factor))
+                          if len(step) > 1 else "")
+        return out + "]"
+    return _RANGE.sub(one, expr)
+
+
 def _substitute(text: str, table: dict, glob: dict, used: set, where: str) -> str:
     def one(m):
         key, pct = m.group(1), m.group(2)
@@ -373,8 +512,19 @@ def _substitute(text: str, table: dict, glob: dict, used: set, where: str) -> st
     return _PLACEHOLDER.sub(one, text)
 
 
-def build_rules(config: dict, for_override: str | None = None) -> list[tuple[str, list[dict]]]:
-    """[(group name, [rule dict])] in file order."""
+def build_rules(config: dict, for_override: str | None = None,
+                time_scale: float | None = None) -> list[tuple[str, list[dict]]]:
+    """[(group name, [rule dict])] in file order.
+
+    time_scale: multiply every duration (`for:`, range windows, the prediction horizon)
+    by this factor, e.g. 1/15 to run the rules against an exporter scraped every second
+    instead of every 15 s (tests/test_alerts_faults.py): the same alerts fire on the
+    same samples, 15 times sooner."""
+    if time_scale is not None:
+        config = {name: dict(table) for name, table in config.items()}
+        for name, table in config.items():
+            for key in SCALED_KEYS & set(table):
+                table[key] = max(1, round(table[key] * time_scale))
     glob = config.get("global", {})
     for key in ("selector", "runbook_url"):
         if key not in glob:
@@ -387,8 +537,9 @@ def build_rules(config: dict, for_override: str | None = None) -> list[tuple[str
     used_global: set = set()
     rec = []
     for record, expr in RECORDING_RULES:
+        expr = _substitute(expr, {}, glob, used_global, record)
         rec.append({"record": record,
-                    "expr": _substitute(expr, {}, glob, used_global, record)})
+                    "expr": scale_durations(expr, time_scale) if time_scale else expr})
     groups.append(("gunicorn.rules", rec))
     for group, alerts in GROUPS:
         rules = []
@@ -404,10 +555,15 @@ def build_rules(config: dict, for_override: str | None = None) -> list[tuple[str
             if not _DURATION.match(str(table["for"])):
                 raise ConfigError("[%s] for = %r is not a duration" % (a.name, table["for"]))
             used: set = set()
+            expr = _substitute(a.expr, table, glob, used, a.name)
+            for_ = for_override or table["for"]
+            if time_scale is not None:
+                expr = scale_durations(expr, time_scale)
+                for_ = format_duration(parse_duration(for_) * time_scale)
             rule = {
                 "alert": a.name,
-                "expr": _substitute(a.expr, table, glob, used, a.name),
-                "for": for_override or table["for"],
+                "expr": expr,
+                "for": for_,
                 "labels": {"severity": table["severity"], **a.extra_labels},
                 "annotations": {
                     "summary": _substitute(a.summary, table, glob, used, a.name),
@@ -454,8 +610,10 @@ def to_yaml(groups: list[tuple[str, list[dict]]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def render(config: dict | None = None, for_override: str | None = None) -> str:
-    return to_yaml(build_rules(load_config() if config is None else config, for_override))
+def render(config: dict | None = None, for_override: str | None = None,
+           time_scale: float | None = None) -> str:
+    return to_yaml(build_rules(load_config() if config is None else config, for_override,
+                               time_scale))
 
 
 def alerts_table() -> list[tuple[str, str]]:
@@ -469,9 +627,10 @@ def main(argv=None) -> int:
     p.add_argument("--config", type=Path, default=CONFIG)
     p.add_argument("-o", "--output", type=Path, default=OUTPUT)
     p.add_argument("--for", dest="for_override", help="use this `for:` for every alert (tests)")
+    p.add_argument("--time-scale", type=float, help="multiply every duration by this (tests)")
     args = p.parse_args(argv)
     try:
-        text = render(load_config(args.config), args.for_override)
+        text = render(load_config(args.config), args.for_override, args.time_scale)
     except ConfigError as exc:
         print("alerts/build.py: %s" % exc, file=sys.stderr)
         return 2

@@ -12,6 +12,12 @@ the value there). tests/test_grafana.py fails when the committed JSON differs fr
 this script writes from the current alerts, and when a threshold drawn here does not
 appear in its alert's expression in the rule file, so after changing an alert
 threshold run this script again.
+
+The Overview row shows what the alerts see, per app: it reads the recording rules
+(app:gunicorn_workers_busy:ratio, app:gunicorn_requests_waiting:sum, ...) and the
+ALERTS / ALERTS_FOR_STATE series of alerts/gunicorn.rules.yml, so those rules must be
+loaded in the Prometheus the dashboard reads. Panels whose series need an optional
+collector or the rules say so in their `noValue` text (NEEDS_* below).
 """
 
 from __future__ import annotations
@@ -37,14 +43,18 @@ H = 'job=~"$job", instance=~"$instance"'
 # value used when alerts/config.toml does not set it, colour). None as the parameter: the
 # alert's expression has the number built in (alerts/build.py), so it is fixed here too.
 THRESHOLDS: dict[str, tuple[str, str | None, float, str]] = {
-    # busy workers / workers (C1, W2)
+    # busy workers / workers (C1, W2): averaged over each alert's window
     "busy_warning": ("GunicornWorkerPoolSaturated", "busy_ratio", 0.8, "orange"),
-    "busy_critical": ("GunicornWorkerPoolExhausted", None, 1.0, "red"),
+    "busy_critical": ("GunicornWorkerPoolExhausted", "busy_ratio", 0.9, "red"),
     # listener queue length / queue limit (C2, W11)
     "queue_warning": ("GunicornListenQueueFilling", "fill_ratio", 0.5, "orange"),
     "queue_critical": ("GunicornListenQueueFull", "fill_ratio", 0.9, "red"),
-    # heartbeat age / --timeout (W5)
+    # heartbeat age / --timeout, the oldest worker (W5)
     "heartbeat_warning": ("GunicornWorkerNearTimeout", "heartbeat_ratio", 0.8, "orange"),
+    # heartbeat age / --timeout, the mean of the busy sync workers (W6)
+    "slow_requests_warning": ("GunicornSlowRequestsSaturate", "heartbeat_ratio", 0.3, "orange"),
+    # heartbeat age of gthread/gevent/eventlet/tornado workers, seconds (W6, C1)
+    "loop_stall_warning": ("GunicornWorkerLoopBlocked", "stall_seconds", 10, "orange"),
     # open fds / fd limit (W10)
     "fd_warning": ("GunicornWorkerFileDescriptorsHigh", "fd_ratio", 0.8, "orange"),
     # connections per worker / worker_connections (C3, W7)
@@ -55,6 +65,17 @@ THRESHOLDS: dict[str, tuple[str, str | None, float, str]] = {
     "pg_warning": ("GunicornPostgresConnectionsNearLimit", "usage_ratio", 0.8, "orange"),
     "pg_critical": ("GunicornPostgresConnectionsExhausted", "usage_ratio", 0.95, "red"),
 }
+
+# What a panel needs when its series come from an optional collector or from the rule
+# file: shown as its `noValue` text (instead of a bare "No data") and in its description.
+NEEDS_POSTGRES = "needs --postgres.dsn (the postgres collector's pg_stat_activity series)"
+NEEDS_LOGS = "needs --logs.file with the gunicorn error log (the logs collector)"
+NEEDS_OOM = ("needs CAP_SYSLOG (to read /dev/kmsg) or a memory cgroup per app for OOM kill "
+             "records (the oom collector)")
+NEEDS_BUDGET = ("needs the postgres collector, which computes the budgets (on unless "
+                "--no-collector.postgres; set them with --postgres.app-budget)")
+NEEDS_RULES = ("needs the rules of alerts/gunicorn.rules.yml loaded in Prometheus (their "
+               "selector, alerts/config.toml [global], must match this job)")
 
 
 def thresholds(alerts_dir: Path = ALERTS_DIR) -> tuple[dict[str, float], dict[str, str]]:
@@ -117,7 +138,8 @@ def _pct(t: dict[str, float], *keys: str) -> str:
 
 def timeseries(title: str, description: str, pairs, *, unit: str = "short",
                threshold: dict | None = None, max_: float | None = None,
-               stack: bool = False, bars: bool = False, decimals: int | None = None) -> dict:
+               stack: bool = False, bars: bool = False, decimals: int | None = None,
+               no_value: str | None = None) -> dict:
     custom = {
         "drawStyle": "bars" if bars else "line", "lineWidth": 1,
         "fillOpacity": 60 if bars else (30 if stack else 10),
@@ -131,6 +153,8 @@ def timeseries(title: str, description: str, pairs, *, unit: str = "short",
         defaults["max"] = max_
     if decimals is not None:
         defaults["decimals"] = decimals
+    if no_value is not None:
+        defaults["noValue"] = no_value
     overrides = [{
         # limits drawn next to the values they bound: dashed, unfilled, not stacked
         "matcher": {"id": "byRegexp", "options": LIMIT_RE},
@@ -150,28 +174,78 @@ def timeseries(title: str, description: str, pairs, *, unit: str = "short",
 
 
 def stat(title: str, description: str, expr: str, legend: str, *, unit: str = "short",
-         steps: dict | None = None, mappings: list | None = None) -> dict:
+         steps: dict | None = None, mappings: list | None = None, sparkline: bool = False,
+         max_: float | None = None, no_value: str | None = None) -> dict:
+    defaults = {"unit": unit, "mappings": mappings or [],
+                "thresholds": steps or _threshold_steps(None), "color": {"mode": "thresholds"}}
+    if sparkline:
+        defaults["min"] = 0
+    if max_ is not None:
+        defaults["max"] = max_
+    if no_value is not None:
+        defaults["noValue"] = no_value
     return {"type": "stat", "title": title, "description": description, "datasource": DS,
             "targets": [target(expr, legend)],
-            "fieldConfig": {"defaults": {"unit": unit, "mappings": mappings or [],
-                                         "thresholds": steps or _threshold_steps(None),
-                                         "color": {"mode": "thresholds"}},
-                            "overrides": []},
+            "fieldConfig": {"defaults": defaults, "overrides": []},
             "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                        "colorMode": "background", "graphMode": "none", "textMode": "auto",
+                        "colorMode": "background", "graphMode": "area" if sparkline else "none",
+                        "textMode": "value_and_name" if sparkline else "auto",
                         "orientation": "auto", "justifyMode": "auto", "wideLayout": True,
                         "showPercentChange": False}}
 
 
-def table(title: str, description: str, expr: str) -> dict:
+def table(title: str, description: str, expr: str, *, no_value: str | None = None) -> dict:
+    defaults = {"custom": {"align": "auto"}, "thresholds": _threshold_steps(None)}
+    if no_value is not None:
+        defaults["noValue"] = no_value
     return {"type": "table", "title": title, "description": description, "datasource": DS,
             "targets": [target(expr, "", instant=True, fmt="table")],
-            "fieldConfig": {"defaults": {"custom": {"align": "auto"},
-                                         "thresholds": _threshold_steps(None)},
-                            "overrides": []},
+            "fieldConfig": {"defaults": defaults, "overrides": []},
             "transformations": [{"id": "organize", "options": {
                 "excludeByName": {"Time": True, "Value": True, "__name__": True}}}],
             "options": {"showHeader": True, "cellHeight": "sm"}}
+
+
+def _column(name: str, props: list[dict]) -> dict:
+    return {"matcher": {"id": "byName", "options": name}, "properties": props}
+
+
+def _coloured(steps: dict, unit: str = "short", decimals: int | None = 0) -> list[dict]:
+    """A table column whose cells are coloured at `steps`."""
+    props = [{"id": "unit", "value": unit}, {"id": "thresholds", "value": steps},
+             {"id": "custom.cellOptions", "value": {"type": "color-background", "mode": "basic"}}]
+    if decimals is not None:
+        props.append({"id": "decimals", "value": decimals})
+    return props
+
+
+def merged_table(title: str, description: str, keys: list[str],
+                 columns: list[tuple[str, str, list[dict]]], *, sort_by: str | None = None,
+                 no_value: str | None = None) -> dict:
+    """One row per distinct `keys` label set, one column per (name, instant query, field
+    properties): the queries' tables merged on their common labels (every query must
+    aggregate `by (job, <keys>)`, so that their label columns are the same)."""
+    targets = [target(expr, "", chr(ord("A") + i), instant=True, fmt="table")
+               for i, (_name, expr, _props) in enumerate(columns)]
+    rename = {f"Value #{t['refId']}": name for t, (name, _e, _p) in zip(targets, columns)}
+    order = {k: i for i, k in enumerate(keys)}
+    order.update({f"Value #{t['refId']}": len(keys) + i for i, t in enumerate(targets)})
+    defaults = {"custom": {"align": "auto", "cellOptions": {"type": "auto"}},
+                "thresholds": _threshold_steps(None)}
+    if no_value is not None:
+        defaults["noValue"] = no_value
+    panel = {"type": "table", "title": title, "description": description, "datasource": DS,
+             "targets": targets,
+             "fieldConfig": {"defaults": defaults,
+                             "overrides": [_column(name, props) for name, _e, props in columns if props]},
+             "transformations": [
+                 {"id": "merge", "options": {}},
+                 {"id": "organize", "options": {"excludeByName": {"Time": True, "job": True},
+                                                "indexByName": order, "renameByName": rename}}],
+             "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}}}
+    if sort_by:
+        panel["options"]["sortBy"] = [{"displayName": sort_by, "desc": True}]
+    return panel
 
 
 def row(title: str) -> dict:
@@ -194,20 +268,72 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
     add = out.append
 
     add((row("Overview"), 24, 1))
-    add((stat("Up", "gunicorn_up per app: 1 while the master runs, 0 for an app seen before "
-              "(or expected with --gunicorn.expected-app) that is gone. W4, C2.",
-              f"gunicorn_up{{{S}}}", "{{app}} @ {{instance}}",
-              steps=_threshold_steps(1, below_is_bad=True), mappings=up_map), 6, 5))
-    add((stat("Busy ratio", "All selected apps: busy workers / workers, coloured at the alert "
-              f"thresholds ({_pct(t, 'busy_warning', 'busy_critical')}). C1, W1, W2.",
-              f"sum(gunicorn_workers_busy{{{S}}}) / sum(gunicorn_workers{{{S}}})", "busy",
-              unit="percentunit", steps=alert_steps(t, "busy_warning", "busy_critical")), 6, 5))
-    add((stat("Waiting in accept queues", "Connections the kernel accepted that no worker has "
-              "taken yet, summed over the selected listeners. C1, C2.",
-              f"sum(gunicorn_listener_queue_length{{{S}}})", "queued",
-              steps=_threshold_steps(1)), 6, 5))
-    add((table("Apps", "gunicorn release and worker class of each app (gunicorn_info).",
-               f"gunicorn_info{{{S}}}"), 6, 5))
+    # One row per app: what the alerts see (their recording rules), coloured at their thresholds.
+    per_app = "max by (job, instance, app) "
+    busy_steps = alert_steps(t, "busy_warning", "busy_critical")
+    add((merged_table(
+        "Apps: what is saturated",
+        "One row per app (never a sum over apps): is its master up, workers alive and "
+        "configured (--workers), the busy ratio now and its worst in the dashboard's time "
+        "range, requests waiting (accept queue + inside gthread workers, "
+        "app:gunicorn_requests_waiting:sum), the fullest listener's accept queue, DB "
+        "connections / budget, and when the master started. Cells are coloured at the alert "
+        f"thresholds ({_pct(t, 'busy_warning', 'busy_critical', 'queue_warning', 'queue_critical', 'db_budget_critical')}); "
+        "Waiting is orange as soon as anything waits. The ratio columns read the recording "
+        f"rules the alerts read: they {NEEDS_RULES}. DB budget needs the postgres collector "
+        "(on by default; budgets from --postgres.app-budget). C1, C2, C5, W2, W4.",
+        ["instance", "app"],
+        [("Up", per_app + f"(gunicorn_up{{{S}}})",
+          [{"id": "mappings", "value": up_map}] + _coloured(_threshold_steps(1, below_is_bad=True))),
+         ("Workers", per_app + f"(gunicorn_workers{{{S}}})", [{"id": "decimals", "value": 0}]),
+         ("Desired", per_app + f"(gunicorn_workers_desired{{{S}}})", [{"id": "decimals", "value": 0}]),
+         ("Busy now", per_app + f"(app:gunicorn_workers_busy:ratio{{{S}}})",
+          _coloured(busy_steps, "percentunit")),
+         ("Busy max", per_app + f"(max_over_time(app:gunicorn_workers_busy:ratio{{{S}}}[$__range]))",
+          _coloured(busy_steps, "percentunit")),
+         ("Waiting", per_app + f"(app:gunicorn_requests_waiting:sum{{{S}}})",
+          _coloured({"mode": "absolute", "steps": [{"color": "green", "value": None},
+                                                   {"color": "orange", "value": 1}]})),
+         ("Queue fill", per_app + f"(listener:gunicorn_listener_queue_fill:ratio{{{S}}})",
+          _coloured(alert_steps(t, "queue_warning", "queue_critical"), "percentunit")),
+         ("DB budget", per_app + f"(app:gunicorn_db_connection_budget:ratio{{{S}}})",
+          _coloured(alert_steps(t, "db_budget_critical"), "percentunit")),
+         ("Master started", per_app + f"(gunicorn_master_start_time_seconds{{{S}}}) * 1000",
+          [{"id": "unit", "value": "dateTimeFromNow"}])],
+        sort_by="Busy max", no_value="-"), 24, 8))
+    add((stat("Busy ratio per app",
+              "Busy workers / workers of each app over time (app:gunicorn_workers_busy:ratio, "
+              "one sparkline per app, not a sum), coloured at the alert thresholds "
+              f"({_pct(t, 'busy_warning', 'busy_critical')}; the alerts average it over their "
+              "window, and the critical one also needs requests waiting). C1, W1, W2, W6.",
+              f"app:gunicorn_workers_busy:ratio{{{S}}}", "{{app}} @ {{instance}}",
+              unit="percentunit", steps=busy_steps, sparkline=True, max_=1,
+              no_value=f"No busy ratio: {NEEDS_RULES}"), 12, 7))
+    # Alerts that aggregate the app or instance away (per Postgres server, the exporter
+    # absent) have no such label: `|` lets them through the variables' filter.
+    alert_sel = 'alertname=~"Gunicorn.*", job=~"$job|", instance=~"$instance|", app=~"$app|"'
+    firing = table(
+        "Firing alerts",
+        "Gunicorn* alerts firing now (ALERTS{alertstate=\"firing\"}) with their severity, app "
+        "and instance (alerts per Postgres server have neither), and how long each has been "
+        "active: time() - ALERTS_FOR_STATE, whose value is when the alert's condition started "
+        "to hold (it fires once that has lasted the alert's for:). Runbooks: "
+        "docs/runbooks.md. The alerts come from the rules of alerts/gunicorn.rules.yml.",
+        f"time() - (ALERTS_FOR_STATE{{{alert_sel}}} "
+        f'and ignoring (alertstate) ALERTS{{alertstate="firing", {alert_sel}}})',
+        no_value=f"No gunicorn alert is firing (this panel {NEEDS_RULES})")
+    firing["transformations"][0]["options"] = {
+        "excludeByName": {"Time": True, "__name__": True, "job": True},
+        "indexByName": {"alertname": 0, "severity": 1, "app": 2, "instance": 3, "Value": 99},
+        "renameByName": {"Value": "Active for"}}
+    firing["fieldConfig"]["overrides"] = [
+        _column("Active for", [{"id": "unit", "value": "dtdurations"}]),
+        _column("severity", [
+            {"id": "mappings", "value": [{"type": "value", "options": {
+                "critical": {"color": "red", "index": 0}, "warning": {"color": "orange", "index": 1}}}]},
+            {"id": "custom.cellOptions", "value": {"type": "color-text"}}])]
+    firing["options"]["sortBy"] = [{"displayName": "Active for", "desc": True}]
+    add((firing, 12, 7))
 
     add((row("Saturation"), 24, 1))
     add((timeseries("Busy workers vs workers",
@@ -220,8 +346,9 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
                     decimals=0), 12, 8))
     add((timeseries("Busy ratio",
                     f"Busy workers / workers per app. Dashed: the alert thresholds "
-                    f"({_pct(t, 'busy_warning', 'busy_critical')}; the critical one also needs a "
-                    f"non-empty accept queue). C1, W1, W2, W6.",
+                    f"({_pct(t, 'busy_warning', 'busy_critical')}), which the alerts compare with "
+                    f"the average over their window; the critical one also needs requests waiting "
+                    f"all through its window. C1, W1, W2, W6.",
                     [(f"gunicorn_workers_busy{{{S}}} / (gunicorn_workers{{{S}}} > 0)", "{{app}} @ {{instance}}")],
                     unit="percentunit", threshold=alert_steps(t, "busy_warning", "busy_critical"), max_=1), 12, 8))
     add((timeseries("Accept queue length vs limit",
@@ -239,9 +366,19 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
                     [(f"gunicorn_listener_queue_length{{{S}}} / (gunicorn_listener_queue_max{{{S}}} > 0)",
                       "{{app}} {{listener}}")],
                     unit="percentunit", threshold=alert_steps(t, "queue_warning", "queue_critical"), max_=1), 12, 8))
+    add((timeseries("Dropped connections per listener",
+                    "Connections the kernel dropped at each TCP listening socket of an app "
+                    "(gunicorn_listener_drops_total, sk_drops), per second: a full accept queue. "
+                    "Any drop within its window is the GunicornListenDrops alert. Unix sockets "
+                    "refuse with EAGAIN instead (nginx logs it); absent for masters in another "
+                    "network namespace. W11, C1.",
+                    [(_rate("gunicorn_listener_drops_total", S, "instance, app, listener"),
+                      "{{app}} {{listener}}")],
+                    unit="cps"), 12, 8))
     add((timeseries("Listen overflows and drops (host)",
                     "TcpExt ListenOverflows / ListenDrops per second in the exporter's network "
-                    "namespace: a full accept queue made the kernel drop connections. W11, C1.",
+                    "namespace: a full accept queue made the kernel drop connections somewhere on "
+                    "the host (the panel per listener says where). W11, C1.",
                     [(_rate("gunicorn_host_listen_overflows_total", H, "instance"), "{{instance}} overflows"),
                      (_rate("gunicorn_host_listen_drops_total", H, "instance"), "{{instance}} drops")],
                     unit="cps"), 12, 8))
@@ -250,6 +387,15 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
                     [(f"gunicorn_backlog{{{S}}}", "{{app}} backlog"),
                      (f"max by (instance) (gunicorn_host_somaxconn{{{H}}})", "{{instance}} somaxconn (limit)")],
                     decimals=0), 12, 8))
+    add((timeseries("Request age of busy sync workers / timeout",
+                    "Mean heartbeat age / --timeout of each sync app's busy workers: how far into "
+                    "--timeout their current requests are (app:gunicorn_busy_worker_heartbeat_timeout:avg_ratio). "
+                    f"Dashed: the alert threshold ({_pct(t, 'slow_requests_warning')}, averaged over "
+                    "its window, with most workers busy): a slow dependency holds the workers. "
+                    f"It {NEEDS_RULES}. W6, W5.",
+                    [(f"app:gunicorn_busy_worker_heartbeat_timeout:avg_ratio{{{S}}}", "{{app}} @ {{instance}}")],
+                    unit="percentunit", threshold=alert_steps(t, "slow_requests_warning"), max_=1,
+                    no_value=f"No busy sync worker, or: {NEEDS_RULES}"), 12, 8))
 
     add((row("Workers"), 24, 1))
     add((timeseries("Connections per worker",
@@ -280,6 +426,16 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
                     [(f"gunicorn_worker_heartbeat_age_seconds{{{S}}} / on (job, instance, app) group_left () "
                       f"(gunicorn_timeout_seconds{{{S}}} > 0)", "{{app}} w{{worker}}")],
                     unit="percentunit", threshold=alert_steps(t, "heartbeat_warning"), max_=1), 12, 8))
+    add((timeseries("Main loop stall (gthread, gevent, eventlet, tornado)",
+                    "Heartbeat age of workers that refresh their heartbeat every second from their "
+                    "main loop while they serve requests: an age of seconds means CPU-bound code, a "
+                    "lock or a blocking call holds the loop and none of the worker's connections is "
+                    f"served. Dashed: the alert threshold ({_pct(t, 'loop_stall_warning')} s). "
+                    "Sync workers are in the heartbeat panels above. W6, C1.",
+                    [(f"gunicorn_worker_heartbeat_age_seconds{{{S}}} and ignoring (worker, version, worker_class, user) "
+                      f'gunicorn_info{{{S}, worker_class=~"gthread|gevent|eventlet|tornado"}}', "{{app}} w{{worker}}")],
+                    unit="s", threshold=alert_steps(t, "loop_stall_warning"),
+                    no_value="No gthread, gevent, eventlet or tornado worker"), 12, 8))
     add((timeseries("Resident memory per worker",
                     "RSS of each worker. Rising together with connections: W3, W7; growth before "
                     "a kill: C7.",
@@ -301,6 +457,8 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
                     [(_rate("gunicorn_workers_spawned_total"), "{{app}} @ {{instance}} spawned/s"),
                      (f"sum by (instance, app) (changes(gunicorn_worker_start_time_seconds{{{S}}}[$__rate_interval]))",
                       "{{app}} @ {{instance}} slots restarted")]), 12, 8))
+    add((table("Apps", "gunicorn release, worker class and user of each app (gunicorn_info).",
+               f"gunicorn_info{{{S}}}"), 24, 5))
 
     add((row("Database"), 24, 1))
     # As the alerts count: max_connections minus the slots ordinary roles can never use.
@@ -312,7 +470,7 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
                     "Client backends in pg_stat_activity per server and state (stacked), against "
                     "max_connections, the connections ordinary roles may open (max_connections "
                     "minus reserved slots) and the alert thresholds on those "
-                    f"({_pct(t, 'pg_warning', 'pg_critical')}). C5, C6.",
+                    f"({_pct(t, 'pg_warning', 'pg_critical')}). It {NEEDS_POSTGRES}. C5, C6.",
                     [(f"sum by (instance, server, state) (gunicorn_postgres_connections{{{H}}})",
                       "{{server}} {{state}}"),
                      (f"max by (instance, server) (gunicorn_postgres_max_connections{{{H}}})",
@@ -322,31 +480,34 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
                       "{{server}} warning (threshold)"),
                      (f"{t['pg_critical']:g} * max by (instance, server) {usable}",
                       "{{server}} critical (threshold)")],
-                    stack=True, decimals=0), 12, 8))
+                    stack=True, decimals=0, no_value=f"No data: {NEEDS_POSTGRES}"), 12, 8))
     add((timeseries("Postgres connections / usable connections",
                     "All client backends of a server over max_connections minus reserved slots, "
                     f"as the alerts compute it; dashed: the alert thresholds "
-                    f"({_pct(t, 'pg_warning', 'pg_critical')}). C5, C6.",
+                    f"({_pct(t, 'pg_warning', 'pg_critical')}). It {NEEDS_POSTGRES}. C5, C6.",
                     [(f"sum by (job, instance, server) (gunicorn_postgres_connections{{{H}}}) / on (job, instance, server) "
                       f"({usable} > 0)", "{{server}}")],
-                    unit="percentunit", threshold=alert_steps(t, "pg_warning", "pg_critical"), max_=1), 12, 8))
+                    unit="percentunit", threshold=alert_steps(t, "pg_warning", "pg_critical"), max_=1,
+                    no_value=f"No data: {NEEDS_POSTGRES}"), 12, 8))
     add((timeseries("DB connections by app vs budget",
                     "Database connections each app's workers hold (counted from their sockets, and "
                     "as pg_stat_activity attributes them) against the app's budget "
                     f"(workers x per-worker budget; {_pct(t, 'db_budget_critical')} x budget is the "
-                    "alert). C5.",
+                    "alert). The pg_stat_activity lines need --postgres.dsn; the budget needs the "
+                    "postgres collector (on unless --no-collector.postgres). C5.",
                     [(f"sum by (instance, app) (gunicorn_worker_db_connections{{{S}}})", "{{app}} @ {{instance}} sockets"),
                      (f"sum by (instance, app, server) (gunicorn_postgres_app_connections{{{S}}})",
                       "{{app}} @ {{instance}} in {{server}}"),
                      (f"gunicorn_app_db_connection_budget{{{S}}}", "{{app}} @ {{instance}} (budget)")],
-                    decimals=0), 12, 8))
+                    decimals=0, no_value=f"No data: {NEEDS_POSTGRES}"), 12, 8))
     add((timeseries("DB connections / budget",
                     "Each app's database connections (its workers' sockets) over its budget; dashed: "
                     f"the alert threshold ({_pct(t, 'db_budget_critical')}). Above it connections "
                     "leak or the budget (--postgres.app-budget) is wrong. C5.",
                     [(f"sum by (job, instance, app) (gunicorn_worker_db_connections{{{S}}}) / on (job, instance, app) "
                       f"(gunicorn_app_db_connection_budget{{{S}}} > 0)", "{{app}} @ {{instance}}")],
-                    unit="percentunit", threshold=alert_steps(t, "db_budget_critical")), 12, 8))
+                    unit="percentunit", threshold=alert_steps(t, "db_budget_critical"),
+                    no_value=f"No budget: {NEEDS_BUDGET}"), 12, 8))
     add((timeseries("DB connections per worker vs threads",
                     "Database connections of each worker against its OS threads and its per-worker "
                     "budget. Far above the threads (eventlet/gevent with persistent connections): "
@@ -355,45 +516,49 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
                      (f"gunicorn_worker_threads{{{S}}}", "{{app}} w{{worker}} threads"),
                      (f"max by (instance, app) (gunicorn_app_db_connection_budget_per_worker{{{S}}})",
                       "{{app}} per worker (budget)")],
-                    decimals=0), 12, 8))
+                    decimals=0, no_value=f"No data: {NEEDS_BUDGET}"), 12, 8))
     add((timeseries("Unattributed and hidden connections",
                     "Client backends no gunicorn worker on this host holds (by reason), and "
-                    "sessions the exporter's role may not see (grant pg_monitor).",
+                    f"sessions the exporter's role may not see (grant pg_monitor). It {NEEDS_POSTGRES}.",
                     [(f"gunicorn_postgres_unattributed_connections{{{H}}}", "{{server}} {{reason}}"),
                      (f"gunicorn_postgres_hidden_connections{{{H}}}", "{{server}} hidden")],
-                    decimals=0), 12, 8))
+                    decimals=0, no_value=f"No data: {NEEDS_POSTGRES}"), 12, 8))
     add((timeseries("Oldest transaction and query",
-                    "Longest idle-in-transaction session and longest-running query per database.",
+                    "Longest idle-in-transaction session and longest-running query per database. "
+                    f"It {NEEDS_POSTGRES}.",
                     [(f"gunicorn_postgres_oldest_idle_in_transaction_seconds{{{H}}}",
                       "{{server}}/{{datname}} idle in transaction"),
                      (f"gunicorn_postgres_oldest_query_seconds{{{H}}}", "{{server}}/{{datname}} query")],
-                    unit="s"), 24, 8))
+                    unit="s", no_value=f"No data: {NEEDS_POSTGRES}"), 24, 8))
 
     add((row("Events"), 24, 1))
     add((timeseries("OOM kills",
                     "Processes the kernel OOM killer killed: workers and masters of each app "
-                    "(kernel log), the app's memory cgroup counter, and the whole host. C7.",
+                    "(kernel log), the app's memory cgroup counter, and the whole host. Per-app "
+                    f"kills {NEEDS_OOM}; without either only the host counter is known. C7.",
                     [(_increase("gunicorn_worker_oom_kills_total"), "{{app}} @ {{instance}} workers"),
                      (_increase("gunicorn_master_oom_kills_total"), "{{app}} @ {{instance}} master"),
                      (_increase("gunicorn_cgroup_oom_kills_total"), "{{app}} @ {{instance}} cgroup"),
                      (_increase("gunicorn_host_oom_kills_total", H, "instance"), "{{instance}} host"),
                      (_increase("gunicorn_unattributed_oom_kills_total", H, "instance"), "{{instance}} not gunicorn")],
-                    bars=True, decimals=0), 12, 8))
+                    bars=True, decimals=0, no_value=f"No data: {NEEDS_OOM}"), 12, 8))
     add((timeseries("Worker timeouts",
                     "'WORKER TIMEOUT' lines (W5) and workers killed by SIGKILL (C7, or a timeout "
-                    "escalation) in the followed gunicorn error logs.",
+                    f"escalation) in the followed gunicorn error logs: it {NEEDS_LOGS}.",
                     [(_increase("gunicorn_log_events_total", f'{S}, signature="worker_timeout"'),
                       "{{app}} @ {{instance}} worker timeout"),
                      (_increase("gunicorn_log_events_total", f'{S}, signature="worker_sigkill"'),
                       "{{app}} @ {{instance}} SIGKILL")],
-                    bars=True, decimals=0), 12, 8))
+                    bars=True, decimals=0, no_value=f"No data: {NEEDS_LOGS}"), 12, 8))
     add((timeseries("Log signatures",
                     "Matched log lines per signature (docs/oom-and-logs.md): QueuePool exhausted "
                     "(C4), nginx connection refused (W4), EAGAIN on the upstream socket (C1/C2), "
-                    "502/504, Heroku H12 (W8), worker life cycle.",
+                    "502/504, Heroku H12 (W8), worker life cycle. It needs --logs.file naming "
+                    "the gunicorn error log (and the application's or nginx's logs for their "
+                    "signatures).",
                     [(_increase("gunicorn_log_events_total", S, "instance, app, signature"),
                       "{{app}} {{signature}}")],
-                    bars=True, decimals=0), 24, 8))
+                    bars=True, decimals=0, no_value=f"No data: {NEEDS_LOGS}"), 24, 8))
 
     add((row("Exporter"), 24, 1))
     add((timeseries("Scrapes and collectors",
@@ -411,7 +576,9 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
     add((timeseries("Missing privileges and sources",
                     "gunicorn processes whose /proc entries the exporter may not read (grant "
                     "CAP_SYS_PTRACE: docs/configuration.md#privileges), kernel log overruns, "
-                    "log files not open and failed reads.",
+                    "log files not open and failed reads (the log series need --logs.file; the kmsg "
+                    "overruns appear only while the oom collector reads /dev/kmsg, which needs CAP_SYSLOG "
+                    "when kernel.dmesg_restrict=1; else it counts a memory cgroup per app).",
                     [(f"gunicorn_exporter_permission_denied_processes{{{H}}}", "{{instance}} permission denied"),
                      (_increase("gunicorn_exporter_kmsg_overruns_total", H, "instance"), "{{instance}} kmsg overruns"),
                      (f"1 - gunicorn_log_file_open{{{H}}}", "{{instance}} not open: {{file}}"),
@@ -428,8 +595,9 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
         "properties": [{"id": "unit", "value": "percentunit"},
                        {"id": "custom.axisPlacement", "value": "right"}]})
     add((table("Data sources in use",
-               "Where socket tables (netlink / procfs) and OOM kills (kmsg / cgroup / vmstat) come "
-               "from, and the exporter's version.",
+               "Where socket tables (netlink / procfs) and OOM kills come from (kmsg: per-kill "
+               "records, needs CAP_SYSLOG when kernel.dmesg_restrict=1; cgroup: a memory cgroup per "
+               "app; vmstat: the host counter only), and the exporter's version.",
                f'label_replace(gunicorn_exporter_socket_table_info{{{H}}}, "kind", "socket table", "", "")'
                f' or label_replace(gunicorn_oom_source_info{{{H}}}, "kind", "oom", "", "")'
                f' or label_replace(gunicorn_exporter_build_info{{{H}}}, "kind", "exporter", "", "")'), 24, 6))

@@ -3,7 +3,9 @@ with every `for:` shortened) -> real Alertmanager, read back from its /api/v2/al
 
 Two failure modes are driven for real: C1 (2 sync workers, 6 slow requests: both
 workers busy, 4 connections in the accept queue) fires GunicornWorkerPoolExhausted;
-then the master is SIGKILLed (W4) and GunicornDown fires.
+then the master is SIGKILLed (W4) and GunicornDown fires. The rules' durations are
+divided by 15 (1 s scrapes instead of 15 s); tests/test_alerts_faults.py provokes the
+other failure modes.
 
 Binaries: /usr/bin/prometheus (Debian package `prometheus`) and
 /usr/bin/prometheus-alertmanager (`prometheus-alertmanager`); both run on free
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import shutil
 import subprocess
 import time
@@ -29,7 +32,7 @@ from tests.test_alerts import build, running_exporter
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
-SHORT_FOR = "3s"   # the shipped durations (minutes) would not fit a test
+SCALE = 15   # 1 s scrapes instead of the 15 s the rules assume
 
 
 def _binary(name: str) -> str:
@@ -87,7 +90,8 @@ def test_pool_exhaustion_and_dead_master_reach_alertmanager(gunicorn_factory, tm
     alertmanager = _binary("prometheus-alertmanager")
     t0 = time.monotonic()
 
-    g = gunicorn_factory(worker_class="sync", workers=2, bind="unix", name="shop", timeout=60)
+    app = "e2e-%s" % secrets.token_hex(3)
+    g = gunicorn_factory(worker_class="sync", workers=2, bind="unix", name=app, timeout=60)
 
     am_port, prom_port = free_port(), free_port()
     am = "http://127.0.0.1:%d" % am_port
@@ -102,7 +106,7 @@ def test_pool_exhaustion_and_dead_master_reach_alertmanager(gunicorn_factory, tm
         "  repeat_interval: 1h\n"
         "receivers:\n"
         "  - name: blackhole\n")
-    (tmp_path / "rules.yml").write_text(build.render(for_override=SHORT_FOR))
+    (tmp_path / "rules.yml").write_text(build.render(time_scale=1 / SCALE))
 
     with contextlib.ExitStack() as stack:
         exporter = stack.enter_context(running_exporter(tmp_path))
@@ -141,13 +145,13 @@ def test_pool_exhaustion_and_dead_master_reach_alertmanager(gunicorn_factory, tm
         poll(lambda: any(t["health"] == "up" for t in
                          _get_json(prom + "/api/v1/targets")["data"]["activeTargets"]),
              20, interval=0.2, message="prometheus never scraped the exporter")
-        assert _find(_am_alerts(am), "GunicornWorkerPoolExhausted", "shop") is None
+        assert _find(_am_alerts(am), "GunicornWorkerPoolExhausted", app) is None
 
         # C1: 2 sync workers, 6 requests of 60 s: 2 served, 4 wait in the accept queue.
         clients = stack.enter_context(SlowClients(g, 6, seconds=60))
         assert len(clients) == 6
         t1 = time.monotonic()
-        exhausted = poll(lambda: _find(_am_alerts(am), "GunicornWorkerPoolExhausted", "shop"),
+        exhausted = poll(lambda: _find(_am_alerts(am), "GunicornWorkerPoolExhausted", app),
                          45, interval=0.25,
                          message="GunicornWorkerPoolExhausted never reached alertmanager")
         c1_latency = time.monotonic() - t1
@@ -155,21 +159,22 @@ def test_pool_exhaustion_and_dead_master_reach_alertmanager(gunicorn_factory, tm
         assert exhausted["labels"]["job"] == "gunicorn"
         assert exhausted["labels"]["instance"] == exporter_target
         ann = exhausted["annotations"]
-        assert ann["summary"] == "Every worker of shop is busy and requests queue"
-        assert ann["description"].startswith("All workers of shop on %s are busy and " % exporter_target)
-        queued = int(ann["description"].split(" are busy and ", 1)[1].split()[0])
+        assert ann["summary"] == "Every worker of %s is busy and requests wait" % app
+        assert ann["description"].startswith("All workers of %s on %s are busy and at least "
+                                             % (app, exporter_target))
+        queued = int(ann["description"].split(" at least ", 1)[1].split()[0])
         assert 1 <= queued <= 4, ann["description"]
         assert ann["runbook_url"].endswith("docs/runbooks.md#gunicornworkerpoolexhausted")
-        assert _find(_am_alerts(am), "GunicornDown", "shop") is None
+        assert _find(_am_alerts(am), "GunicornDown", app) is None
 
         # W4: the master dies; its orphaned workers are not a server.
         g.kill_master()
         t2 = time.monotonic()
-        down = poll(lambda: _find(_am_alerts(am), "GunicornDown", "shop"), 45, interval=0.25,
+        down = poll(lambda: _find(_am_alerts(am), "GunicornDown", app), 45, interval=0.25,
                     message="GunicornDown never reached alertmanager")
         w4_latency = time.monotonic() - t2
         assert down["labels"]["severity"] == "critical"
-        assert down["annotations"]["summary"] == "gunicorn app shop is down on %s" % exporter_target
+        assert down["annotations"]["summary"] == "gunicorn app %s is down on %s" % (app, exporter_target)
         assert "(gunicorn_up 0)" in down["annotations"]["description"]
         assert down["annotations"]["runbook_url"].endswith("docs/runbooks.md#gunicorndown")
 

@@ -335,6 +335,22 @@ def test_alertmanager_config_passes_amtool():
     config = yaml.safe_load((DEPLOY / "prometheus" / "alertmanager.yml").read_text())
     receivers = " ".join(json.dumps(r["matchers"]) for r in config["route"]["routes"])
     assert 'severity=\\"critical\\"' in receivers and 'severity=\\"warning\\"' in receivers
+    # Inhibitions never mute a root cause: every target is a warning, and names only
+    # alerts that exist (a typo would silently inhibit nothing).
+    sys.path.insert(0, str(ROOT / "alerts"))
+    import build as alerts_build
+    severity = {name: alerts_build.load_config()[name]["severity"]
+                for name, _ in alerts_build.alerts_table()}
+    for rule in config["inhibit_rules"]:
+        targets = rule["target_matchers"]
+        assert 'severity="warning"' in targets, rule
+        for m in targets + rule["source_matchers"]:
+            if m.startswith("alertname"):
+                names = m.split("=", 1)[1].lstrip("~").strip('"').split("|")
+                for n in names:
+                    assert n in severity, f"{n} in alertmanager.yml is not an alert"
+                    if m in targets:
+                        assert severity[n] == "warning", f"a critical alert ({n}) is inhibited"
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,9 +6,15 @@
 * every PromQL expression (panel targets, annotations, the selectors of the variable
   queries) parses: promtool checks them as one recording rule each, after $variables and
   $__rate_interval are replaced with literal values;
-* every metric an expression reads is in docs/metrics.md (or is Prometheus' own `up`),
-  and the gunicorn core families it reads appear on a live /metrics of the exporter
-  watching a real gunicorn.
+* every metric an expression reads is in docs/metrics.md (or is Prometheus' own `up`,
+  `ALERTS`, `ALERTS_FOR_STATE`, or a recording rule of alerts/gunicorn.rules.yml whose
+  expression reads only such metrics), and the gunicorn core families it reads appear on
+  a live /metrics of the exporter watching a real gunicorn;
+* the top row answers per app (no aggregation drops the `app` label there) and lists
+  the firing alerts; a panel whose series need an optional collector (Postgres, logs,
+  OOM kills) or the rule file says so in its noValue text or description;
+* every query runs on a real Prometheus that scrapes the exporter watching a real,
+  saturated gunicorn and evaluates alerts/gunicorn.rules.yml.
 """
 
 from __future__ import annotations
@@ -35,8 +41,19 @@ PROVISIONING = ROOT / "grafana" / "provisioning"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 RULES = ROOT / "alerts" / "gunicorn.rules.yml"
 
-# Metrics the dashboard may read that the exporter does not serve: Prometheus makes them.
-PROMETHEUS_OWN = {"up"}
+# Metrics the dashboard may read that the exporter does not serve: Prometheus makes them
+# (`up` per target; ALERTS and ALERTS_FOR_STATE for the alerting rules it evaluates).
+PROMETHEUS_OWN = {"up", "ALERTS", "ALERTS_FOR_STATE"}
+# Labels an alert may lack (alerts per Postgres server, GunicornExporterAbsent): on ALERTS
+# and ALERTS_FOR_STATE the variables' matchers also accept the empty value.
+ALERT_SERIES = {"ALERTS", "ALERTS_FOR_STATE"}
+# What a panel reading an optional collector's series must say it needs (in its noValue
+# text or description): series name pattern -> the words that must appear.
+OPTIONAL = [
+    (re.compile(r"^gunicorn_postgres_"), ("--postgres.dsn",)),
+    (re.compile(r"^gunicorn_log_"), ("--logs.file",)),
+    (re.compile(r"oom"), ("CAP_SYSLOG", "memory cgroup")),
+]
 # Sections of docs/metrics.md whose families every exporter with the gunicorn and netstat
 # collectors serves (the others need Postgres, OOM kills or log files).
 CORE_SECTIONS = ("App", "Worker", "Listener", "Host", "Exporter self", "Process")
@@ -105,6 +122,44 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
+def recording_rules() -> dict[str, str]:
+    """record name -> expression, from alerts/gunicorn.rules.yml."""
+    if not RULES.exists():
+        return {}
+    return {r["record"]: str(r["expr"]) for g in yaml.safe_load(RULES.read_text())["groups"]
+            for r in g["rules"] if "record" in r}
+
+
+def top_row(d: dict) -> list[dict]:
+    """The panels of the first row (the one seen without scrolling)."""
+    assert d["panels"][0]["type"] == "row", "the dashboard does not start with a row"
+    out = []
+    for p in d["panels"][1:]:
+        if p["type"] == "row":
+            break
+        out.append(p)
+    return out + d["panels"][0].get("panels", [])
+
+
+def panel_text(p: dict) -> str:
+    return p.get("description", "") + "\n" + str(p.get("fieldConfig", {}).get("defaults", {}).get("noValue", ""))
+
+
+_AGGREGATION = re.compile(r"\b(sum|avg|min|max|count|group|stddev|stdvar|topk|bottomk|quantile|count_values)"
+                          r"\s*(?:(by|without)\s*\(([^)]*)\))?\s*\(")
+
+
+def aggregations_dropping(expr: str, label: str) -> list[str]:
+    """The aggregations of `expr` whose result has no `label` (a bare `sum(...)`, a `by`
+    without it, a `without` with it; `sum(...) by (...)` counts as bare)."""
+    out = []
+    for m in _AGGREGATION.finditer(expr):
+        kind, labels = m.group(2), {x.strip() for x in (m.group(3) or "").split(",")}
+        if kind is None or (kind == "by") != (label in labels):
+            out.append(m.group(0))
+    return out
+
+
 def documented_metrics() -> dict[str, str]:
     """metric name -> the docs/metrics.md section (## heading) whose table lists it."""
     out, section = {}, None
@@ -120,6 +175,16 @@ def documented_metrics() -> dict[str, str]:
 def test_metric_name_extraction():
     assert metric_names('sum by (instance, app) (rate(a_total{x="y"}[$__rate_interval])) '
                         '/ on (job) group_left () (b > 0.8) or 1e3 * c offset 5m') == {"a_total", "b", "c"}
+    assert metric_names('time() - (ALERTS_FOR_STATE{a="b"} and ignoring (alertstate) ALERTS{c="d"}) '
+                        '+ max_over_time(app:x:ratio{e="f"}[$__range])') == {"ALERTS_FOR_STATE", "ALERTS", "app:x:ratio"}
+
+
+def test_aggregation_check():
+    assert aggregations_dropping("max by (job, instance, app) (max_over_time(x[1m]))", "app") == []
+    assert aggregations_dropping("sum without (listener) (x)", "app") == []
+    assert aggregations_dropping("sum(x) / sum(y)", "app") == ["sum(", "sum("]
+    assert aggregations_dropping("sum by (instance) (x)", "app") == ["sum by (instance) ("]
+    assert aggregations_dropping("max without (app) (x)", "app") == ["max without (app) ("]
 
 
 # ---------------------------------------------------------------------------------------
@@ -152,12 +217,19 @@ def test_dashboard_is_current_schema_and_complete():
     # events drawn as annotations
     ann = {a["name"] for a in d["annotations"]["list"]}
     assert {"OOM kills", "Worker timeouts", "Error log signatures"} <= ann
-    # every expression filters on the variables (host series have no app label)
+    # every expression filters on the variables (host series have no app label; alerts
+    # may have neither app nor instance, so there the empty value passes too)
     for where, expr in expressions(d):
         if where.startswith("variable"):
             continue
-        for sel in re.findall(r"[a-z_:]+\{([^}]*)\}", expr):
-            assert 'job=~"$job"' in sel and 'instance=~"$instance"' in sel, f"{where}: {expr}"
+        selectors = re.findall(r"([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}", expr)
+        assert selectors or "{" not in expr, f"{where}: a selector without a metric name: {expr}"
+        for name, sel in selectors:
+            empty_ok = "|" if name in ALERT_SERIES else ""
+            assert f'job=~"$job{empty_ok}"' in sel and f'instance=~"$instance{empty_ok}"' in sel, \
+                f"{where}: {name}{{{sel}}} does not filter on $job and $instance: {expr}"
+            if name in ALERT_SERIES:
+                assert 'app=~"$app|"' in sel and 'alertname=~"Gunicorn.*"' in sel, f"{where}: {expr}"
 
 
 def test_dashboard_is_what_the_generator_writes():
@@ -168,11 +240,24 @@ def test_dashboard_is_what_the_generator_writes():
 def test_thresholds_are_the_alert_thresholds():
     values, source = generate.thresholds()
     d = dashboard()
-    drawn = {s["value"] for p in panels(d) if p["type"] != "row"
-             for s in p.get("fieldConfig", {}).get("defaults", {}).get("thresholds", {}).get("steps", [])
-             if s["value"] is not None}
+    drawn: dict[float, set[str]] = {}  # step value -> panels (and table columns) drawing it
+    for p in panels(d):
+        if p["type"] == "row":
+            continue
+        field_config = p.get("fieldConfig", {})
+        step_sets = [(p["title"], field_config.get("defaults", {}).get("thresholds", {}))]
+        step_sets += [(f"{p['title']} / {o['matcher']['options']}", prop["value"])
+                      for o in field_config.get("overrides", []) for prop in o["properties"]
+                      if prop["id"] == "thresholds"]
+        for where, steps in step_sets:
+            for s in steps.get("steps", []):
+                if s["value"] is not None:
+                    drawn.setdefault(s["value"], set()).add(where)
     for key, value in values.items():
         assert value in drawn, f"threshold {key}={value} is drawn nowhere"
+    # every other step is an alert threshold too; 1 alone may also mean "up" or "any"
+    stray = {v: w for v, w in drawn.items() if v not in set(values.values()) | {1}}
+    assert not stray, f"thresholds drawn that are no alert threshold of generate.THRESHOLDS: {stray}"
     if not RULES.exists():
         return  # alerts not written yet: the dashboard uses generate.THRESHOLDS' values
     rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
@@ -202,10 +287,20 @@ def test_every_expression_parses_with_promtool(tmp_path):
 def test_every_metric_is_documented():
     documented = documented_metrics()
     assert len(documented) > 40, "could not read the metric tables of docs/metrics.md"
+    recorded = recording_rules()
+
+    def check(name: str, where: str, expr: str, seen: tuple = ()):
+        if name in recorded and name not in seen:
+            # a recording rule of alerts/gunicorn.rules.yml: what it reads must be documented
+            for inner in metric_names(recorded[name]):
+                check(inner, f"{where} via the rule {name}", recorded[name], seen + (name,))
+            return
+        assert name in documented or name in PROMETHEUS_OWN, \
+            f"{where} reads {name}, which neither docs/metrics.md nor {RULES.name} defines: {expr}"
+
     for where, expr in expressions(dashboard()):
         for name in metric_names(expr):
-            assert name in documented or name in PROMETHEUS_OWN, \
-                f"{where} reads {name}, which docs/metrics.md does not list: {expr}"
+            check(name, where, expr)
 
 
 def test_dashboard_covers_the_issue():
@@ -220,6 +315,101 @@ def test_dashboard_covers_the_issue():
                  "gunicorn_postgres_max_connections", "gunicorn_worker_oom_kills_total",
                  "gunicorn_log_events_total", "gunicorn_exporter_collector_success"):
         assert name in read, f"the dashboard does not show {name}"
+
+
+def test_top_row_is_per_app():
+    """One saturated app of five must not read 20%: nothing in the top row sums over apps,
+    one table has a row per app with the saturation columns, and the busy ratio is drawn
+    per app over time."""
+    top = top_row(dashboard())
+    assert top, "the top row is empty"
+    for p in top:
+        for t in p["targets"]:
+            assert not aggregations_dropping(t["expr"], "app"), \
+                f"top row panel {p['title']!r} aggregates the app away: {aggregations_dropping(t['expr'], 'app')} in {t['expr']}"
+    per_app_tables = []
+    for p in top:
+        if p["type"] != "table" or len(p["targets"]) < 2:
+            continue
+        organize = [tr["options"] for tr in p.get("transformations", []) if tr["id"] == "organize"]
+        excluded = set().union(*(o.get("excludeByName", {}) for o in organize)) if organize else set()
+        if "app" in excluded or "instance" in excluded:
+            continue
+        assert any(tr["id"] == "merge" for tr in p["transformations"]), p["title"]
+        # merged on their label columns: every query keeps the same ones
+        clauses = {re.match(r"\s*\w+ by \(([^)]*)\)", t["expr"]).group(1) for t in p["targets"]
+                   if re.match(r"\s*\w+ by \(", t["expr"])}
+        assert len(clauses) == 1 and len(p["targets"]) == sum(
+            bool(re.match(r"\s*\w+ by \(", t["expr"])) for t in p["targets"]), \
+            f"{p['title']!r}: the merged queries must aggregate by the same labels: {clauses}"
+        assert all(t["instant"] and t["format"] == "table" for t in p["targets"]), p["title"]
+        per_app_tables.append(p)
+    assert per_app_tables, "the top row has no table with one row per app"
+    (status,) = per_app_tables
+    read = set().union(*(metric_names(t["expr"]) for t in status["targets"]))
+    for name in ("gunicorn_up", "gunicorn_workers", "gunicorn_workers_desired",
+                 "app:gunicorn_workers_busy:ratio", "app:gunicorn_requests_waiting:sum",
+                 "listener:gunicorn_listener_queue_fill:ratio", "app:gunicorn_db_connection_budget:ratio"):
+        assert name in read, f"{status['title']!r} has no column reading {name}"
+    coloured = {o["matcher"]["options"] for o in status["fieldConfig"]["overrides"]
+                if any(prop["id"] == "thresholds" for prop in o["properties"])}
+    assert len(coloured) >= 4, f"{status['title']!r}: too few columns coloured at thresholds: {coloured}"
+    sparklines = [p for p in top if p["type"] in ("stat", "timeseries")
+                  and any({"app:gunicorn_workers_busy:ratio", "gunicorn_workers_busy"} & metric_names(t["expr"])
+                          and "{{app}}" in t["legendFormat"] and not t["instant"] for t in p["targets"])]
+    assert sparklines, "the top row draws no busy ratio per app over time"
+    for p in sparklines:
+        if p["type"] == "stat":
+            assert p["options"]["graphMode"] == "area", f"{p['title']!r} has no sparkline"
+
+
+def test_top_row_lists_firing_alerts():
+    top = top_row(dashboard())
+    firing = [p for p in top if p["type"] == "table"
+              and any("ALERTS" in metric_names(t["expr"]) for t in p["targets"])]
+    assert firing, "the top row has no panel of firing alerts (ALERTS)"
+    (p,) = firing
+    (t,) = p["targets"]
+    assert re.search(r'ALERTS\{[^}]*alertstate="firing"', t["expr"]), t["expr"]
+    assert "ALERTS_FOR_STATE" in metric_names(t["expr"]) and "time()" in t["expr"], \
+        f"{p['title']!r} does not say since when each alert is active: {t['expr']}"
+    assert t["instant"] and t["format"] == "table"
+    options = [tr["options"] for tr in p["transformations"] if tr["id"] == "organize"][0]
+    for label in ("alertname", "severity", "app", "instance"):
+        assert not options.get("excludeByName", {}).get(label), f"{p['title']!r} hides {label}"
+    assert "Value" not in options.get("excludeByName", {}) and options["renameByName"]["Value"]
+
+
+def test_panels_say_what_their_data_needs():
+    """A panel that reads an optional collector's series, or the rules' series, says which
+    flag (or privilege, or rule file) it needs instead of a bare "No data"."""
+    checked = set()
+    recorded = recording_rules()
+    for p in panels(dashboard()):
+        if p["type"] == "row":
+            continue
+        read = set().union(*(metric_names(t["expr"]) for t in p["targets"]))
+        text = panel_text(p)
+        for pattern, words in OPTIONAL:
+            if any(pattern.search(n) for n in read):
+                checked.add(pattern.pattern)
+                for word in words:
+                    assert word in text, f"panel {p['title']!r} reads {sorted(n for n in read if pattern.search(n))} " \
+                                         f"but its noValue/description does not say it needs {word!r}"
+        if read & (set(recorded) | ALERT_SERIES):
+            checked.add("rules")
+            assert "alerts/gunicorn.rules.yml" in text, \
+                f"panel {p['title']!r} reads rule series {sorted(read & (set(recorded) | ALERT_SERIES))} " \
+                "but does not say it needs alerts/gunicorn.rules.yml loaded"
+    assert checked == {pattern.pattern for pattern, _w in OPTIONAL} | {"rules"}, checked
+    # the panels that only an optional collector fills show why when empty
+    for p in panels(dashboard()):
+        if p["type"] == "row":
+            continue
+        read = set().union(*(metric_names(t["expr"]) for t in p["targets"]))
+        only = [pattern for pattern, _w in OPTIONAL if read and all(pattern.search(n) for n in read)]
+        if only:
+            assert p["fieldConfig"]["defaults"].get("noValue"), f"panel {p['title']!r} has no noValue text"
 
 
 def test_provisioning_points_at_the_dashboard():
@@ -272,12 +462,21 @@ def test_core_metrics_it_reads_are_on_a_live_metrics_page(gunicorn_factory, tmp_
 # ---------------------------------------------------------------------------------------
 # every query against a real Prometheus scraping the real exporter
 
-# Panels that must show data for a saturated sync app (2 workers, 3 slow requests).
-MUST_SHOW = ("Up", "Busy ratio", "Busy workers vs workers", "Accept queue length vs limit",
-             "Accept queue fill", "Connections per worker", "Heartbeat age vs timeout",
-             "Heartbeat age / timeout", "Resident memory per worker", "Open fds / fd limit",
-             "CPU per worker", "Backlog vs somaxconn", "Scrapes and collectors",
-             "Collector duration", "Exporter process")
+# Panels that must show data for a saturated sync app (2 workers, 3 slow requests) on a
+# Prometheus that evaluates alerts/gunicorn.rules.yml.
+MUST_SHOW = ("Apps: what is saturated", "Busy ratio per app", "Firing alerts", "Busy ratio",
+             "Busy workers vs workers", "Accept queue length vs limit", "Accept queue fill",
+             "Dropped connections per listener", "Request age of busy sync workers / timeout",
+             "Connections per worker", "Heartbeat age vs timeout", "Heartbeat age / timeout",
+             "Resident memory per worker", "Open fds / fd limit", "CPU per worker",
+             "Backlog vs somaxconn", "Apps", "Scrapes and collectors", "Collector duration",
+             "Exporter process")
+
+
+def _columns(p: dict) -> dict[str, str]:
+    """column name -> query of a merged table."""
+    rename = [tr["options"]["renameByName"] for tr in p["transformations"] if tr["id"] == "organize"][0]
+    return {rename[f"Value #{t['refId']}"]: t["expr"] for t in p["targets"]}
 
 
 def _get_json(url: str):
@@ -307,8 +506,11 @@ def test_every_query_runs_on_a_real_prometheus(gunicorn_factory, tmp_path):
 
     g = gunicorn_factory(worker_class="sync", workers=2, bind="tcp", name="dash", timeout=60)
     exp_port, prom_port = free_port(), free_port()
+    # the rule file as users load it: its selector (alerts/config.toml) is job="gunicorn"
+    require(RULES.exists(), f"{RULES} not written: the top row reads its rules")
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
         "scrape_configs": [{"job_name": "gunicorn", "scrape_timeout": "1s",
                             "static_configs": [{"targets": [f"127.0.0.1:{exp_port}"]}]}]}))
     procs: list = []
@@ -331,18 +533,44 @@ def test_every_query_runs_on_a_real_prometheus(gunicorn_factory, tmp_path):
             poll(lambda: query('count_over_time(gunicorn_workers_busy{app="dash"}[5s]) >= 4 '
                                'and gunicorn_workers_busy{app="dash"} == 2')["data"]["result"],
                  30, interval=0.25, message="Prometheus did not collect the busy workers")
+            d = dashboard()
+            top = {p["title"]: p for p in top_row(d)}
+            # the saturated pool is an alert, and the firing-alerts panel lists it for the app
+            (firing,) = top["Firing alerts"]["targets"]
+            poll(lambda: any(r["metric"].get("app") == "dash" for r in query(firing["expr"])["data"]["result"]),
+                 30, interval=0.25, message=f"no firing alert for app dash: {query('ALERTS')}")
+            rows = [r for r in query(firing["expr"])["data"]["result"] if r["metric"].get("app") == "dash"]
+            for r in rows:
+                assert r["metric"]["alertname"].startswith("Gunicorn") and r["metric"]["severity"], r
+                assert r["metric"]["instance"] == f"127.0.0.1:{exp_port}", r
+                assert 0 <= float(r["value"][1]) < 120, f"active for {r['value'][1]} s: {r}"
             empty = set()
-            for where, expr in expressions(dashboard()):
+            for where, expr in expressions(d):
                 answer = query(expr)
                 assert answer["status"] == "success", f"{where}: {answer} for {expr}"
                 if not answer["data"]["result"]:
                     empty.add(where)
-            shown = {p["title"] for p in panels(dashboard())
+            shown = {p["title"] for p in panels(d)
                      if p["type"] != "row" and any(
                          f"panel {p['id']} {p['title']!r} {t['refId']}" not in empty for t in p["targets"])}
             assert not set(MUST_SHOW) - shown, f"panels without data: {sorted(set(MUST_SHOW) - shown)}"
             for v in ("job", "instance", "app"):
                 assert f"variable {v}" not in empty
+            # the top row's per-app table: the saturated app's cells
+            cells = {}
+            for column, expr in _columns(top["Apps: what is saturated"]).items():
+                result = [r for r in query(expr)["data"]["result"] if r["metric"].get("app") == "dash"]
+                assert len(result) <= 1 and all(set(r["metric"]) == {"job", "instance", "app"} for r in result), \
+                    f"column {column}: not one row per app: {result}"
+                if result:
+                    cells[column] = float(result[0]["value"][1])
+            assert cells.get("Up") == 1 and cells.get("Workers") == 2 and cells.get("Desired") == 2, cells
+            assert cells.get("Busy now") == 1 and cells.get("Busy max") == 1, cells
+            assert cells.get("Waiting", 0) >= 1 and cells.get("Queue fill", 0) > 0, cells
+            assert "DB budget" not in cells, cells  # --no-collector.postgres: no budget
+            (spark,) = top["Busy ratio per app"]["targets"]
+            assert [float(r["value"][1]) for r in query(spark["expr"])["data"]["result"]
+                    if r["metric"].get("app") == "dash"] == [1.0]
             busy = query('gunicorn_workers_busy{app="dash"} / gunicorn_workers{app="dash"}')
             assert float(busy["data"]["result"][0]["value"][1]) == 1.0
     finally:
