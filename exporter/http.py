@@ -69,23 +69,24 @@ async def healthy(_request: web.Request) -> web.Response:
     return web.Response(text="OK\n")
 
 
-async def _background(app: web.Application):
-    """Start collectors that read continuously (log tails, /dev/kmsg); stop them on exit."""
+async def _lifecycle(app: web.Application):
+    """Every collector's start() before the first scrape, stop() at shutdown (reversed)."""
     started = []
-    for c in app[SCRAPER].collectors:
-        if hasattr(c, "start"):
+    try:
+        for c in app[SCRAPER].collectors:
             await c.start()
             started.append(c)
-    yield
-    for c in reversed(started):
-        await c.stop()
+        yield
+    finally:
+        for c in reversed(started):
+            await c.stop()
 
 
 def create_app(config: Config, scraper: Scraper) -> web.Application:
     app = web.Application()
     app[CONFIG] = config
     app[SCRAPER] = scraper
-    app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(_lifecycle)
     app.router.add_get("/", landing)
     app.router.add_get(config.telemetry_path, metrics)
     app.router.add_get("/-/healthy", healthy)

@@ -25,10 +25,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     InfoMetricFamily, Metric)
 
 from exporter import __version__
-from exporter.collectors.logs import LogsSnapshot
-from exporter.collectors.oom import OomSnapshot
-from exporter.snapshot import (AppSnapshot, GunicornSnapshot, HostSnapshot, PostgresSnapshot,
-                               Snapshot)
+from exporter.snapshot import (AppSnapshot, GunicornSnapshot, HostSnapshot, LogsSnapshot,
+                               OomSnapshot, PostgresSnapshot, Snapshot)
 
 log = logging.getLogger(__name__)
 

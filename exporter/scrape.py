@@ -13,24 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol
-
+from exporter.collectors.base import Collector
 from exporter.snapshot import CollectorResult, Snapshot
 
 log = logging.getLogger(__name__)
-
-
-class Collector(Protocol):
-    """What the scraper needs of a collector.
-
-    Optional extras: `finish(snapshot)` joins its data with other collectors' after a
-    collection; `async start()` / `async stop()` run background readers (log tails,
-    /dev/kmsg) for the life of the daemon.
-    """
-
-    name: str
-
-    async def collect(self) -> object: ...
 
 
 class Scraper:
@@ -54,13 +40,13 @@ class Scraper:
         for r in results:
             snap.results[r.name] = r
         # Cross-collector joins (e.g. Postgres backends attributed to gunicorn workers)
-        # run once every collector is done: `finish(snapshot)` may add to its own data.
+        # run once every collector is done, in dependency order (the collectors list is
+        # built that way: exporter/collectors/__init__.py): `finish` may add to its data.
         for c in self.collectors:
-            finish = getattr(c, "finish", None)
             result = snap.results.get(c.name)
-            if finish is not None and result is not None and result.success:
+            if result is not None and result.success:
                 try:
-                    finish(snap)
+                    c.finish(snap)
                 except Exception as e:  # never fail the scrape
                     log.warning("collector %s: joining with other collectors failed: %r", c.name, e)
         return snap

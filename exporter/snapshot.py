@@ -159,3 +159,59 @@ class DbBudget:
 class PostgresSnapshot:
     servers: list[PostgresServerSnapshot] = field(default_factory=list)
     budgets: list[DbBudget] = field(default_factory=list)
+
+
+# --- OOM kills (exporter/collectors/oom.py) -----------------------------------------
+
+@dataclass
+class OomEvent:
+    time: float
+    pid: int
+    name: str
+    app: str | None     # None = not a gunicorn process we know
+    role: str | None    # 'worker' or 'master'
+    kind: str           # 'memcg' or 'global'
+    task_memcg: str | None = None
+    attributed_by: str | None = None  # 'pid' or 'cgroup'
+
+
+@dataclass
+class AppOom:
+    worker_kills: int = 0
+    master_kills: int = 0
+    last_kill_time: float | None = None
+    cgroup: str | None = None              # memory cgroup path of the master
+    cgroup_oom_kills: int | None = None    # that cgroup's own kernel counter
+
+
+@dataclass
+class OomSnapshot:
+    source: str = "none"                   # 'kmsg', 'cgroup', 'vmstat' or 'none'
+    host_oom_kills: int | None = None      # /proc/vmstat oom_kill (since boot)
+    unattributed_kills: int = 0            # kmsg victims that were no gunicorn process
+    apps: dict[str, AppOom] = field(default_factory=dict)
+    recent: list[OomEvent] = field(default_factory=list)
+    kmsg_records: int = 0
+    kmsg_malformed: int = 0
+    kmsg_lost: int = 0
+
+
+# --- log signatures (exporter/collectors/logs.py) -------------------------------------
+
+@dataclass
+class LogFileStats:
+    path: str
+    app: str | None
+    open: bool
+    lines: int
+    truncated_lines: int
+    rotations: int
+    errors: int
+
+
+@dataclass
+class LogsSnapshot:
+    events: dict[tuple[str, str], int] = field(default_factory=dict)   # (app, signature) -> count
+    files: list[LogFileStats] = field(default_factory=list)
+    signatures: tuple[str, ...] = ()
+    dropped: int = 0    # matches not counted because the series limit was reached

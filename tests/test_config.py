@@ -95,3 +95,34 @@ def test_configuration_doc_lists_every_setting_and_collector():
     missing += [f"--[no-]collector.{n}" for n in COLLECTORS if f"`--[no-]collector.{n}`" not in doc]
     missing += [env_name(k) for k in SETTINGS if env_name(k) not in doc]
     assert not missing, f"docs/configuration.md does not document {missing}"
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[web]\nlisten-adress = ":1"\n')
+    r = run_cli("--log.level", "loud", "--scrape.timeout", "soon", "--no-such-flag",
+                "--config.file", str(f))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("gunicorn-exporter: error:")
+    for message in ("is not one of debug", "is not a duration", "unrecognized arguments: --no-such-flag",
+                    "unknown setting 'web.listen-adress'"):
+        assert message in last, (message, last)
+
+
+def test_a_malformed_dsn_in_a_dsn_file_is_one_message_and_exit_2(tmp_path):
+    f = tmp_path / "dsns"
+    f.write_text("# comment\npostgresql://u:s3cret@db/x?sslmode=bogus=\nhost=db port=notaport\n")
+    r = run_cli("--postgres.dsn-file", str(f), timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "postgres.dsn-file" in r.stderr and "s3cret" not in r.stderr
+
+
+def test_defaults_are_declared_once():
+    from exporter.collectors.gunicorn import GunicornOptions
+    from exporter.collectors.postgres import PostgresOptions
+    from exporter.options import DEFAULTS
+    cfg = load([], environ={})
+    assert GunicornOptions().db_ports == cfg.db_ports == DEFAULTS["gunicorn.db-port"]
+    assert PostgresOptions().timeout == cfg.postgres_timeout == DEFAULTS["postgres.timeout"]
+    assert cfg.gunicorn_options().control_timeout == GunicornOptions().control_timeout

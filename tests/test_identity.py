@@ -189,7 +189,6 @@ def _print_config(argv: list[str], env: dict[str, str]) -> dict[str, str]:
     """gunicorn's own view of its settings (`--print-config` runs the config file: the
     test may do that, the exporter never does)."""
     import subprocess
-    import sys
     from tests.harness import APPS_DIR, GUNICORN_SCRIPT
     out = subprocess.run([str(GUNICORN_SCRIPT), *argv, "--print-config", "wsgi_app:app"],
                          cwd=APPS_DIR, env={**os.environ, **env}, capture_output=True, text=True,

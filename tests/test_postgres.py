@@ -419,7 +419,7 @@ def test_server_restart(pg, scrapes):
 def test_a_dsn_server_on_another_port_is_attributed_without_db_port(pg, gunicorn_factory):
     """The cluster listens on a free port (never 5432/6432): naming it with --postgres.dsn
     is enough for its connections to be counted and attributed to workers."""
-    from exporter.cli import build_collectors
+    from exporter.collectors import build as build_collectors
     from exporter.config import load
     assert pg.port not in (5432, 6432)
     name = f"pg-dsn-{pg.port}"

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from exporter.collectors.base import Collector
 from exporter.collectors.attribution import AppIndex, gunicorn_data
 from exporter.logs.signatures import Matcher, Signature, merge
 from exporter.logs.tail import FileTailer
+from exporter.snapshot import LogFileStats, LogsSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +38,9 @@ class LogFile:
     app: str | None = None
 
 
-@dataclass
-class LogFileStats:
-    path: str
-    app: str | None
-    open: bool
-    lines: int
-    truncated_lines: int
-    rotations: int
-    errors: int
-
-
-@dataclass
-class LogsSnapshot:
-    events: dict[tuple[str, str], int] = field(default_factory=dict)   # (app, signature) -> count
-    files: list[LogFileStats] = field(default_factory=list)
-    signatures: tuple[str, ...] = ()
-    dropped: int = 0    # matches not counted because the series limit was reached
-
-
-class LogsCollector:
+class LogsCollector(Collector):
     name = "logs"
+    requires = ("gunicorn",)
 
     def __init__(self, files: tuple[LogFile, ...] | list[LogFile] = (),
                  signatures: tuple[Signature, ...] = (), *, interval: float = 1.0,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 
+from exporter.collectors.base import Collector
 from exporter.linux.procfs import ProcFS
 from exporter.snapshot import HostSnapshot
 
 
-class NetstatCollector:
+class NetstatCollector(Collector):
     name = "netstat"
 
     def __init__(self, procfs: ProcFS | None = None):

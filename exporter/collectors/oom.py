@@ -24,52 +24,22 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
+
+from exporter.collectors.base import Collector
 from exporter.collectors.attribution import AppIndex, gunicorn_data
 from exporter.linux.cgroup import CgroupFS, MemoryCgroup
 from exporter.linux.kmsg import KmsgReader, KmsgRecord, OomKill, OomRecordJoiner
+from exporter.snapshot import AppOom, OomEvent, OomSnapshot
 
 log = logging.getLogger(__name__)
 
 MAX_RECENT_KILLS = 32
 
 
-@dataclass
-class OomEvent:
-    time: float
-    pid: int
-    name: str
-    app: str | None     # None = not a gunicorn process we know
-    role: str | None    # 'worker' or 'master'
-    kind: str           # 'memcg' or 'global'
-    task_memcg: str | None = None
-    attributed_by: str | None = None  # 'pid' or 'cgroup'
-
-
-@dataclass
-class AppOom:
-    worker_kills: int = 0
-    master_kills: int = 0
-    last_kill_time: float | None = None
-    cgroup: str | None = None              # memory cgroup path of the master
-    cgroup_oom_kills: int | None = None    # that cgroup's own kernel counter
-
-
-@dataclass
-class OomSnapshot:
-    source: str = "none"                   # 'kmsg', 'cgroup', 'vmstat' or 'none'
-    host_oom_kills: int | None = None      # /proc/vmstat oom_kill (since boot)
-    unattributed_kills: int = 0            # kmsg victims that were no gunicorn process
-    apps: dict[str, AppOom] = field(default_factory=dict)
-    recent: list[OomEvent] = field(default_factory=list)
-    kmsg_records: int = 0
-    kmsg_malformed: int = 0
-    kmsg_lost: int = 0
-
-
-class OomCollector:
+class OomCollector(Collector):
     name = "oom"
+    requires = ("gunicorn",)
 
     def __init__(self, kmsg_path: str | None = "/dev/kmsg", procfs: str = "/proc",
                  cgroupfs: CgroupFS | None = None, index: AppIndex | None = None):

@@ -28,6 +28,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from exporter.options import DEFAULTS
+from exporter.collectors.base import Collector
 from exporter.linux.procfs import ProcFS
 from exporter.snapshot import (AppSnapshot, DbBudget, GunicornSnapshot, PostgresAttribution,
                                PostgresBackend, PostgresServerSnapshot, PostgresSnapshot)
@@ -77,9 +79,11 @@ LIMIT {MAX_BACKENDS}
 
 @dataclass
 class PostgresOptions:
+    """The postgres collector's settings; defaults are the options' (exporter/options.py)."""
+
     dsns: tuple[str, ...] = field(default=(), repr=False)   # may hold passwords
-    timeout: float = 2.0                    # per server per scrape; also statement_timeout
-    max_application_names: int = 20         # per server; the rest fold into "other"
+    timeout: float = DEFAULTS["postgres.timeout"]   # per server per scrape; also statement_timeout
+    max_application_names: int = DEFAULTS["postgres.max-application-names"]  # the rest: "other"
     # app -> per-worker budget: a number, or "threads" (workers x threads)
     budgets: dict[str, float | str] = field(default_factory=dict)
     default_budget: float | str | None = "threads"   # for apps not in `budgets`
@@ -177,8 +181,9 @@ class _Server:
         self.warned_privilege = False
 
 
-class PostgresCollector:
+class PostgresCollector(Collector):
     name = "postgres"
+    requires = ("gunicorn",)
 
     def __init__(self, options: PostgresOptions, procfs: ProcFS | None = None):
         self.options = options

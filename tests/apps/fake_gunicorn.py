@@ -23,6 +23,7 @@ import struct
 import threading
 
 MODE = os.environ.get("FAKE_MODE", "plain")
+KEEP: list = []
 DIR = os.environ.get("FAKE_DIR", "/tmp")
 
 
@@ -84,14 +85,13 @@ def map_long_paths() -> list:
 def main() -> None:
     for sig in (signal.SIGHUP, signal.SIGUSR2):
         signal.signal(sig, lambda *_: None)
-    keep = None
     if MODE == "ctl":
         path = os.environ.get("FAKE_CTL") or os.path.join(os.environ["HOME"], ".gunicorn",
                                                            "gunicorn.ctl")
         threading.Thread(target=serve_control, args=(path, os.environ.get("FAKE_ANSWER", "nested")),
                          daemon=True).start()
     elif MODE == "maps":
-        keep = map_long_paths()  # noqa: F841 - the mappings must stay
+        KEEP.extend(map_long_paths())  # the mappings must stay
     while True:
         signal.pause()
 

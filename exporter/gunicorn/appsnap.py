@@ -1,0 +1,167 @@
+"""Turning what was read about one master (`MasterRaw`, exporter/gunicorn/measure.py)
+into its `AppSnapshot`: settings merged with the control socket's proven answer,
+capacity, workers with their connections and heartbeat ages, listeners. No I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from exporter.gunicorn import join
+from exporter.gunicorn.measure import CLK_TCK, MasterRaw, class_path
+from exporter.gunicorn.settings import Settings
+from exporter.labels import bounded
+from exporter.linux import sockdiag
+from exporter.snapshot import AppSnapshot, ListenerSnapshot, WorkerSnapshot
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+# the settings the control socket's `show config` answer may override
+CONTROL_SETTINGS = ("workers", "worker_class", "threads", "worker_connections", "timeout",
+                    "keepalive", "bind", "proc_name", "max_requests", "backlog")
+SOURCE_SETTINGS = ("workers", "worker_class", "threads", "worker_connections", "timeout",
+                   "keepalive", "backlog", "bind")
+
+
+def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_time: float,
+              db_ports, db_paths) -> AppSnapshot:
+    """One running master's AppSnapshot: its settings (the control socket's proven answer
+    `ctl` wins), workers with their connections and heartbeat age, and listeners.
+    `name_of(raw, configured_name)` names the app (the collector knows USR2 history)."""
+    s = raw.settings
+    cfg = ctl.get("config") or {}
+    for key in CONTROL_SETTINGS:
+        value = cfg.get(key)
+        if value is not None:
+            if key == "worker_class":
+                value = class_path(str(value)[:512])
+            s.set(key, value, "control_socket")
+    stats = ctl.get("stats") or {}
+    target = stats.get("workers_target")
+    if isinstance(target, int) and not isinstance(target, bool):
+        s.set("workers", target, "control_socket")
+    spawned = stats.get("workers_spawned")
+    if not isinstance(spawned, int) or isinstance(spawned, bool) or not 0 <= spawned < 2**53:
+        spawned = None
+
+    worker_class = s.worker_class
+    threads = s.get("threads")
+    if worker_class == "sync" and isinstance(threads, int) and threads > 1:
+        worker_class = "gthread"  # gunicorn switches on its own
+    if worker_class == "sync" and threads is None:
+        worker_class = None       # sync, or gthread if --threads > 1: not known
+    wc = s.get("worker_connections")
+    p = raw.master.proc
+    name = name_of(raw, cfg.get("proc_name") if isinstance(cfg.get("proc_name"), str) else None)
+    backlog, backlog_source = _backlog_in_force(raw, s)
+    sources = {k: s.sources.get(k, "unknown") for k in SOURCE_SETTINGS}
+    sources["backlog"] = backlog_source
+    app = AppSnapshot(
+        app=name,
+        up=True,
+        master_pid=p.pid,
+        version=raw.version,
+        worker_class=bounded(worker_class) if worker_class else "unknown",
+        workers_desired=s.get("workers"),
+        timeout=s.get("timeout"),
+        keepalive=s.get("keepalive"),
+        capacity=join.capacity(worker_class, threads, wc),
+        worker_connections=wc,
+        threads=threads,
+        backlog=backlog,
+        settings_source=sources,
+        control_socket=bool(ctl),
+        master_start_time=raw.start_time,
+        workers_spawned=spawned,
+        user=user,
+        uid=p.uid,
+        errors=list(raw.errors),
+        transient=raw.master.upgraded_from is not None,
+    )
+    legacy = _legacy_heartbeat(raw.version)
+    mono = time.monotonic()
+    wall = time.time()
+    joined = raw.joined
+    match = join.SocketMatcher.of(joined.listeners if joined else [], db_ports, db_paths)
+    for w in raw.workers:
+        st = w.stat
+        age = None
+        if w.heartbeat_mtime is not None:
+            # gunicorn >= 22 stores time.monotonic() in the mtime; older releases
+            # toggle the file mode, so the ctime is the last beat (wall clock).
+            if legacy is False or (legacy is None and w.heartbeat_mtime <= mono + 60):
+                age = max(0.0, mono - w.heartbeat_mtime)
+            else:
+                age = max(0.0, wall - (w.heartbeat_ctime or w.heartbeat_mtime))
+        conns = None
+        if w.sockets is not None and joined is not None:
+            conns = join.count_worker_sockets(w.sockets, joined.unix_peers, match, raw.idle)
+        app.workers.append(WorkerSnapshot(
+            slot=-1, pid=w.pid,
+            start_time=boot_time + st.starttime_ticks / CLK_TCK,
+            rss_bytes=st.rss_pages * PAGE_SIZE,
+            cpu_seconds=(st.utime_ticks + st.stime_ticks) / CLK_TCK,
+            threads=st.num_threads,
+            open_fds=w.scan.count if w.scan is not None else None,
+            fd_limit=w.fd_limit,
+            heartbeat_age=age,
+            connections_active=conns.active if conns else None,
+            connections_client_closed=conns.client_closed if conns else None,
+            connections_idle=conns.idle if conns and raw.idle_measured else None,
+            db_connections=len(conns.db_tcp) + len(conns.db_unix) if conns else None,
+            db_tcp=conns.db_tcp if conns else [],
+            db_unix=conns.db_unix if conns else [],
+        ))
+    names: set[tuple[str, int | None]] = set()
+    for sock, worker_pid in (joined.listeners if joined else []):
+        address = bounded(join.listener_address(sock), 256)
+        while (address, worker_pid) in names:  # the same address bound twice
+            address += "+"
+        names.add((address, worker_pid))
+        app.listeners.append(ListenerSnapshot(
+            address=address,
+            kind="unix" if isinstance(sock, sockdiag.UnixSocket) else "tcp",
+            queue_length=sock.rqueue if sock.rqueue >= 0 else None,
+            queue_max=sock.wqueue if sock.wqueue >= 0 else None,
+            worker_slot=worker_pid,  # replaced by the slot once slots are assigned
+            drops=getattr(sock, "drops", -1) if getattr(sock, "drops", -1) >= 0 else None,
+        ))
+    return app
+
+
+def name_from(title, settings: Settings, argv: list[str], app_names,
+              configured_name: str | None = None) -> str:
+    """The app name: the process title's [NAME], the configured proc_name, the app
+    module, mapped by --gunicorn.app-name, capped in length."""
+    name = (title[1] if title and title[1] else None) or configured_name \
+        or settings.get("proc_name") or settings.app_module or "gunicorn"
+    name = str(name)
+    cmd = " ".join(argv)[:4096]
+    for pattern, mapped in app_names:
+        if pattern.search(name[:4096]) or pattern.search(cmd):
+            name = mapped
+            break
+    return bounded(name)
+
+
+def _backlog_in_force(raw: MasterRaw, s: Settings) -> tuple[int | None, str]:
+    """The listen backlog of the app's listeners as the kernel has it, else the setting.
+
+    Sockets inherited from systemd (or a USR2 parent) keep the backlog they were created
+    with; gunicorn does not call listen() on them again.
+    """
+    joined = raw.joined
+    limits = [sock.wqueue for sock, _ in (joined.listeners if joined else [])
+              if getattr(sock, "wqueue", -1) >= 0 and raw.socket_source == "netlink"]
+    if limits:
+        return max(limits), "kernel"
+    backlog = s.get("backlog")
+    return backlog, s.sources.get("backlog", "unknown")
+
+
+def _legacy_heartbeat(version: str) -> bool | None:
+    m = re.match(r"(\d{1,4})\.", version)
+    if not m:
+        return None
+    return int(m.group(1)) < 22

@@ -1,0 +1,278 @@
+"""Reading what the kernel says about the gunicorn masters (the I/O part of a collection,
+run in a thread): discovery, each master's settings, gunicorn version and workers' /proc
+files, the socket tables joined with the fd tables, and which keep-alive connections are
+idle. The result is plain data (`MasterRaw`); `exporter/gunicorn/appsnap.py` turns it into
+`AppSnapshot`s and `exporter/collectors/gunicorn.py` keeps what lasts across scrapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from exporter.gunicorn import join
+from exporter.gunicorn.discovery import (Discovery, Master, ProcfsProbe, discover,
+                                         scan_processes)
+from exporter.gunicorn.settings import (MAX_CONFIG_BYTES, Settings, evaluate_config,
+                                        normalise_worker_class, resolve)
+from exporter.gunicorn.version import MAX_MAPS_BYTES, find_version
+from exporter.labels import bounded
+from exporter.linux import procnet, sockdiag
+from exporter.linux.pathwalk import PathWalker
+from exporter.linux.procfs import FdScan, ProcFS
+from exporter.linux.sockdiag import SocketTable
+from exporter.snapshot import GunicornSnapshot
+
+log = logging.getLogger(__name__)
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MAX_CONFIG_CACHE = 1024
+# worker classes that keep a connection open between requests (HTTP keep-alive) and
+# have a finite capacity: there an idle keep-alive connection must not count as busy
+# (None: the class is not known, so it may be one of them)
+KEEPALIVE_CLASSES = {"gthread", "gevent", "eventlet", "tornado", None}
+
+
+@dataclass
+class WorkerRaw:
+    pid: int
+    stat: object
+    scan: FdScan | None
+    fd_limit: int | None
+    heartbeat_mtime: float | None
+    heartbeat_ctime: float | None
+    sockets: join.WorkerSockets | None = None
+
+
+@dataclass
+class MasterRaw:
+    master: Master
+    settings: Settings
+    version: str = "unknown"
+    start_time: float = 0.0
+    workers: list[WorkerRaw] = field(default_factory=list)
+    joined: join.Joined | None = None
+    socket_source: str = "none"
+    errors: list[str] = field(default_factory=list)
+    idle_measured: bool = False     # keep-alive connections told apart (TCP, see _find_idle)
+    idle: set[int] = field(default_factory=set)   # inodes of idle keep-alive connections
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.master.proc.key
+
+
+def class_path(value: str) -> str:
+    """A worker class as `show config` renders it ("<class 'gunicorn.workers.sync.SyncWorker'>"),
+    normalised."""
+    import re
+    m = re.search(r"'([\w.]{1,200})'", value)
+    return normalise_worker_class(m.group(1) if m else value)
+
+
+class Measurer:
+    """Reads one collection; keeps only caches keyed by master (pid, start time)."""
+
+    def __init__(self, procfs: ProcFS, *, users=None, max_masters: int = 256,
+                 read_sockets=None, control_answers: dict | None = None):
+        self.procfs = procfs
+        self.users = users
+        self.max_masters = max_masters
+        self._read_sockets = read_sockets or sockdiag.read_all
+        self._tcp_idle = sockdiag.tcp_idle
+        # the collector's last proven control socket answers (read for the worker class)
+        self.control_answers = control_answers if control_answers is not None else {}
+        self._versions: dict[tuple[int, int], str] = {}
+        # master -> {(dev, ino, mtime, size) of its config file: evaluation}
+        self._configs: dict[tuple[int, int], dict[tuple, object]] = {}
+        self._own_netns = self.procfs.netns("self")
+        try:
+            self.boot_time = self.procfs.boot_time()
+        except (OSError, ValueError):
+            self.boot_time = time.time() - time.monotonic()
+
+    def forget(self, live: set[tuple[int, int]]) -> None:
+        for cache in (self._configs,):
+            for key in list(cache):
+                if key not in live:
+                    del cache[key]
+
+    def measure(self, known_workers: set, previous_masters: set
+                ) -> tuple[list[MasterRaw], Discovery, GunicornSnapshot]:
+        """Discover, read every master and its workers, join the socket tables."""
+        procs = scan_processes(self.procfs)
+        found = discover(procs, ProcfsProbe(self.procfs), known_workers=known_workers,
+                         previous_masters=previous_masters, users=self.users,
+                         max_masters=self.max_masters)
+        snap = GunicornSnapshot(permission_denied=len(found.permission_denied),
+                                dropped_masters=found.dropped_masters,
+                                dropped_workers=found.dropped_workers,
+                                filtered_masters=found.filtered_masters)
+        tables: dict[int | None, SocketTable | None] = {}
+        # Only sockets that gunicorn processes hold (and their unix peers) are decoded.
+        wanted: set[int] = set()
+        for m in found.masters:
+            if m.fds is not None:
+                wanted.update(m.fds.socket_inodes)
+            for scan in m.worker_fds.values():
+                wanted.update(scan.socket_inodes)
+        raws = []
+        for m in found.masters:
+            raw = MasterRaw(m, Settings())
+            try:
+                self._measure_master(raw)
+            except Exception as e:  # a hostile or vanished master costs itself only
+                raw.errors.append(f"reading /proc: {type(e).__name__}: {str(e)[:120]}")
+            try:
+                netns = self.procfs.netns(m.proc.pid)
+                if netns not in tables:
+                    tables[netns] = self._socket_table(netns, m.proc.pid, wanted)
+                table = tables[netns]
+                if table is not None:
+                    raw.socket_source = table.source
+                    self._join(raw, table)
+            except Exception as e:
+                raw.errors.append(f"joining sockets: {type(e).__name__}: {str(e)[:120]}")
+            raws.append(raw)
+        sources = {t.source for t in tables.values() if t is not None}
+        snap.socket_source = "netlink" if sources == {"netlink"} else \
+            ("+".join(sorted(sources)) if sources else "none")
+        self._find_idle(raws)
+        return raws, found, snap
+
+    def _find_idle(self, raws: list[MasterRaw]) -> None:
+        """Which TCP client connections are idle keep-alive ones (last request answered),
+        for the worker classes that keep connections open between requests; one batch of
+        exact sock_diag lookups (tcp_info), host network namespace only."""
+        candidates = []
+        for raw in raws:
+            if raw.socket_source != "netlink" or raw.joined is None:
+                continue
+            if self._worker_class_hint(raw) not in KEEPALIVE_CLASSES:
+                continue
+            match = join.SocketMatcher.of(raw.joined.listeners, (), ())
+            for w in raw.workers:
+                if w.sockets is not None:
+                    candidates.extend(join.client_tcp(w.sockets, match))
+            raw.idle_measured = True
+        if not candidates:
+            return
+        try:
+            idle = self._tcp_idle(candidates)
+        except OSError as e:
+            log.debug("tcp_info lookups failed: %s", e)
+            for raw in raws:
+                raw.idle_measured = False
+            return
+        idle_inodes = {ino for ino, is_idle in idle.items() if is_idle}
+        for raw in raws:
+            raw.idle = idle_inodes
+
+    def _worker_class_hint(self, raw: MasterRaw) -> str | None:
+        cfg = self.control_answers.get(raw.key, {}).get("config") or {}
+        if cfg.get("worker_class"):
+            return class_path(str(cfg["worker_class"])[:512])
+        cls = raw.settings.worker_class
+        threads = raw.settings.get("threads")
+        if cls == "sync" and isinstance(threads, int) and threads > 1:
+            return "gthread"
+        return cls
+
+    def _socket_table(self, netns: int | None, pid: int, wanted: set[int]) -> SocketTable | None:
+        if netns is not None and netns == self._own_netns and self.procfs.root == "/proc":
+            try:
+                return self._read_sockets(wanted=wanted)
+            except OSError as e:
+                log.debug("netlink socket dump failed (%s); reading /proc/net", e)
+        try:
+            return procnet.read_table(self.procfs.path(pid, "net"))
+        except OSError as e:
+            log.debug("cannot read socket tables of pid %d: %s", pid, e)
+            return None
+
+    def _measure_master(self, raw: MasterRaw) -> None:
+        m = raw.master
+        p = m.proc
+        raw.start_time = self.boot_time + p.stat.starttime_ticks / CLK_TCK
+        try:
+            raw.settings = resolve(p.gargs, m.environ, self._config_reader(m),
+                                   cpu_count=os.cpu_count(),
+                                   affinity=p.status.cpus_allowed if p.status else None)
+        except Exception as e:
+            raw.settings = Settings()
+            raw.settings.forget_all("settings could not be worked out")
+            raw.errors.append(f"settings: {type(e).__name__}: {str(e)[:120]}")
+        if raw.key not in self._versions:
+            if len(self._versions) > 4 * self.max_masters:
+                self._versions.clear()
+            try:
+                self._versions[raw.key] = self._gunicorn_version(m)
+            except OSError:
+                self._versions[raw.key] = "unknown"
+        raw.version = self._versions[raw.key]
+        for w in m.workers:
+            scan = m.worker_fds.get(w.pid)
+            try:
+                limit = self.procfs.fd_limit(w.pid)
+            except (OSError, ValueError):
+                limit = None
+            mtime = ctime = None
+            if scan is not None and scan.heartbeats:
+                try:
+                    st = self.procfs.fd_stat(w.pid, scan.heartbeats[0][0])
+                    mtime, ctime = st.st_mtime, st.st_ctime
+                except OSError:
+                    pass
+            raw.workers.append(WorkerRaw(w.pid, w.stat, scan, limit, mtime, ctime))
+
+    def _config_reader(self, m: Master):
+        """read_file for `resolve`: the file as the master sees it, with its own user's
+        rights (exporter/linux/pathwalk.py); the evaluation is cached per master and
+        file version (device, inode, mtime, size)."""
+        owner = m.proc.status
+        cpus = os.cpu_count()
+        affinity = owner.cpus_allowed if owner else None
+
+        def read(path: str):
+            if owner is None:
+                raise PermissionError("the master's user is not known")
+            mine = self._configs.get(m.proc.key, {})
+            with PathWalker(self.procfs, m.proc.pid, owner) as walker:
+                data, key = walker.read_regular(path, MAX_CONFIG_BYTES, cached=mine)
+            if data is None:
+                return mine[key]
+            result = evaluate_config(data.decode("utf-8", "replace"), m.environ, cpus, affinity)
+            if len(self._configs) >= MAX_CONFIG_CACHE:
+                self._configs.clear()
+            self._configs[m.proc.key] = {key: result}
+            return result
+        return read
+
+    def _gunicorn_version(self, m: Master) -> str:
+        p = m.proc
+        if p.status is None or self.procfs.root != "/proc":
+            return "unknown"
+        try:
+            maps = self.procfs.read_text(p.pid, "maps", limit=MAX_MAPS_BYTES)
+        except OSError:
+            maps = ""
+        try:
+            exe = os.readlink(self.procfs.path(p.pid, "exe"))
+        except OSError:
+            exe = None
+        with PathWalker(self.procfs, p.pid, p.status) as walker:
+            return bounded(find_version(maps, p.argv, exe, walker.list_dir))
+
+    def _join(self, raw: MasterRaw, table: SocketTable) -> None:
+        m = raw.master
+        master_inodes = set(m.fds.socket_inodes) if m.fds else set()
+        worker_inodes = {w.pid: set(w.scan.socket_inodes) if w.scan else set()
+                         for w in raw.workers}
+        ctl = raw.settings.get("control_socket")
+        raw.joined = join.join_sockets(master_inodes, worker_inodes, table,
+                                       ctl if isinstance(ctl, str) else None,
+                                       raw.settings.get("control_socket_disable") is True)
+        for w in raw.workers:
+            w.sockets = raw.joined.workers.get(w.pid)

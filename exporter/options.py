@@ -1,0 +1,382 @@
+"""Every setting of the exporter, declared once: its key (the flag without `--`, the
+environment variable `GUNICORN_EXPORTER_<KEY>` and the config file key all derive from
+it), the parser that checks a value, the default, and the help text.
+
+`exporter/config.py` reads flags, environment and config file against this table;
+collectors take their defaults from `DEFAULTS`, so no default is written twice. The
+parsers raise `ConfigError` with a message that never echoes a secret (DSNs).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+from dataclasses import dataclass
+
+from exporter.collectors.logs import LogFile, parse_log_file
+from exporter.logs.signatures import Signature, SignatureError, merge, parse_user_signature
+
+DEFAULT_PORT = 10188
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_duration(text: str | int | float) -> float:
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(text))
+        if not m:
+            raise ConfigError(f"{text!r} is not a duration (examples: 500ms, 10s, 5m, 1h)")
+        value = float(m.group(1)) * {"ms": 0.001, None: 1, "s": 1, "m": 60, "h": 3600,
+                                     "d": 86400}[m.group(2)]
+    if value < 0:
+        raise ConfigError(f"{text!r} is negative")
+    return value
+
+
+def parse_listen_address(text: str) -> tuple[str | None, int]:
+    m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*)):(\d{1,5})", text.strip())
+    if not m or not 0 < int(m.group(3)) < 65536:
+        raise ConfigError(f"{text!r} is not HOST:PORT (examples: :{DEFAULT_PORT}, "
+                          f"127.0.0.1:{DEFAULT_PORT}, [::1]:{DEFAULT_PORT})")
+    host = m.group(1) or m.group(2) or None
+    return host, int(m.group(3))
+
+
+def parse_ports(values) -> tuple[int, ...]:
+    ports = []
+    for v in _as_list(values):
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.isdigit() or not 0 < int(part) < 65536:
+                raise ConfigError(f"{part!r} is not a port number")
+            ports.append(int(part))
+    return tuple(ports)
+
+
+def parse_app_names(values) -> tuple[tuple[re.Pattern, str], ...]:
+    out = []
+    for v in _as_list(values):
+        if isinstance(v, dict):
+            pattern, name = v.get("match"), v.get("name")
+        else:
+            pattern, _, name = str(v).rpartition("=")
+        if not pattern or not name:
+            raise ConfigError(f"{v!r} is not REGEX=NAME")
+        try:
+            out.append((re.compile(pattern), name))
+        except re.error as e:
+            raise ConfigError(f"{pattern!r} is not a valid regular expression: {e}") from None
+    return tuple(out)
+
+
+def parse_users(values) -> frozenset[int] | None:
+    """User names or uids whose masters are watched; None (all users) when empty."""
+    uids = set()
+    for v in _as_list(values):
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part.isdigit():
+                uids.add(int(part))
+                continue
+            try:
+                uids.add(pwd.getpwnam(part).pw_uid)
+            except KeyError:
+                raise ConfigError(f"{part!r} is not a user on this host (give a uid for "
+                                  "users that exist only inside containers)") from None
+    return frozenset(uids) or None
+
+
+def parse_regex(value) -> re.Pattern:
+    try:
+        return re.compile(str(value))
+    except re.error as e:
+        raise ConfigError(f"{value!r} is not a valid regular expression: {e}") from None
+
+
+def parse_max_masters(value) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 100_000:
+        raise ConfigError(f"{value!r} is not a whole number from 1 to 100000")
+    return int(text)
+
+
+def parse_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{value!r} is not true or false")
+
+
+def _as_list(values) -> list:
+    if values is None:
+        return []
+    if isinstance(values, (list, tuple)):
+        return list(values)
+    return [values]
+
+
+def _log_level(value) -> str:
+    low = str(value).lower()
+    if low not in ("debug", "info", "warn", "warning", "error"):
+        raise ConfigError(f"{value!r} is not one of debug, info, warn, error")
+    return "warning" if low == "warn" else low
+
+
+def _path(value) -> str:
+    if not str(value).startswith("/"):
+        raise ConfigError(f"{value!r} must be an absolute path")
+    return str(value)
+
+
+def _telemetry_path(value) -> str:
+    value = str(value)
+    if not value.startswith("/") or value in ("/", "/-/healthy"):
+        raise ConfigError(f"{value!r} must start with / and not be / or /-/healthy")
+    return value
+
+
+def _positive_duration(value) -> float:
+    d = parse_duration(value)
+    if d <= 0:
+        raise ConfigError(f"{value!r} must be greater than 0")
+    return d
+
+
+MIN_LINE = 256
+MAX_LINE = 16 * 1024 * 1024
+
+
+def parse_log_files(values) -> tuple[LogFile, ...]:
+    out: list[LogFile] = []
+    seen: set[str] = set()
+    for v in _as_list(values):
+        try:
+            f = parse_log_file(v)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if f.path in seen:
+            raise ConfigError(f"{f.path} is listed twice")
+        seen.add(f.path)
+        out.append(f)
+    return tuple(out)
+
+
+def parse_signatures(values) -> tuple[Signature, ...]:
+    try:
+        sigs = tuple(parse_user_signature(v) for v in _as_list(values))
+        merge(sigs)  # duplicate names, limits
+    except SignatureError as e:
+        raise ConfigError(str(e)) from None
+    return sigs
+
+
+def parse_kmsg_path(value) -> str:
+    text = str(value).strip()
+    if text.lower() in ("", "none", "off", "false"):
+        return ""
+    return _path(text)
+
+
+def parse_line_length(value) -> int:
+    text = str(value).strip().lower()
+    mult = 1
+    for suffix, m in (("kib", 1024), ("mib", 1024 * 1024), ("k", 1024), ("m", 1024 * 1024)):
+        if text.endswith(suffix):
+            text, mult = text[: -len(suffix)], m
+            break
+    if not text.isdigit():
+        raise ConfigError(f"{value!r} is not a size in bytes (examples: 65536, 64KiB, 1MiB)")
+    n = int(text) * mult
+    if not MIN_LINE <= n <= MAX_LINE:
+        raise ConfigError(f"{value!r} must be between {MIN_LINE} bytes and 16MiB")
+    return n
+
+
+def parse_dsns(values) -> tuple[str, ...]:
+    """DSNs as given; validated without ever echoing them (they may hold a password)."""
+    from exporter.collectors.postgres import server_label  # (it reads this module's table)
+    out = []
+    for i, v in enumerate(_as_list(values)):
+        text = str(v).strip()
+        if not text:
+            continue
+        try:
+            server_label(text)
+        except ValueError as e:
+            raise ConfigError(f"DSN #{i + 1}: {e}") from None
+        out.append(text)
+    return tuple(out)
+
+
+def parse_dsn_files(values) -> tuple[str, ...]:
+    out = []
+    for v in _as_list(values):
+        path = str(v)
+        if not os.path.isabs(path):
+            raise ConfigError(f"{path!r} must be an absolute path")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"cannot read {path}")
+        out.append(path)
+    return tuple(out)
+
+
+def parse_app_budgets(values) -> dict[str, float | str | None]:
+    """APP=N | APP=threads | APP=none; APP '*' sets the default for undeclared apps."""
+    out: dict[str, float | str | None] = {}
+    for v in _as_list(values):
+        if isinstance(v, dict):  # config file: [postgres.app-budget] shop = 15
+            items = list(v.items())
+        else:
+            app, sep, value = str(v).rpartition("=")
+            if not sep or not app.strip():
+                raise ConfigError(f"{v!r} is not APP=N (N connections per worker, 'threads' or 'none')")
+            items = [(app, value)]
+        for app, value in items:
+            app, value = str(app).strip(), str(value).strip().lower()
+            if value in ("threads", "none"):
+                out[app] = value
+                continue
+            try:
+                n = float(value)
+            except ValueError:
+                raise ConfigError(f"{app}={value}: the budget must be a number, 'threads' or 'none'") from None
+            if n < 0 or n != n:
+                raise ConfigError(f"{app}={value}: the budget must not be negative")
+            out[app] = n
+    return out
+
+
+def _max_names(value) -> int:
+    try:
+        n = int(str(value))
+    except ValueError:
+        raise ConfigError(f"{value!r} is not a whole number") from None
+    if n < 0:
+        raise ConfigError(f"{value!r} is negative")
+    return n
+
+
+
+def _strings(values) -> tuple[str, ...]:
+    return tuple(map(str, _as_list(values)))
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str                 # flag without --, config file key (dots: TOML tables)
+    dest: str                # attribute of Config
+    parse: object            # value -> parsed value; raises ConfigError
+    default: object
+    help: str
+    repeatable: bool = False
+    comma_split: bool = True  # repeatable: one environment variable may hold a comma list
+    secret: bool = False      # never shown (DSNs may hold passwords)
+    shown: str | None = None  # the default as the help text says it (else derived)
+
+    def help_text(self) -> str:
+        shown = self.shown if self.shown is not None else _show(self.default)
+        return f"{self.help} (default {shown})" if shown else self.help
+
+
+def _show(value) -> str:
+    if value in (None, (), {}, frozenset()):
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, float) and value.is_integer():
+        return f"{int(value)}s"
+    return str(value)
+
+
+def _listen_address(value) -> str:
+    parse_listen_address(str(value))
+    return str(value)
+
+
+O = Option
+OPTIONS: tuple[Option, ...] = (
+    O("web.listen-address", "listen_address", _listen_address, f":{DEFAULT_PORT}",
+      "address to serve metrics on"),
+    O("web.telemetry-path", "telemetry_path", _telemetry_path, "/metrics", "path of the metrics page"),
+    O("log.level", "log_level", _log_level, "info", "debug, info, warn or error"),
+    O("path.procfs", "procfs", _path, "/proc", "proc file system root"),
+    O("scrape.timeout", "scrape_timeout", _positive_duration, 8.0,
+      "time limit for one collection; Prometheus' own scrape timeout header can only shorten it"),
+    O("gunicorn.db-port", "db_ports", parse_ports, (5432, 6432),
+      "TCP port of Postgres/pgbouncer that worker connections are counted to (repeatable or "
+      "comma-separated; every --postgres.dsn server's port is added)", repeatable=True),
+    O("gunicorn.db-socket", "db_socket_paths", _strings, (),
+      "extra unix socket path of a database (repeatable; .s.PGSQL.<db-port> sockets are always counted)",
+      repeatable=True),
+    O("gunicorn.app-name", "app_names", parse_app_names, (),
+      "REGEX=NAME: call a master whose name or command line matches REGEX NAME (repeatable, first match wins)",
+      repeatable=True, comma_split=False),
+    O("gunicorn.expected-app", "expected_apps", _strings, (),
+      "an app that should always run: gunicorn_up{app} 0 from the first scrape when it is absent (repeatable)",
+      repeatable=True),
+    O("gunicorn.control-socket", "control_socket", parse_bool, True,
+      "ask the master's control socket (read-only 'show' commands) for its settings"),
+    O("gunicorn.control-socket-timeout", "control_timeout", _positive_duration, 1.0,
+      "time limit for one control socket query"),
+    O("gunicorn.forget-after", "forget_after", parse_duration, 0.0,
+      "stop reporting gunicorn_up 0 for an app gone this long; 0 = never", shown="0"),
+    O("gunicorn.user", "users", parse_users, None,
+      "watch only masters run by this user (name or uid; repeatable or comma-separated)",
+      repeatable=True, shown="every user"),
+    O("gunicorn.include", "include", parse_regex, None,
+      "report only apps whose whole name matches this regular expression", comma_split=False,
+      shown="all"),
+    O("gunicorn.exclude", "exclude", parse_regex, None,
+      "do not report apps whose whole name matches this regular expression", comma_split=False,
+      shown="none"),
+    O("gunicorn.max-masters", "max_masters", parse_max_masters, 256,
+      "masters measured per scrape, shared out between their users; the rest are counted in "
+      "gunicorn_exporter_dropped_masters"),
+    O("oom.kmsg-path", "kmsg_path", parse_kmsg_path, "/dev/kmsg",
+      "kernel log device read for OOM kill records; 'none' = use cgroup and /proc/vmstat counters only"),
+    O("logs.file", "log_files", parse_log_files, (),
+      "[APP=]PATH: follow this log file (gunicorn error log, application log, nginx error/access "
+      "log) and count error signatures in it, against APP unless a line names its app (repeatable)",
+      repeatable=True),
+    O("logs.signature", "log_signatures", parse_signatures, (),
+      "NAME=REGEX: count log lines matching REGEX as signature NAME, in addition to the built-in "
+      "ones (repeatable)", repeatable=True, comma_split=False),
+    O("logs.poll-interval", "log_poll_interval", _positive_duration, 1.0,
+      "how often log files are checked for new lines and rotation"),
+    O("logs.max-line-length", "log_max_line", parse_line_length, 64 * 1024,
+      "longer lines are matched on their beginning only", shown="64KiB"),
+    O("postgres.dsn", "postgres_dsns", parse_dsns, (),
+      "libpq connection string or postgresql:// URI of a server to watch (repeatable); prefer "
+      "--postgres.dsn-file or PGPASSFILE for the password. The usual PG* environment variables apply",
+      repeatable=True, comma_split=False, secret=True),
+    O("postgres.dsn-file", "postgres_dsn_files", parse_dsn_files, (),
+      "file with one DSN per line (# comments), read at start; keeps passwords out of the "
+      "process list (repeatable)", repeatable=True),
+    O("postgres.timeout", "postgres_timeout", _positive_duration, 2.0,
+      "time limit per server and scrape; also the session's statement_timeout and lock_timeout"),
+    O("postgres.app-budget", "postgres_app_budgets", parse_app_budgets, {},
+      "APP=N: database connections one worker of APP may hold (SQLAlchemy pool_size + max_overflow), "
+      "or APP=threads, or APP=none; *=... sets the default for other apps (repeatable)",
+      repeatable=True, shown="threads"),
+    O("postgres.max-application-names", "postgres_max_application_names", _max_names, 20,
+      "application_name values kept per server; the rest are reported as 'other'"),
+)
+del O
+
+BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
+DEFAULTS: dict[str, object] = {o.key: o.default for o in OPTIONS}
