@@ -4,28 +4,34 @@ rule templates below and the tunables in alerts/config.toml.
 
 Why a generator: the same job selector appears in every expression and each threshold
 in both an expression and its description. Keeping them in one TOML file (read with the
-standard library's tomllib, the format of the exporter's own config file, so no new
-dependency) means a change is one edit, and the rendered YAML stays plain Prometheus
-rules that anyone can read, `promtool check rules` and load without this script.
+standard library's tomllib, the format of the exporter's own config file) means a change
+is one edit, and the rendered YAML (written with PyYAML by `dump_yaml`, which
+deploy/kubernetes/generate.py uses too) stays plain Prometheus rules that anyone can
+read, `promtool check rules` and load without this script.
 
     python alerts/build.py              # rewrite alerts/gunicorn.rules.yml
     python alerts/build.py --check      # exit 1 if the committed file is stale
     python alerts/build.py --for 2s -o /tmp/x.yml   # every `for:` replaced (tests)
 
-Placeholders: ``<<name>>`` is the value of ``name`` in the alert's [table] of
-config.toml, else in [global]; ``<<name|pct>>`` renders a ratio as a percentage.
-Unknown or unused config keys are errors, so the two files cannot drift apart.
+Placeholders are string.Template ones with ``@`` as the delimiter (``$`` and ``{{ }}``
+belong to Prometheus' templates: ``{{ $labels.app }}``): ``@{name}`` is the value of
+``name`` in the alert's [table] of config.toml, else in the alert's ``fixed`` thresholds,
+else in [global]; ``@{name_pct}`` renders the ratio ``name`` as a percentage; ``@@`` is a
+literal ``@``. Unknown or unused config keys are errors, so the two files cannot drift
+apart.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
+import string
 import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "config.toml"
@@ -36,18 +42,18 @@ OUTPUT = HERE / "gunicorn.rules.yml"
 
 RECORDING_RULES: list[tuple[str, str]] = [
     ("app:gunicorn_workers_busy:ratio",
-     "gunicorn_workers_busy{<<selector>>} / (gunicorn_workers{<<selector>>} > 0)"),
+     "gunicorn_workers_busy{@{selector}} / (gunicorn_workers{@{selector}} > 0)"),
     ("app:gunicorn_listener_queue_length:sum",
-     "sum without (listener) (gunicorn_listener_queue_length{<<selector>>})"),
+     "sum without (listener) (gunicorn_listener_queue_length{@{selector}})"),
     ("listener:gunicorn_listener_queue_fill:ratio",
-     "gunicorn_listener_queue_length{<<selector>>}\n"
-     "  / (gunicorn_listener_queue_max{<<selector>>} > 0)"),
+     "gunicorn_listener_queue_length{@{selector}}\n"
+     "  / (gunicorn_listener_queue_max{@{selector}} > 0)"),
     # Requests waiting inside workers: connections a worker accepted beyond what it can
     # serve at once (gthread parks them; the accept queue does not show them).
     ("app:gunicorn_worker_connections_waiting:sum",
      "sum without (worker, state) (clamp_min(\n"
-     "  gunicorn_worker_connections{<<selector>>, state=\"active\"}\n"
-     "    - ignoring (worker, state) group_left gunicorn_worker_capacity{<<selector>>},\n"
+     "  gunicorn_worker_connections{@{selector}, state=\"active\"}\n"
+     "    - ignoring (worker, state) group_left gunicorn_worker_capacity{@{selector}},\n"
      "  0))"),
     # Either part alone when the other cannot be read (a listener in another network
     # namespace has no queue length; workers whose fds are unreadable have no connections).
@@ -56,8 +62,8 @@ RECORDING_RULES: list[tuple[str, str]] = [
      "or app:gunicorn_listener_queue_length:sum\n"
      "or app:gunicorn_worker_connections_waiting:sum"),
     ("worker:gunicorn_worker_heartbeat_timeout:ratio",
-     "gunicorn_worker_heartbeat_age_seconds{<<selector>>}\n"
-     "  / ignoring (worker) group_left () (gunicorn_timeout_seconds{<<selector>>} > 0)"),
+     "gunicorn_worker_heartbeat_age_seconds{@{selector}}\n"
+     "  / ignoring (worker) group_left () (gunicorn_timeout_seconds{@{selector}} > 0)"),
     ("app:gunicorn_worker_heartbeat_timeout:max_ratio",
      "max without (worker) (worker:gunicorn_worker_heartbeat_timeout:ratio)"),
     # Sync workers only: the heartbeat is how long the current request has run, and only
@@ -65,32 +71,32 @@ RECORDING_RULES: list[tuple[str, str]] = [
     ("app:gunicorn_busy_worker_heartbeat_timeout:avg_ratio",
      "avg without (worker) (\n"
      "  worker:gunicorn_worker_heartbeat_timeout:ratio\n"
-     "  and ignoring (state) (gunicorn_worker_connections{<<selector>>, state=\"active\"}\n"
-     "    >= ignoring (worker, state) group_left gunicorn_worker_capacity{<<selector>>})\n"
+     "  and ignoring (state) (gunicorn_worker_connections{@{selector}, state=\"active\"}\n"
+     "    >= ignoring (worker, state) group_left gunicorn_worker_capacity{@{selector}})\n"
      ")"),
     ("worker:gunicorn_worker_connections:sum",
-     "sum without (state) (gunicorn_worker_connections{<<selector>>})"),
+     "sum without (state) (gunicorn_worker_connections{@{selector}})"),
     ("app:gunicorn_worker_connections_client_closed:sum",
-     "sum without (worker, state) (gunicorn_worker_connections{<<selector>>, state=\"client_closed\"})"),
+     "sum without (worker, state) (gunicorn_worker_connections{@{selector}, state=\"client_closed\"})"),
     ("app:gunicorn_worker_db_connections:sum",
-     "sum without (worker) (gunicorn_worker_db_connections{<<selector>>})"),
+     "sum without (worker) (gunicorn_worker_db_connections{@{selector}})"),
     ("app:gunicorn_db_connection_budget:ratio",
      "app:gunicorn_worker_db_connections:sum\n"
-     "  / (gunicorn_app_db_connection_budget{<<selector>>} > 0)"),
+     "  / (gunicorn_app_db_connection_budget{@{selector}} > 0)"),
     ("server:gunicorn_postgres_connections:sum",
      "sum without (datname, usename, application_name, state) "
-     "(gunicorn_postgres_connections{<<selector>>})"),
+     "(gunicorn_postgres_connections{@{selector}})"),
     # Slots ordinary roles may use; reserved_connections exists on Postgres 16+ only.
     ("server:gunicorn_postgres_usable_connections:sum",
-     "gunicorn_postgres_max_connections{<<selector>>}\n"
-     "  - gunicorn_postgres_superuser_reserved_connections{<<selector>>}\n"
-     "  - (gunicorn_postgres_reserved_connections{<<selector>>}"
-     " or 0 * gunicorn_postgres_superuser_reserved_connections{<<selector>>})"),
+     "gunicorn_postgres_max_connections{@{selector}}\n"
+     "  - gunicorn_postgres_superuser_reserved_connections{@{selector}}\n"
+     "  - (gunicorn_postgres_reserved_connections{@{selector}}"
+     " or 0 * gunicorn_postgres_superuser_reserved_connections{@{selector}})"),
     ("server:gunicorn_postgres_connections:ratio",
      "server:gunicorn_postgres_connections:sum\n"
      "  / (server:gunicorn_postgres_usable_connections:sum > 0)"),
     ("worker:gunicorn_worker_fds:ratio",
-     "gunicorn_worker_open_fds{<<selector>>} / (gunicorn_worker_max_fds{<<selector>>} > 0)"),
+     "gunicorn_worker_open_fds{@{selector}} / (gunicorn_worker_max_fds{@{selector}} > 0)"),
 ]
 
 # gunicorn_info's own labels: `ignoring` them joins it with an app's series
@@ -105,10 +111,12 @@ class Alert:
     summary: str
     description: str
     extra_labels: dict = field(default_factory=dict)
+    # thresholds built into the rule, not tunable in config.toml (the dashboard draws them)
+    fixed: dict = field(default_factory=dict)
 
 
-def _log_events(signatures: str, window: str = "<<window>>") -> str:
-    return ("sum without (signature) (increase(gunicorn_log_events_total{<<selector>>,"
+def _log_events(signatures: str, window: str = "@{window}") -> str:
+    return ("sum without (signature) (increase(gunicorn_log_events_total{@{selector},"
             " signature=~\"%s\"}[%s]))" % (signatures, window))
 
 
@@ -118,72 +126,72 @@ def _ratio_or_count(access_errors: str, log_errors: str) -> str:
     in any log: the one expression both proxy alerts use. A failed request is in both
     nginx logs; the ratio reads the access log only, so it is never counted twice."""
     responses = _log_events("http_response")
-    return ("(\n  %s\n  / (%s > <<min_responses>>)\n) > <<error_ratio>>\n"
-            "or\n(\n  %s > <<events>>\n  unless %s > <<min_responses>>\n)"
+    return ("(\n  %s\n  / (%s > @{min_responses})\n) > @{error_ratio}\n"
+            "or\n(\n  %s > @{events}\n  unless %s > @{min_responses}\n)"
             % (_log_events(access_errors), responses, _log_events(log_errors), responses))
 
 
 GROUPS: list[tuple[str, list[Alert]]] = [
     ("gunicorn.workers", [
         Alert("GunicornDown", "W4",
-              "gunicorn_up{<<selector>>} == 0",
+              "gunicorn_up{@{selector}} == 0",
               "gunicorn app {{ $labels.app }} is down on {{ $labels.instance }}",
               "No gunicorn master of app {{ $labels.app }} runs on {{ $labels.instance }}"
               " (gunicorn_up {{ $value }}): nothing accepts connections on its socket and"
               " the proxy answers 502 (nginx: connect() failed)."),
         Alert("GunicornAppVanished", "W4",
-              "max_over_time(gunicorn_up{<<selector>>, app!~`.+(\\.2|@.+)`}[<<window>>]) == 1\n"
-              "unless gunicorn_up{<<selector>>}\n"
-              "and on (job, instance) up{<<selector>>} == 1\n"
+              "max_over_time(gunicorn_up{@{selector}, app!~`.+(\\.2|@@.+)`}[@{window}]) == 1\n"
+              "unless gunicorn_up{@{selector}}\n"
+              "and on (job, instance) up{@{selector}} == 1\n"
               "and on (job, instance)"
-              " gunicorn_exporter_collector_success{<<selector>>, collector=\"gunicorn\"} == 1",
+              " gunicorn_exporter_collector_success{@{selector}, collector=\"gunicorn\"} == 1",
               "gunicorn app {{ $labels.app }} vanished from {{ $labels.instance }}",
-              "App {{ $labels.app }} ran on {{ $labels.instance }} within <<window>> and has"
+              "App {{ $labels.app }} ran on {{ $labels.instance }} within @{window} and has"
               " no series now, while the exporter answers: it restarted and the app did not"
               " come back (or the app was renamed or removed)."),
         Alert("GunicornWorkerPoolExhausted", "C1",
-              "min_over_time(app:gunicorn_requests_waiting:sum[<<window>>]) > 0\n"
-              "and avg_over_time(app:gunicorn_workers_busy:ratio[<<window>>]) >= <<busy_ratio>>\n"
-              "and count_over_time(app:gunicorn_requests_waiting:sum[<<window>>]) >= <<min_samples>>",
+              "min_over_time(app:gunicorn_requests_waiting:sum[@{window}]) > 0\n"
+              "and avg_over_time(app:gunicorn_workers_busy:ratio[@{window}]) >= @{busy_ratio}\n"
+              "and count_over_time(app:gunicorn_requests_waiting:sum[@{window}]) >= @{min_samples}",
               "Every worker of {{ $labels.app }} is busy and requests wait",
               "All workers of {{ $labels.app }} on {{ $labels.instance }} are busy and at"
               " least {{ $value }} requests have been waiting (in the accept queue, or inside"
-              " gthread workers) for <<window>>: requests hang until the proxy times out."),
+              " gthread workers) for @{window}: requests hang until the proxy times out."),
         Alert("GunicornWorkerPoolSaturated", "W2 W6 C1",
-              "avg_over_time(app:gunicorn_workers_busy:ratio[<<window>>]) > <<busy_ratio>>",
+              "avg_over_time(app:gunicorn_workers_busy:ratio[@{window}]) > @{busy_ratio}",
               "Workers of {{ $labels.app }} are busy most of the time",
               "On average {{ $value | humanizePercentage }} of the workers of {{ $labels.app }}"
-              " on {{ $labels.instance }} were busy over <<window>> (threshold"
-              " <<busy_ratio|pct>>): add workers or threads before the pool runs out."),
+              " on {{ $labels.instance }} were busy over @{window} (threshold"
+              " @{busy_ratio_pct}): add workers or threads before the pool runs out."),
         Alert("GunicornSyncWorkersBlocking", "W1",
               "(\n"
-              "  avg_over_time(app:gunicorn_workers_busy:ratio[<<window>>]) > <<busy_ratio>>\n"
-              "  and max_over_time(app:gunicorn_listener_queue_length:sum[<<window>>]) > 0\n"
+              "  avg_over_time(app:gunicorn_workers_busy:ratio[@{window}]) > @{busy_ratio}\n"
+              "  and max_over_time(app:gunicorn_listener_queue_length:sum[@{window}]) > 0\n"
               ")\n"
-              "and ignoring (" + INFO + ") gunicorn_info{<<selector>>, worker_class=\"sync\"}",
+              "and ignoring (" + INFO + ") gunicorn_info{@{selector}, worker_class=\"sync\"}",
               "Sync workers of {{ $labels.app }} block and requests queue",
               "The sync workers of {{ $labels.app }} on {{ $labels.instance }} were busy"
-              " {{ $value | humanizePercentage }} of the time over <<window>> and requests"
+              " {{ $value | humanizePercentage }} of the time over @{window} and requests"
               " waited in the accept queue: one slow call holds a whole worker."),
         Alert("GunicornWorkersMissing", "C7 W5",
-              "gunicorn_workers{<<selector>>} < gunicorn_workers_desired{<<selector>>}",
+              "gunicorn_workers{@{selector}} < gunicorn_workers_desired{@{selector}}",
               "{{ $labels.app }} runs fewer workers than configured",
               "{{ $labels.app }} on {{ $labels.instance }} has had only {{ $value }} workers"
               " for a while, fewer than --workers: workers keep dying (OOM kills, timeouts)"
               " or fail to boot."),
         Alert("GunicornSlowRequestsSaturate", "W6",
-              "avg_over_time(app:gunicorn_busy_worker_heartbeat_timeout:avg_ratio[<<window>>])"
-              " > <<heartbeat_ratio>>\n"
-              "and avg_over_time(app:gunicorn_workers_busy:ratio[<<window>>]) > <<busy_ratio>>\n"
-              "and ignoring (" + INFO + ") gunicorn_info{<<selector>>, worker_class=\"sync\"}",
+              "avg_over_time(app:gunicorn_busy_worker_heartbeat_timeout:avg_ratio[@{window}])"
+              " > @{heartbeat_ratio}\n"
+              "and avg_over_time(app:gunicorn_workers_busy:ratio[@{window}]) > @{busy_ratio}\n"
+              "and ignoring (" + INFO + ") gunicorn_info{@{selector}, worker_class=\"sync\"}",
               "Slow requests keep the workers of {{ $labels.app }} busy",
               "The busy sync workers of {{ $labels.app }} on {{ $labels.instance }} have been"
               " in their current request for {{ $value | humanizePercentage }} of --timeout"
-              " on average over <<window>>, with most workers busy: a slow dependency holds"
+              " on average over @{window}, with most workers busy: a slow dependency holds"
               " them."),
         Alert("GunicornWorkerLoopBlocked", "W6 C1",
-              "gunicorn_worker_heartbeat_age_seconds{<<selector>>} > <<stall_seconds>>\n"
-              "and ignoring (worker, " + INFO + ") gunicorn_info{<<selector>>,"
+              "gunicorn_worker_heartbeat_age_seconds{@{selector}} > @{stall_seconds}\n"
+              "and ignoring (worker, " + INFO + ") gunicorn_info{@{selector},"
               " worker_class=~\"gthread|gevent|eventlet|tornado\"}",
               "The main loop of a {{ $labels.app }} worker is blocked",
               "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }} has"
@@ -193,31 +201,31 @@ GROUPS: list[tuple[str, list[Alert]]] = [
     ]),
     ("gunicorn.timeouts", [
         Alert("GunicornWorkerNearTimeout", "W5",
-              "max_over_time(app:gunicorn_worker_heartbeat_timeout:max_ratio[<<window>>])"
-              " > <<heartbeat_ratio>>\n"
-              "and ignoring (" + INFO + ") gunicorn_info{<<selector>>, worker_class=\"sync\"}",
+              "max_over_time(app:gunicorn_worker_heartbeat_timeout:max_ratio[@{window}])"
+              " > @{heartbeat_ratio}\n"
+              "and ignoring (" + INFO + ") gunicorn_info{@{selector}, worker_class=\"sync\"}",
               "Requests of {{ $labels.app }} keep running close to --timeout",
               "Requests of {{ $labels.app }} on {{ $labels.instance }} keep reaching"
               " {{ $value | humanizePercentage }} of gunicorn's --timeout (threshold"
-              " <<heartbeat_ratio|pct>>): WORKER TIMEOUT kills are next."),
+              " @{heartbeat_ratio_pct}): WORKER TIMEOUT kills are next."),
         Alert("GunicornWorkerTimeouts", "W5",
               _log_events("worker_timeout") + " > 0",
               "Workers of {{ $labels.app }} are killed by WORKER TIMEOUT",
               "gunicorn logged {{ $value | humanize }} WORKER TIMEOUT lines for"
-              " {{ $labels.app }} on {{ $labels.instance }} in <<window>>: requests run"
+              " {{ $labels.app }} on {{ $labels.instance }} in @{window}: requests run"
               " longer than --timeout and are killed."),
         Alert("GunicornTimeoutAboveProxyTimeout", "W8",
-              "gunicorn_timeout_seconds{<<selector>>} > <<proxy_timeout_seconds>>\n"
-              "or gunicorn_timeout_seconds{<<selector>>} == 0",
+              "gunicorn_timeout_seconds{@{selector}} > @{proxy_timeout_seconds}\n"
+              "or gunicorn_timeout_seconds{@{selector}} == 0",
               "{{ $labels.app }} lets requests outlive the proxy's timeout",
               "--timeout of {{ $labels.app }} on {{ $labels.instance }} is {{ $value }} s"
-              " (0 = never), above the proxy's <<proxy_timeout_seconds>> s: workers keep"
+              " (0 = never), above the proxy's @{proxy_timeout_seconds} s: workers keep"
               " working on requests nobody waits for."),
         Alert("GunicornWorkingForGoneClients", "W8",
               "avg_over_time((app:gunicorn_worker_connections_client_closed:sum > bool 0)"
-              "[<<window>>:]) > <<time_ratio>>",
+              "[@{window}:]) > @{time_ratio}",
               "Workers of {{ $labels.app }} keep serving clients that hung up",
-              "For {{ $value | humanizePercentage }} of the last <<window>>, workers of"
+              "For {{ $value | humanizePercentage }} of the last @{window}, workers of"
               " {{ $labels.app }} on {{ $labels.instance }} held connections whose client had"
               " already hung up: the proxy or platform times out before gunicorn does."),
         Alert("GunicornProxyTimeouts", "C1 W8",
@@ -226,42 +234,42 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               "Requests of {{ $labels.app }} on {{ $labels.instance }} time out at the proxy"
               " ({{ printf \"%.3g\" $value }}: the share of the answered requests, 0 to 1,"
               " when the access log shows enough of them, else the number of error lines in"
-              " <<window>>): they take longer than the proxy waits."),
+              " @{window}): they take longer than the proxy waits."),
     ]),
     ("gunicorn.listeners", [
         Alert("GunicornListenQueueStuck", "C2 C1",
               "(\n"
-              "  min_over_time(app:gunicorn_listener_queue_length:sum[<<window>>]) > 0\n"
-              "  and count_over_time(app:gunicorn_listener_queue_length:sum[<<window>>])"
-              " >= <<min_samples>>\n"
+              "  min_over_time(app:gunicorn_listener_queue_length:sum[@{window}]) > 0\n"
+              "  and count_over_time(app:gunicorn_listener_queue_length:sum[@{window}])"
+              " >= @{min_samples}\n"
               ")\n"
-              "unless avg_over_time(app:gunicorn_workers_busy:ratio[<<window>>]) >= <<busy_ratio>>",
+              "unless avg_over_time(app:gunicorn_workers_busy:ratio[@{window}]) >= @{busy_ratio}",
               "The accept queue of {{ $labels.app }} does not drain",
               "Connections have waited in the accept queue of {{ $labels.app }} on"
-              " {{ $labels.instance }} for <<window>> (at least {{ $value }}) while its"
+              " {{ $labels.instance }} for @{window} (at least {{ $value }}) while its"
               " workers are not all busy: they do not accept (stopped, deadlocked, or a stuck"
               " unix socket)."),
         Alert("GunicornListenQueueFilling", "C2 W11",
-              "listener:gunicorn_listener_queue_fill:ratio > <<fill_ratio>>",
+              "listener:gunicorn_listener_queue_fill:ratio > @{fill_ratio}",
               "The accept queue of {{ $labels.app }} is filling up",
               "The accept queue of {{ $labels.listener }} ({{ $labels.app }} on"
               " {{ $labels.instance }}) is {{ $value | humanizePercentage }} full"
-              " (threshold <<fill_ratio|pct>>)."),
+              " (threshold @{fill_ratio_pct})."),
         Alert("GunicornListenQueueFull", "C2 W11",
-              "listener:gunicorn_listener_queue_fill:ratio > <<fill_ratio>>",
+              "listener:gunicorn_listener_queue_fill:ratio > @{fill_ratio}",
               "The accept queue of {{ $labels.app }} is full",
               "The accept queue of {{ $labels.listener }} ({{ $labels.app }} on"
               " {{ $labels.instance }}) is {{ $value | humanizePercentage }} full: new"
               " connections get EAGAIN (unix) or are dropped (TCP)."),
         Alert("GunicornListenDrops", "W11 C1",
-              "sum without (listener) (increase(gunicorn_listener_drops_total{<<selector>>}"
-              "[<<window>>])) > 0",
+              "sum without (listener) (increase(gunicorn_listener_drops_total{@{selector}}"
+              "[@{window}])) > 0",
               "The kernel drops connections to {{ $labels.app }}",
               "The kernel of {{ $labels.instance }} dropped {{ $value | humanize }}"
-              " connections to {{ $labels.app }} in <<window>> at its full accept queue."),
+              " connections to {{ $labels.app }} in @{window} at its full accept queue."),
         Alert("GunicornBacklogCapped", "W11",
-              "min without (listener) (gunicorn_listener_queue_max{<<selector>>})\n"
-              "  >= on (job, instance) group_left gunicorn_host_somaxconn{<<selector>>}",
+              "min without (listener) (gunicorn_listener_queue_max{@{selector}})\n"
+              "  >= on (job, instance) group_left gunicorn_host_somaxconn{@{selector}}",
               "The accept queue of {{ $labels.app }} is capped by somaxconn",
               "The accept queue limit of {{ $labels.app }} on {{ $labels.instance }} is"
               " {{ $value }}, net.core.somaxconn itself: a larger --backlog is silently cut"
@@ -273,13 +281,13 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               "The proxy answers 502 or cannot connect to {{ $labels.app }} on"
               " {{ $labels.instance }} ({{ printf \"%.3g\" $value }}: the share of the"
               " answered requests, 0 to 1, when the access log shows enough of them, else the"
-              " number of error lines in <<window>>): its queue is full or nothing listens."),
+              " number of error lines in @{window}): its queue is full or nothing listens."),
     ]),
     ("gunicorn.connections", [
         Alert("GunicornGthreadWorkerConnectionsAtLimit", "C3",
               "worker:gunicorn_worker_connections:sum\n"
-              "  >= ignoring (worker) group_left gunicorn_worker_connections_limit{<<selector>>}\n"
-              "and ignoring (worker, " + INFO + ") gunicorn_info{<<selector>>,"
+              "  >= ignoring (worker) group_left gunicorn_worker_connections_limit{@{selector}}\n"
+              "and ignoring (worker, " + INFO + ") gunicorn_info{@{selector},"
               " worker_class=\"gthread\"}",
               "A gthread worker of {{ $labels.app }} is at worker_connections",
               "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
@@ -287,16 +295,16 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " workers hang there (idle keep-alive connections count)."),
         Alert("GunicornWorkerConnectionsNearLimit", "C3 W7",
               "worker:gunicorn_worker_connections:sum\n"
-              "  / ignoring (worker) group_left gunicorn_worker_connections_limit{<<selector>>}\n"
-              "  > <<limit_ratio>>",
+              "  / ignoring (worker) group_left gunicorn_worker_connections_limit{@{selector}}\n"
+              "  > @{limit_ratio}",
               "A worker of {{ $labels.app }} nears worker_connections",
               "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
               " holds {{ $value | humanizePercentage }} of --worker-connections (threshold"
-              " <<limit_ratio|pct>>)."),
+              " @{limit_ratio_pct})."),
         Alert("GunicornGthreadConnectionsQueuedInWorker", "W9",
-              "gunicorn_worker_connections{<<selector>>, state=\"active\"}\n"
-              "  > ignoring (worker, state) group_left gunicorn_worker_capacity{<<selector>>}\n"
-              "and ignoring (worker, state, " + INFO + ") gunicorn_info{<<selector>>,"
+              "gunicorn_worker_connections{@{selector}, state=\"active\"}\n"
+              "  > ignoring (worker, state) group_left gunicorn_worker_capacity{@{selector}}\n"
+              "and ignoring (worker, state, " + INFO + ") gunicorn_info{@{selector},"
               " worker_class=\"gthread\"}",
               "Connections wait inside gthread workers of {{ $labels.app }}",
               "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
@@ -305,49 +313,50 @@ GROUPS: list[tuple[str, list[Alert]]] = [
     ]),
     ("gunicorn.database", [
         Alert("GunicornSQLAlchemyPoolExhausted", "C4",
-              _log_events("queuepool_exhausted") + " > <<events>>",
+              _log_events("queuepool_exhausted") + " > @{events}",
               "SQLAlchemy pool of {{ $labels.app }} is exhausted",
               "{{ $labels.app }} on {{ $labels.instance }} logged {{ $value | humanize }}"
-              " `QueuePool limit ... reached` errors in <<window>>: requests wait"
+              " `QueuePool limit ... reached` errors in @{window}: requests wait"
               " pool_timeout and fail."),
         Alert("GunicornWorkerDBPoolAtLimit", "C4",
-              "gunicorn_worker_db_connections{<<selector>>}\n"
+              "gunicorn_worker_db_connections{@{selector}}\n"
               "  >= ignoring (worker) group_left\n"
-              "  max without (source) (gunicorn_app_db_connection_budget_per_worker{<<selector>>,"
+              "  max without (source) (gunicorn_app_db_connection_budget_per_worker{@{selector},"
               " source=\"declared\"})",
               "A worker of {{ $labels.app }} uses its whole DB pool",
               "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
               " holds {{ $value }} database connections, its declared pool_size +"
               " max_overflow: the next checkout waits (QueuePool limit)."),
         Alert("GunicornDBConnectionsOverBudget", "C5",
-              "app:gunicorn_db_connection_budget:ratio > 1",
+              "app:gunicorn_db_connection_budget:ratio > @{budget_ratio}",
               "{{ $labels.app }} holds more DB connections than its budget",
               "The workers of {{ $labels.app }} on {{ $labels.instance }} hold"
               " {{ $value | humanizePercentage }} of their connection budget"
-              " (workers x per-worker pool): connections leak."),
+              " (workers x per-worker pool): connections leak.",
+              fixed={"budget_ratio": 1}),
         Alert("GunicornDBConnectionsWillExceedBudget", "C5",
-              "app:gunicorn_db_connection_budget:ratio > <<budget_ratio>>\n"
+              "app:gunicorn_db_connection_budget:ratio > @{budget_ratio}\n"
               "and\n"
-              "predict_linear(app:gunicorn_worker_db_connections:sum[<<window>>],"
-              " <<horizon_seconds>>)\n"
-              "  > gunicorn_app_db_connection_budget{<<selector>>}",
+              "predict_linear(app:gunicorn_worker_db_connections:sum[@{window}],"
+              " @{horizon_seconds})\n"
+              "  > gunicorn_app_db_connection_budget{@{selector}}",
               "DB connections of {{ $labels.app }} grow towards the budget",
               "The workers of {{ $labels.app }} on {{ $labels.instance }} already hold"
               " {{ $value | humanizePercentage }} of their connection budget, and at the"
-              " trend of the last <<window>> they pass it within <<horizon_seconds>> s: a leak."),
+              " trend of the last @{window} they pass it within @{horizon_seconds} s: a leak."),
         Alert("GunicornPostgresDown", "C5 C6",
-              "max without (instance) (gunicorn_postgres_up{<<selector>>}) == 0",
+              "max without (instance) (gunicorn_postgres_up{@{selector}}) == 0",
               "Postgres {{ $labels.server }} cannot be queried",
               "No exporter could query Postgres {{ $labels.server }}: it is down, refuses"
               " logins (at max_connections, a new session is refused too) or does not answer"
               " within --postgres.timeout."),
         Alert("GunicornPostgresConnectionsNearLimit", "C5 C6",
-              "max without (instance) (server:gunicorn_postgres_connections:ratio) > <<usage_ratio>>",
+              "max without (instance) (server:gunicorn_postgres_connections:ratio) > @{usage_ratio}",
               "Postgres {{ $labels.server }} nears max_connections",
               "Postgres {{ $labels.server }} uses {{ $value | humanizePercentage }} of the"
-              " connections ordinary roles may open (threshold <<usage_ratio|pct>>)."),
+              " connections ordinary roles may open (threshold @{usage_ratio_pct})."),
         Alert("GunicornPostgresConnectionsExhausted", "C5 C6",
-              "max without (instance) (server:gunicorn_postgres_connections:ratio) > <<usage_ratio>>",
+              "max without (instance) (server:gunicorn_postgres_connections:ratio) > @{usage_ratio}",
               "Postgres {{ $labels.server }} is out of connections",
               "Postgres {{ $labels.server }} uses {{ $value | humanizePercentage }} of the"
               " connections ordinary roles may open: new connections fail with"
@@ -357,15 +366,15 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               "Postgres refuses connections of {{ $labels.app }}",
               "{{ $labels.app }} on {{ $labels.instance }} logged {{ $value | humanize }}"
               " `too many clients` / `remaining connection slots are reserved` errors in"
-              " <<window>>: Postgres is at max_connections."),
+              " @{window}: Postgres is at max_connections."),
         Alert("GunicornGreenThreadDBConnections", "C6",
-              "gunicorn_worker_db_connections{<<selector>>} > <<min_connections>>\n"
-              "and gunicorn_worker_db_connections{<<selector>>}\n"
-              "  > <<per_thread>> * gunicorn_worker_threads{<<selector>>}\n"
-              "and gunicorn_worker_db_connections{<<selector>>}\n"
+              "gunicorn_worker_db_connections{@{selector}} > @{min_connections}\n"
+              "and gunicorn_worker_db_connections{@{selector}}\n"
+              "  > @{per_thread} * gunicorn_worker_threads{@{selector}}\n"
+              "and gunicorn_worker_db_connections{@{selector}}\n"
               "  > ignoring (worker) group_left\n"
-              "  max without (source) (gunicorn_app_db_connection_budget_per_worker{<<selector>>})\n"
-              "and ignoring (worker, " + INFO + ") gunicorn_info{<<selector>>,"
+              "  max without (source) (gunicorn_app_db_connection_budget_per_worker{@{selector}})\n"
+              "and ignoring (worker, " + INFO + ") gunicorn_info{@{selector},"
               " worker_class=~\"gevent|eventlet\"}",
               "Green threads of {{ $labels.app }} open a DB connection each",
               "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
@@ -374,31 +383,31 @@ GROUPS: list[tuple[str, list[Alert]]] = [
     ]),
     ("gunicorn.memory", [
         Alert("GunicornWorkerOOMKilled", "C7",
-              "increase(gunicorn_worker_oom_kills_total{<<selector>>}[<<window>>]) > 0\n"
-              "or increase(gunicorn_master_oom_kills_total{<<selector>>}[<<window>>]) > 0",
+              "increase(gunicorn_worker_oom_kills_total{@{selector}}[@{window}]) > 0\n"
+              "or increase(gunicorn_master_oom_kills_total{@{selector}}[@{window}]) > 0",
               "Processes of {{ $labels.app }} were OOM-killed",
               "The kernel OOM killer killed {{ $value | humanize }} processes of"
-              " {{ $labels.app }} on {{ $labels.instance }} in <<window>> (confirmed by the"
+              " {{ $labels.app }} on {{ $labels.instance }} in @{window} (confirmed by the"
               " kernel log or the cgroup's counter): requests in flight failed."),
         Alert("GunicornWorkerSIGKILLed", "C7",
               _log_events("worker_sigkill") + "\n  > "
-              + _log_events("worker_timeout", "<<timeout_window>>"),
+              + _log_events("worker_timeout", "@{timeout_window}"),
               "Workers of {{ $labels.app }} die of SIGKILL",
               "gunicorn logged {{ $value | humanize }} `was sent SIGKILL! Perhaps out of"
-              " memory?` lines for {{ $labels.app }} on {{ $labels.instance }} in <<window>>,"
-              " more than its WORKER TIMEOUTs (counted over <<timeout_window>>, so a timeout's"
+              " memory?` lines for {{ $labels.app }} on {{ $labels.instance }} in @{window},"
+              " more than its WORKER TIMEOUTs (counted over @{timeout_window}, so a timeout's"
               " own escalation to SIGKILL is always explained): something kills workers (an"
               " OOM kill the exporter cannot see, or another process)."),
         Alert("GunicornWorkerMemoryGrowing", "W3 W7 C7",
-              "delta(gunicorn_worker_resident_memory_bytes{<<selector>>}[<<window>>])"
-              " > <<growth_bytes>>\n"
-              "and delta(worker:gunicorn_worker_connections:sum[<<window>>]) > 0",
+              "delta(gunicorn_worker_resident_memory_bytes{@{selector}}[@{window}])"
+              " > @{growth_bytes}\n"
+              "and delta(worker:gunicorn_worker_connections:sum[@{window}]) > 0",
               "Workers of {{ $labels.app }} grow in memory with their connections",
               "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
-              " grew by {{ $value | humanize1024 }}B in <<window>> while its connections"
+              " grew by {{ $value | humanize1024 }}B in @{window} while its connections"
               " grew: requests pile up in memory; an OOM kill may follow."),
         Alert("GunicornWorkerFileDescriptorsHigh", "W10",
-              "worker:gunicorn_worker_fds:ratio > <<fd_ratio>>",
+              "worker:gunicorn_worker_fds:ratio > @{fd_ratio}",
               "Worker of {{ $labels.app }} nears its file descriptor limit",
               "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
               " uses {{ $value | humanizePercentage }} of its `ulimit -n`: accept() fails"
@@ -406,36 +415,36 @@ GROUPS: list[tuple[str, list[Alert]]] = [
     ]),
     ("gunicorn.exporter", [
         Alert("GunicornExporterDown", "",
-              "up{<<selector>>} == 0",
+              "up{@{selector}} == 0",
               "gunicorn-exporter on {{ $labels.instance }} does not answer",
               "Prometheus cannot scrape gunicorn-exporter on {{ $labels.instance }}: every"
               " gunicorn alert of that host is blind (and the host may be down)."),
         Alert("GunicornExporterAbsent", "",
-              "absent(up{<<selector>>})",
+              "absent(up{@{selector}})",
               "No gunicorn-exporter target is known to Prometheus",
-              "Prometheus has no target for gunicorn-exporter (<<selector>>): service"
+              "Prometheus has no target for gunicorn-exporter (@{selector}): service"
               " discovery lost it, and every gunicorn alert is blind."),
         Alert("GunicornExporterCollectorFailing", "",
-              "avg_over_time(gunicorn_exporter_collector_success{<<selector>>}[<<window>>])"
-              " < <<success_ratio>>",
+              "avg_over_time(gunicorn_exporter_collector_success{@{selector}}[@{window}])"
+              " < @{success_ratio}",
               "gunicorn-exporter collector {{ $labels.collector }} fails",
               "Collector {{ $labels.collector }} of gunicorn-exporter on {{ $labels.instance }}"
               " succeeded in only {{ $value | humanizePercentage }} of the scrapes over"
-              " <<window>>: its series, and the alerts that read them, come and go."),
+              " @{window}: its series, and the alerts that read them, come and go."),
         Alert("GunicornExporterAppErrors", "",
-              "gunicorn_exporter_app_errors{<<selector>>} > 0",
+              "gunicorn_exporter_app_errors{@{selector}} > 0",
               "gunicorn-exporter cannot fully read {{ $labels.app }}",
               "Parts of the data of {{ $labels.app }} on {{ $labels.instance }} have failed"
               " to collect for a while (the exporter's log says what): some of its series"
               " are missing."),
         Alert("GunicornExporterDroppedMasters", "",
-              "gunicorn_exporter_dropped_masters{<<selector>>} > 0",
+              "gunicorn_exporter_dropped_masters{@{selector}} > 0",
               "gunicorn-exporter does not measure every master",
               "gunicorn-exporter on {{ $labels.instance }} leaves {{ $value }} gunicorn"
               " masters unmeasured (more than --gunicorn.max-masters): raise it, or watch"
               " fewer users with --gunicorn.user."),
         Alert("GunicornExporterPermissionDenied", "",
-              "gunicorn_exporter_permission_denied_processes{<<selector>>} > 0",
+              "gunicorn_exporter_permission_denied_processes{@{selector}} > 0",
               "gunicorn-exporter cannot read some gunicorn processes",
               "gunicorn-exporter on {{ $labels.instance }} may not read the fds of"
               " {{ $value }} gunicorn processes: their connections, heartbeats and busy"
@@ -443,7 +452,6 @@ GROUPS: list[tuple[str, list[Alert]]] = [
     ]),
 ]
 
-_PLACEHOLDER = re.compile(r"<<(\w+)(\|pct)?>>")
 _RANGE = re.compile(r"\[(\w+)(:\w*)?\]")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 SCALED_KEYS = {"horizon_seconds"}   # config values that are durations of observation
@@ -496,20 +504,42 @@ def scale_durations(expr: str, factor: float) -> str:
     return _RANGE.sub(one, expr)
 
 
-def _substitute(text: str, table: dict, glob: dict, used: set, where: str) -> str:
-    def one(m):
-        key, pct = m.group(1), m.group(2)
-        if key in table:
-            value = table[key]
-            used.add(key)
-        elif key in glob:
-            value = glob[key]
-        else:
-            raise ConfigError("%s: no %r in alerts/config.toml" % (where, key))
-        if pct:
-            return "%g%%" % (float(value) * 100)
-        return _fmt(value)
-    return _PLACEHOLDER.sub(one, text)
+class _Template(string.Template):
+    """`@{name}`: PromQL has no `@{`, and `$`, `{{ }}` are Prometheus' templating."""
+    delimiter = "@"
+
+
+def _substitute(text: str, table: dict, glob: dict, used: set, where: str,
+                fixed: dict | None = None) -> str:
+    """`text` with its placeholders filled in; the keys of `table` it reads go to `used`."""
+    template = _Template(text)
+    if not template.is_valid():
+        raise ConfigError("%s: a stray '@' in %r (write '@@' for a literal one)" % (where, text))
+    sources = (table, fixed or {}, glob)
+
+    def lookup(key: str):
+        for source in sources:
+            if key in source:
+                if source is table:
+                    used.add(key)
+                return source[key]
+        if key.endswith("_pct"):
+            return None
+        raise ConfigError("%s: no %r in alerts/config.toml" % (where, key))
+
+    values = {}
+    for name in template.get_identifiers():
+        value = lookup(name)
+        if value is not None:
+            values[name] = _fmt(value)
+        else:  # name_pct: the ratio `name` as a percentage
+            values[name] = "%g%%" % (float(lookup(name[:-len("_pct")])) * 100)
+    return template.substitute(values)
+
+
+def fixed_thresholds() -> dict[str, dict]:
+    """{alert: {parameter: value}}: thresholds built into a rule instead of config.toml."""
+    return {a.name: dict(a.fixed) for _, alerts in GROUPS for a in alerts if a.fixed}
 
 
 def build_rules(config: dict, for_override: str | None = None,
@@ -554,8 +584,12 @@ def build_rules(config: dict, for_override: str | None = None,
                 raise ConfigError("[%s] severity must be critical or warning" % a.name)
             if not _DURATION.match(str(table["for"])):
                 raise ConfigError("[%s] for = %r is not a duration" % (a.name, table["for"]))
+            fixed = set(table) & set(a.fixed)
+            if fixed:
+                raise ConfigError("[%s] sets %s, which its rule fixes (alerts/build.py)"
+                                  % (a.name, sorted(fixed)))
             used: set = set()
-            expr = _substitute(a.expr, table, glob, used, a.name)
+            expr = _substitute(a.expr, table, glob, used, a.name, a.fixed)
             for_ = for_override or table["for"]
             if time_scale is not None:
                 expr = scale_durations(expr, time_scale)
@@ -566,8 +600,9 @@ def build_rules(config: dict, for_override: str | None = None,
                 "for": for_,
                 "labels": {"severity": table["severity"], **a.extra_labels},
                 "annotations": {
-                    "summary": _substitute(a.summary, table, glob, used, a.name),
-                    "description": _substitute(a.description, table, glob, used, a.name),
+                    "summary": _substitute(a.summary, table, glob, used, a.name, a.fixed),
+                    "description": _substitute(a.description, table, glob, used, a.name,
+                                               a.fixed),
                     "runbook_url": "%s#%s" % (glob["runbook_url"], a.name.lower()),
                 },
             }
@@ -580,34 +615,43 @@ def build_rules(config: dict, for_override: str | None = None,
     return groups
 
 
-def _scalar(value: str) -> str:
-    # JSON strings are valid YAML double-quoted scalars.
-    return json.dumps(value, ensure_ascii=False)
+class Literal(str):
+    """A string `dump_yaml` always writes as a literal block (`|-`): PromQL expressions."""
+
+
+class _Dumper(yaml.SafeDumper):
+    def increase_indent(self, flow=False, indentless=False):
+        return super().increase_indent(flow, False)  # list items indented under their key
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str):
+    literal = isinstance(value, Literal) or "\n" in value
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if literal else None)
+
+
+_Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(Literal, _represent_str)
+
+
+def dump_yaml(data, header: str = "") -> str:
+    """`data` as block YAML after the comment lines `header`: keys in insertion order,
+    multi-line strings and `Literal`s as literal blocks, no line folding. The one YAML
+    writer of the generators (deploy/kubernetes/generate.py imports it)."""
+    return header + yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=10_000,
+                              allow_unicode=True, default_flow_style=False)
+
+
+HEADER = """\
+# Generated by alerts/build.py from alerts/config.toml: edit those, not this file.
+# Runbooks: docs/runbooks.md. Tests: tests/test_alerts.py, alerts/tests/.
+"""
 
 
 def to_yaml(groups: list[tuple[str, list[dict]]]) -> str:
-    """The rule file as YAML. A tiny emitter for this one shape (no PyYAML needed):
-    expressions as literal blocks, every other string double-quoted."""
-    out = ["# Generated by alerts/build.py from alerts/config.toml: edit those, not this file.",
-           "# Runbooks: docs/runbooks.md. Tests: tests/test_alerts.py, alerts/tests/.",
-           "groups:"]
-    for name, rules in groups:
-        out.append("  - name: %s" % _scalar(name))
-        out.append("    rules:")
-        for r in rules:
-            head = "record" if "record" in r else "alert"
-            out.append("      - %s: %s" % (head, _scalar(r[head])))
-            out.append("        expr: |-")
-            for line in r["expr"].splitlines():
-                out.append(("          " + line).rstrip())
-            if "for" in r:
-                out.append("        for: %s" % r["for"])
-            for key in ("labels", "annotations"):
-                if key in r:
-                    out.append("        %s:" % key)
-                    for k, v in r[key].items():
-                        out.append("          %s: %s" % (k, _scalar(v)))
-    return "\n".join(out) + "\n"
+    """The rule file: every expression as a literal block."""
+    return dump_yaml({"groups": [
+        {"name": name, "rules": [dict(r, expr=Literal(r["expr"])) for r in rules]}
+        for name, rules in groups]}, HEADER)
 
 
 def render(config: dict | None = None, for_override: str | None = None,

@@ -7,11 +7,12 @@
 The dashboard is generated so that every panel has the same datasource, variables and
 style, and so that its threshold lines are the alert thresholds: `thresholds()` reads them from
 `alerts/config.toml`, the tunables alerts/build.py renders `alerts/gunicorn.rules.yml`
-from (THRESHOLDS names the alert and parameter of each; a missing one falls back to
-the value there). tests/test_grafana.py fails when the committed JSON differs from what
-this script writes from the current alerts, and when a threshold drawn here does not
-appear in its alert's expression in the rule file, so after changing an alert
-threshold run this script again.
+from, or, for a threshold built into an alert's expression, from that alert's `fixed`
+thresholds in alerts/build.py (THRESHOLDS names the alert and parameter of each; it
+states no value, and a missing one is an error). tests/test_grafana.py fails when the
+committed JSON differs from what this script writes from the current alerts, and when
+a threshold drawn here does not appear in its alert's expression in the rule file, so
+after changing an alert threshold run this script again.
 
 The Overview row shows what the alerts see, per app: it reads the recording rules
 (app:gunicorn_workers_busy:ratio, app:gunicorn_requests_waiting:sum, ...) and the
@@ -23,6 +24,7 @@ collector or the rules say so in their `noValue` text (NEEDS_* below).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -39,31 +41,30 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 S = 'job=~"$job", instance=~"$instance", app=~"$app"'
 H = 'job=~"$job", instance=~"$instance"'
 
-# Each threshold the dashboard draws: (alert, its parameter in alerts/config.toml, the
-# value used when alerts/config.toml does not set it, colour). None as the parameter: the
-# alert's expression has the number built in (alerts/build.py), so it is fixed here too.
-THRESHOLDS: dict[str, tuple[str, str | None, float, str]] = {
+# Each threshold the dashboard draws: (alert, its parameter, colour). The value is the
+# parameter's in alerts/config.toml, or the alert's `fixed` one in alerts/build.py.
+THRESHOLDS: dict[str, tuple[str, str, str]] = {
     # busy workers / workers (C1, W2): averaged over each alert's window
-    "busy_warning": ("GunicornWorkerPoolSaturated", "busy_ratio", 0.8, "orange"),
-    "busy_critical": ("GunicornWorkerPoolExhausted", "busy_ratio", 0.9, "red"),
+    "busy_warning": ("GunicornWorkerPoolSaturated", "busy_ratio", "orange"),
+    "busy_critical": ("GunicornWorkerPoolExhausted", "busy_ratio", "red"),
     # listener queue length / queue limit (C2, W11)
-    "queue_warning": ("GunicornListenQueueFilling", "fill_ratio", 0.5, "orange"),
-    "queue_critical": ("GunicornListenQueueFull", "fill_ratio", 0.9, "red"),
+    "queue_warning": ("GunicornListenQueueFilling", "fill_ratio", "orange"),
+    "queue_critical": ("GunicornListenQueueFull", "fill_ratio", "red"),
     # heartbeat age / --timeout, the oldest worker (W5)
-    "heartbeat_warning": ("GunicornWorkerNearTimeout", "heartbeat_ratio", 0.8, "orange"),
+    "heartbeat_warning": ("GunicornWorkerNearTimeout", "heartbeat_ratio", "orange"),
     # heartbeat age / --timeout, the mean of the busy sync workers (W6)
-    "slow_requests_warning": ("GunicornSlowRequestsSaturate", "heartbeat_ratio", 0.3, "orange"),
+    "slow_requests_warning": ("GunicornSlowRequestsSaturate", "heartbeat_ratio", "orange"),
     # heartbeat age of gthread/gevent/eventlet/tornado workers, seconds (W6, C1)
-    "loop_stall_warning": ("GunicornWorkerLoopBlocked", "stall_seconds", 10, "orange"),
+    "loop_stall_warning": ("GunicornWorkerLoopBlocked", "stall_seconds", "orange"),
     # open fds / fd limit (W10)
-    "fd_warning": ("GunicornWorkerFileDescriptorsHigh", "fd_ratio", 0.8, "orange"),
+    "fd_warning": ("GunicornWorkerFileDescriptorsHigh", "fd_ratio", "orange"),
     # connections per worker / worker_connections (C3, W7)
-    "connections_warning": ("GunicornWorkerConnectionsNearLimit", "limit_ratio", 0.8, "orange"),
-    # app DB connections / budget (C5)
-    "db_budget_critical": ("GunicornDBConnectionsOverBudget", None, 1.0, "red"),
+    "connections_warning": ("GunicornWorkerConnectionsNearLimit", "limit_ratio", "orange"),
+    # app DB connections / budget (C5): fixed in the alert's expression
+    "db_budget_critical": ("GunicornDBConnectionsOverBudget", "budget_ratio", "red"),
     # Postgres connections / (max_connections - reserved slots) (C5, C6)
-    "pg_warning": ("GunicornPostgresConnectionsNearLimit", "usage_ratio", 0.8, "orange"),
-    "pg_critical": ("GunicornPostgresConnectionsExhausted", "usage_ratio", 0.95, "red"),
+    "pg_warning": ("GunicornPostgresConnectionsNearLimit", "usage_ratio", "orange"),
+    "pg_critical": ("GunicornPostgresConnectionsExhausted", "usage_ratio", "red"),
 }
 
 # What a panel needs when its series come from an optional collector or from the rule
@@ -78,22 +79,33 @@ NEEDS_RULES = ("needs the rules of alerts/gunicorn.rules.yml loaded in Prometheu
                "selector, alerts/config.toml [global], must match this job)")
 
 
+def _alerts_build(alerts_dir: Path):
+    """alerts/build.py as a module: its config loader and the thresholds its rules fix."""
+    spec = importlib.util.spec_from_file_location("alerts_build", alerts_dir / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def thresholds(alerts_dir: Path = ALERTS_DIR) -> tuple[dict[str, float], dict[str, str]]:
     """(threshold values, where each came from) from alerts/config.toml, the alerts'
-    tunables (alerts/build.py renders alerts/gunicorn.rules.yml from it)."""
-    import tomllib
-
-    path = alerts_dir / "config.toml"
-    config = tomllib.loads(path.read_text()) if path.is_file() else {}
-    values, source = {}, {}
-    for key, (alert, param, default, _colour) in THRESHOLDS.items():
-        table = config.get(alert) or {}
-        if param is not None and param in table:
-            values[key], source[key] = float(table[param]), f"alerts/config.toml [{alert}] {param}"
-        elif param is None and table:
-            values[key], source[key] = default, f"{alert} (fixed in its expression)"
+    tunables (alerts/build.py renders alerts/gunicorn.rules.yml from it), and the
+    thresholds alerts/build.py fixes in an expression. A missing one is an error."""
+    build = _alerts_build(alerts_dir)
+    config = build.load_config(alerts_dir / "config.toml")
+    fixed = build.fixed_thresholds()
+    values, source, missing = {}, {}, []
+    for key, (alert, param, _colour) in THRESHOLDS.items():
+        if param in config.get(alert, {}):
+            values[key], source[key] = float(config[alert][param]), f"alerts/config.toml [{alert}] {param}"
+        elif param in fixed.get(alert, {}):
+            values[key], source[key] = float(fixed[alert][param]), f"alerts/build.py {alert} (fixed in its expression)"
         else:
-            values[key], source[key] = default, "default (no such alert parameter)"
+            missing.append(f"{key}: [{alert}] {param}")
+    if missing:
+        raise SystemExit("grafana/generate.py: thresholds in neither alerts/config.toml nor "
+                         "alerts/build.py: " + ", ".join(missing))
     return values, source
 
 
@@ -128,7 +140,7 @@ def alert_steps(t: dict[str, float], *keys: str) -> dict:
     """Threshold steps at the alert thresholds `keys` (orange = warning, red = critical)."""
     steps = [{"color": "green", "value": None}]
     for key in sorted(keys, key=lambda k: t[k]):
-        steps.append({"color": THRESHOLDS[key][3], "value": t[key]})
+        steps.append({"color": THRESHOLDS[key][2], "value": t[key]})
     return {"mode": "absolute", "steps": steps}
 
 

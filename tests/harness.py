@@ -316,7 +316,7 @@ class Gunicorn:
     def start(cls, tmp_path, *, worker_class: str = "sync", workers: int | None = 2,
               bind: str | Sequence[str] = "unix", threads: int | None = None,
               worker_connections: int | None = None, timeout: int = 30,
-              graceful_timeout: int = 5, name: str | None = None,
+              graceful_timeout: int = 1, name: str | None = None,
               extra_args: Iterable[str] = (), env: dict | None = None,
               setproctitle: bool = True, invoke: str = "script",
               app: str = "wsgi_app:app", wait_workers: bool = True,
@@ -328,6 +328,9 @@ class Gunicorn:
         bind: 'unix' (socket in a tmp dir), 'tcp' (127.0.0.1:<free port>),
               'tcp6' ([::1]:<free port>), an explicit gunicorn bind string,
               or a list mixing those.
+        graceful_timeout: --graceful-timeout; 1 s (gunicorn's default is 30) so that
+              stop() of a master with requests in flight takes about a second. A test
+              that needs the in-flight requests to finish on SIGTERM passes more.
         invoke: 'script' runs <venv>/bin/gunicorn, 'module' runs
                 ``python -m gunicorn``.
         private_tmpdir: set TMPDIR to a per-master dir. gunicorn 27 keeps the

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,10 @@ OPTIONAL = [
 # Sections of docs/metrics.md whose families every exporter with the gunicorn and netstat
 # collectors serves (the others need Postgres, OOM kills or log files).
 CORE_SECTIONS = ("App", "Worker", "Listener", "Host", "Exporter self", "Process")
+# The app name of the live tests: unique, because the exporter watches every gunicorn of
+# the host, and two masters of one name (a concurrent run of this file) are renamed
+# NAME@listener.
+APP = f"dash-{uuid.uuid4().hex[:8]}"
 
 _spec = importlib.util.spec_from_file_location("grafana_generate", ROOT / "grafana" / "generate.py")
 generate = importlib.util.module_from_spec(_spec)
@@ -258,15 +263,30 @@ def test_thresholds_are_the_alert_thresholds():
     # every other step is an alert threshold too; 1 alone may also mean "up" or "any"
     stray = {v: w for v, w in drawn.items() if v not in set(values.values()) | {1}}
     assert not stray, f"thresholds drawn that are no alert threshold of generate.THRESHOLDS: {stray}"
-    if not RULES.exists():
-        return  # alerts not written yet: the dashboard uses generate.THRESHOLDS' values
+    # the rule file is committed (alerts/build.py writes it): its absence is a defect, not
+    # a reason to skip the cross-check
+    assert RULES.exists(), f"{RULES} is missing: run alerts/build.py"
     rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
     alerts = {r["alert"]: " ".join(str(r["expr"]).split()) for r in rules if "alert" in r}
-    for key, (alert, _param, _default, _colour) in generate.THRESHOLDS.items():
+    for key, (alert, _param, _colour) in generate.THRESHOLDS.items():
         assert alert in alerts, f"{key}: alert {alert} is not in {RULES.name}; update grafana/generate.py"
         number = re.escape(f"{values[key]:g}")
         assert re.search(r"[<>]=?\s*" + number + r"(?![\d.])", alerts[alert]), \
             f"{key}: {values[key]:g} ({source[key]}) is not the threshold of {alert}: {alerts[alert]}"
+
+
+def test_a_threshold_missing_from_the_alerts_is_an_error(tmp_path):
+    """THRESHOLDS states no values: one missing from alerts/config.toml (and not fixed in
+    alerts/build.py) stops the generator instead of falling back to a number of its own."""
+    alerts = ROOT / "alerts"
+    (tmp_path / "build.py").write_text((alerts / "build.py").read_text())
+    config = (alerts / "config.toml").read_text()
+    assert "\nfd_ratio = 0.8" in config
+    (tmp_path / "config.toml").write_text(config.replace("\nfd_ratio = 0.8", "\n"))
+    with pytest.raises(SystemExit, match=r"fd_warning: \[GunicornWorkerFileDescriptorsHigh\] fd_ratio"):
+        generate.thresholds(tmp_path)
+    _values, source = generate.thresholds()
+    assert "alerts/build.py" in source["db_budget_critical"]  # fixed in its expression
 
 
 def test_every_expression_parses_with_promtool(tmp_path):
@@ -440,7 +460,7 @@ def test_core_metrics_it_reads_are_on_a_live_metrics_page(gunicorn_factory, tmp_
     core = {n for n in read if documented.get(n) in CORE_SECTIONS}
     assert len(core) > 20
     # gthread: the only class with every core series (worker_connections_limit included)
-    gunicorn_factory(worker_class="gthread", threads=2, workers=2, bind="tcp", name="dash")
+    gunicorn_factory(worker_class="gthread", threads=2, workers=2, bind="tcp", name=APP)
     with running_exporter(tmp_path, "--no-collector.postgres") as base:
         last: list = [sorted(core)]
 
@@ -449,7 +469,7 @@ def test_core_metrics_it_reads_are_on_a_live_metrics_page(gunicorn_factory, tmp_
             if text is None:
                 return False
             seen = {s.name for f in text_string_to_metric_families(text) for s in f.samples
-                    if s.labels.get("app", "dash") == "dash"}
+                    if s.labels.get("app", APP) == APP}
             last[0] = sorted(core - seen)
             return not last[0]
 
@@ -504,7 +524,7 @@ def test_every_query_runs_on_a_real_prometheus(gunicorn_factory, tmp_path):
     from tests.harness import SlowClients
     from urllib.parse import quote
 
-    g = gunicorn_factory(worker_class="sync", workers=2, bind="tcp", name="dash", timeout=60)
+    g = gunicorn_factory(worker_class="sync", workers=2, bind="tcp", name=APP, timeout=60)
     exp_port, prom_port = free_port(), free_port()
     # the rule file as users load it: its selector (alerts/config.toml) is job="gunicorn"
     require(RULES.exists(), f"{RULES} not written: the top row reads its rules")
@@ -517,7 +537,7 @@ def test_every_query_runs_on_a_real_prometheus(gunicorn_factory, tmp_path):
     try:
         with SlowClients(g, 3, seconds=40):
             _start([sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{exp_port}",
-                    "--no-collector.postgres", "--logs.file", f"dash={g.log_path}"],
+                    "--no-collector.postgres", "--logs.file", f"{APP}={g.log_path}"],
                    tmp_path / "exporter.log", f"http://127.0.0.1:{exp_port}/-/healthy", "exporter", procs)
             prom = f"http://127.0.0.1:{prom_port}"
             _start([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
@@ -530,16 +550,16 @@ def test_every_query_runs_on_a_real_prometheus(gunicorn_factory, tmp_path):
                 return _get_json(f"{prom}/api/v1/query?query={quote(expr)}")
 
             # enough samples for rate() over 5 s, and the saturation visible
-            poll(lambda: query('count_over_time(gunicorn_workers_busy{app="dash"}[5s]) >= 4 '
-                               'and gunicorn_workers_busy{app="dash"} == 2')["data"]["result"],
+            poll(lambda: query(f'count_over_time(gunicorn_workers_busy{{app="{APP}"}}[5s]) >= 4 '
+                               f'and gunicorn_workers_busy{{app="{APP}"}} == 2')["data"]["result"],
                  30, interval=0.25, message="Prometheus did not collect the busy workers")
             d = dashboard()
             top = {p["title"]: p for p in top_row(d)}
             # the saturated pool is an alert, and the firing-alerts panel lists it for the app
             (firing,) = top["Firing alerts"]["targets"]
-            poll(lambda: any(r["metric"].get("app") == "dash" for r in query(firing["expr"])["data"]["result"]),
-                 30, interval=0.25, message=f"no firing alert for app dash: {query('ALERTS')}")
-            rows = [r for r in query(firing["expr"])["data"]["result"] if r["metric"].get("app") == "dash"]
+            poll(lambda: any(r["metric"].get("app") == APP for r in query(firing["expr"])["data"]["result"]),
+                 30, interval=0.25, message=f"no firing alert for app {APP}: {query('ALERTS')}")
+            rows = [r for r in query(firing["expr"])["data"]["result"] if r["metric"].get("app") == APP]
             for r in rows:
                 assert r["metric"]["alertname"].startswith("Gunicorn") and r["metric"]["severity"], r
                 assert r["metric"]["instance"] == f"127.0.0.1:{exp_port}", r
@@ -559,7 +579,7 @@ def test_every_query_runs_on_a_real_prometheus(gunicorn_factory, tmp_path):
             # the top row's per-app table: the saturated app's cells
             cells = {}
             for column, expr in _columns(top["Apps: what is saturated"]).items():
-                result = [r for r in query(expr)["data"]["result"] if r["metric"].get("app") == "dash"]
+                result = [r for r in query(expr)["data"]["result"] if r["metric"].get("app") == APP]
                 assert len(result) <= 1 and all(set(r["metric"]) == {"job", "instance", "app"} for r in result), \
                     f"column {column}: not one row per app: {result}"
                 if result:
@@ -570,8 +590,8 @@ def test_every_query_runs_on_a_real_prometheus(gunicorn_factory, tmp_path):
             assert "DB budget" not in cells, cells  # --no-collector.postgres: no budget
             (spark,) = top["Busy ratio per app"]["targets"]
             assert [float(r["value"][1]) for r in query(spark["expr"])["data"]["result"]
-                    if r["metric"].get("app") == "dash"] == [1.0]
-            busy = query('gunicorn_workers_busy{app="dash"} / gunicorn_workers{app="dash"}')
+                    if r["metric"].get("app") == APP] == [1.0]
+            busy = query(f'gunicorn_workers_busy{{app="{APP}"}} / gunicorn_workers{{app="{APP}"}}')
             assert float(busy["data"]["result"][0]["value"][1]) == 1.0
     finally:
         for proc, log in reversed(procs):

@@ -17,8 +17,8 @@ from exporter.collectors.gunicorn import GunicornCollector, GunicornOptions
 from exporter.linux.procfs import ProcFS
 from exporter.snapshot import AppSnapshot
 from tests.conftest import require
-from tests.harness import (SlowClients, poll, ss_listen_queue, ss_worker_active_connections,
-                           ss_worker_close_wait_connections)
+from tests.harness import (SlowClients, poll, proc_stat, ss_listen_queue,
+                           ss_worker_active_connections, ss_worker_close_wait_connections)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -197,7 +197,7 @@ def test_recycled_workers_reuse_slots(gunicorn_factory):
 
 
 def test_app_label_forms_and_argv_shapes(gunicorn_factory):
-    named = gunicorn_factory(bind="unix", workers=1, name="shop")
+    named = gunicorn_factory(bind="unix", workers=3, name="shop")   # 3: the order is checked
     plain = gunicorn_factory(bind="tcp", workers=1, setproctitle=False, invoke="module")
     titled_default = gunicorn_factory(bind="tcp", workers=1)
     mapped = gunicorn_factory(bind="unix", workers=1, setproctitle=False, name="legacy-name")
@@ -214,8 +214,14 @@ def test_app_label_forms_and_argv_shapes(gunicorn_factory):
     assert by_master[mapped.pid].app == "billing"
     for g in (named, plain, titled_default, mapped):
         a = by_master[g.pid]
-        assert [w.pid for w in a.workers] == sorted(g.worker_pids(), key=lambda p: [w.pid for w in a.workers].index(p))
-        assert len(a.workers) == 1 and a.version.split(".")[0].isdigit()
+        # the workers are the harness's (children of the master, /proc), in slot order:
+        # a fresh collector numbers them 0.. in the order they started (start time read
+        # by the harness from /proc/PID/stat; workers forked in the same clock tick by pid)
+        assert sorted(w.pid for w in a.workers) == sorted(g.worker_pids())
+        assert [w.slot for w in a.workers] == list(range(g.workers)), [(w.slot, w.pid) for w in a.workers]
+        started = [(proc_stat(w.pid)[2], w.pid) for w in a.workers]
+        assert started == sorted(started), f"slots not in start order: (start tick, pid) {started}"
+        assert len(a.workers) == g.workers and a.version.split(".")[0].isdigit()
 
 
 def test_settings_without_control_socket_come_from_argv_and_env(gunicorn_factory):
@@ -369,7 +375,7 @@ def test_uvicorn_workers(gunicorn_factory, worker_class):
         assert exp == ss
 
 
-def _keepalive_request(g, path: str = "/") -> "socket.socket":
+def _keepalive_request(g, path: str = "/"):
     """One HTTP/1.1 request on a connection that stays open (keep-alive): the answer is
     read whole (Content-Length), so by the client's own account the connection is idle."""
     import socket as _socket

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import uuid
 
 from exporter.collectors.oom import OomCollector
 from exporter.linux.kmsg import (KmsgReader, OomRecordJoiner, parse_kmsg_record,
                                  parse_oom)
+from tests.conftest import require
+from tests.harness import poll
 
 MEMCG_SUMMARY = (b"6,416,1110139936,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
                  b"mems_allowed=0,oom_memcg=/gx-probe-13850,task_memcg=/gx-probe-13850,task=python3,"
@@ -141,18 +144,27 @@ def test_reader_on_a_pipe_reads_records_and_survives_errors(tmp_path):
 
 
 def test_reader_real_kmsg_starts_at_the_end():
-    if not os.access("/dev/kmsg", os.R_OK):
-        return  # covered by test_oom's requirement; here only the happy path matters
+    """Records logged before open() are not delivered, records logged after are. The
+    oracle: two marker records this test writes to /dev/kmsg itself (user facility)."""
+    require(os.access("/dev/kmsg", os.R_OK | os.W_OK),
+            "cannot read and write /dev/kmsg (needs root; a container may have none)")
+    tag = uuid.uuid4().hex
+    before, after = f"gunicorn-exporter test {tag} before open", f"gunicorn-exporter test {tag} after open"
     got = []
     reader = KmsgReader(got.append)
-    try:
-        reader.open()
-    except OSError as e:
-        assert e.errno in (errno.EPERM, errno.EACCES, errno.ENOENT)
-        return
-    try:
-        reader.read_available()
-        # nothing logged before we opened is delivered (boot messages are older)
-        assert all(rec.seq > 10 for rec in got)
-    finally:
-        reader.close()
+    with open("/dev/kmsg", "wb", buffering=0) as kmsg:
+        kmsg.write(before.encode() + b"\n")
+        try:
+            reader.open()
+        except OSError as e:
+            assert e.errno in (errno.EPERM, errno.EACCES, errno.ENOENT), e
+            require(False, f"/dev/kmsg cannot be read: {e} (kernel.dmesg_restrict without CAP_SYSLOG?)")
+        try:
+            kmsg.write(after.encode() + b"\n")
+            poll(lambda: reader.read_available() >= 0 and any(r.message == after for r in got), 10,
+                 message=f"the record written after open() was not read: {[r.message for r in got]}")
+            assert not any(before in r.message for r in got), "a record older than open() was delivered"
+            (mine,) = [r for r in got if r.message == after]
+            assert mine.facility == 1, mine           # LOG_USER: what a write to /dev/kmsg is
+        finally:
+            reader.close()

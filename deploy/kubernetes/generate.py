@@ -7,11 +7,13 @@
 The PrometheusRule (Prometheus Operator) carries the same groups as the plain rule files,
 unchanged and in file order, so Kubernetes and non-Kubernetes setups alert alike.
 tests/test_deploy.py fails while the committed file differs from what this writes.
+The YAML is written by alerts/build.py's `dump_yaml`, the writer of the rule files.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -28,17 +30,15 @@ HEADER = """\
 """
 
 
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-def _str(dumper: yaml.SafeDumper, value: str):
-    # multi-line expressions as literal blocks, as in the rule files
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
+def _alerts_build():
+    """alerts/build.py as a module (for its YAML writer, `dump_yaml`)."""
+    name = "alerts_build"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ALERTS_DIR / "build.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def rule_groups(alerts_dir: Path = ALERTS_DIR) -> list[dict]:
@@ -67,8 +67,7 @@ def prometheus_rule(alerts_dir: Path = ALERTS_DIR) -> dict:
 
 
 def render(alerts_dir: Path = ALERTS_DIR) -> str:
-    return HEADER + yaml.dump(prometheus_rule(alerts_dir), Dumper=_Dumper, sort_keys=False,
-                              width=10_000, allow_unicode=True, default_flow_style=False)
+    return _alerts_build().dump_yaml(prometheus_rule(alerts_dir), HEADER)
 
 
 def main(argv: list[str] | None = None) -> int:
