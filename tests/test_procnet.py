@@ -74,7 +74,7 @@ def test_parse_unix_sample():
     assert set(u) == {20279, 1209, 1210, 20278, 20182, 20845, 20900}
     assert 0 not in u  # embryo in accept queue
     assert u[20279] == UnixSocket(20279, TCP_CLOSE, socket.SOCK_DGRAM, None,
-                                  0, -1, -1, -1)
+                                  None, None, None, None, None, None)
     assert u[1209].state == TCP_ESTABLISHED
     assert u[1209].type == socket.SOCK_STREAM
     assert u[1209].name is None
@@ -86,8 +86,9 @@ def test_parse_unix_sample():
     assert u[20900].type == socket.SOCK_SEQPACKET
     assert u[20900].name == "/run/with space.sock"
     for s in u.values():
-        assert (s.peer, s.rqueue, s.wqueue, s.shutdown, s.vfs_ino) == \
-            (0, -1, -1, -1, 0)
+        # what /proc/net/unix does not tell is unknown: None
+        assert (s.peer, s.rqueue, s.wqueue, s.shutdown, s.vfs_ino, s.vfs) == \
+            (None, None, None, None, None, None)
 
 
 def test_parse_unix_empty_and_garbage():
@@ -102,7 +103,7 @@ def test_parse_tcp_sample():
     assert set(t) == {20270, 1213, 20272, 20271, 20276}  # TIME_WAIT skipped
     lst = t[20270]
     assert lst == InetSocket(20270, socket.AF_INET, TCP_LISTEN, "127.0.0.1",
-                             0xEC6B, "0.0.0.0", 0, 3, -1, 0)
+                             0xEC6B, "0.0.0.0", 0, 3, None, 0)
     assert type(lst.family) is int
     assert t[1213].local_addr == "0.0.0.0" and t[1213].local_port == 2024
     est = t[20272]
@@ -118,7 +119,7 @@ def test_parse_tcp6_sample():
     t = parse_proc_net_tcp(TCP6_SAMPLE, socket.AF_INET6)
     assert set(t) == {20273, 20274, 20277, 20275}
     assert t[20273].local_addr == "::" and t[20273].state == TCP_LISTEN
-    assert t[20273].wqueue == -1
+    assert t[20273].wqueue is None and t[20273].drops is None
     assert t[20274].local_addr == "::1" and t[20274].remote_addr == "::1"
     assert (t[20274].local_port, t[20274].remote_port) == (0xCBB2, 0xBF77)
     assert t[20277].local_addr == "::ffff:127.0.0.1"
@@ -249,6 +250,6 @@ def test_live_table_agrees_with_netlink(tmp_path, sockets):
             (b.family, b.state, b.local_addr, b.local_port, b.remote_addr,
              b.remote_port, b.rqueue, b.uid), (a, b)
         if a.state == TCP_LISTEN:
-            assert b.wqueue == -1 and a.wqueue == 9 and a.rqueue == 1
+            assert b.wqueue is None and a.wqueue == 9 and a.rqueue == 1
         else:  # unacked bytes; may move between the two reads
             assert a.wqueue >= 0 and b.wqueue >= 0

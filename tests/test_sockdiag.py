@@ -1,6 +1,6 @@
 """Tests for exporter.linux.sockdiag against the real kernel, with `ss`
 (iproute2, which also uses sock_diag but is an independent implementation)
-as the oracle."""
+as the oracle.  The parsers alone, on literal messages: tests/test_netlink.py."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import time
 import uuid
@@ -17,7 +18,7 @@ import pytest
 
 from tests.conftest import require
 
-from exporter.linux import sockdiag
+from exporter.linux import diagmsg, netlink, sockdiag
 from exporter.linux.sockdiag import (
     ALL_STATES_MASK,
     TCP_CLOSE,
@@ -418,11 +419,11 @@ def test_kernel_error_becomes_sockdiagerror():
     # sdiag_family 255 (>= AF_MAX) -> the kernel answers NLMSG_ERROR -EINVAL
     sock = sockdiag._open(2.0)
     try:
-        payload = sockdiag._UNIX_DIAG_REQ.pack(255, 0, 0, 0xFFFFFFFF, 0, 0,
-                                               b"\0" * 8)
+        req = netlink.frame(diagmsg.SOCK_DIAG_BY_FAMILY, netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP,
+                            7, struct.pack("=BBHIII8s", 255, 0, 0, 0xFFFFFFFF, 0, 0, bytes(8)))
         with pytest.raises(SockDiagError) as ei:
-            sockdiag._dump(sock, payload, 7, time.monotonic() + 2.0,
-                           lambda *a: None)
+            sockdiag._dump(sock, req, time.monotonic() + 2.0,
+                           lambda c: diagmsg.decode_unix(c, 7))
         assert ei.value.errno == errno.EINVAL
         assert isinstance(ei.value, OSError)
     finally:
@@ -433,8 +434,8 @@ def test_deadline_is_enforced():
     sock = sockdiag._open(2.0)
     try:
         with pytest.raises(SockDiagError) as ei:
-            sockdiag._dump(sock, sockdiag._unix_request(), 1,
-                           time.monotonic() - 1, lambda *a: None)
+            sockdiag._dump(sock, diagmsg.unix_request(1), time.monotonic() - 1,
+                           lambda c: diagmsg.decode_unix(c, 1))
         assert ei.value.errno == errno.ETIMEDOUT
     finally:
         sock.close()
@@ -468,3 +469,32 @@ def test_wanted_filter_keeps_only_those_inodes_and_their_unix_peers():
     finally:
         for s in (a, b, other_a, other_b, lst):
             s.close()
+
+
+def test_listener_drops_and_tcp_idle(sockets):
+    """The SKMEMINFO dump and the batched tcp_info lookups against sockets whose state
+    is known: a fresh listener has dropped nothing; a connection that answered and
+    waits is idle, one that never sent is not, a closed one is left out."""
+    lst = tcp_listener("127.0.0.1", socket.AF_INET, sockets)
+    pairs = []
+    for _ in range(3):
+        c = tcp_connect(lst, "127.0.0.1", socket.AF_INET, sockets)
+        a, _ = lst.accept()
+        sockets.append(a)
+        pairs.append((c, a))
+    c0, a0 = pairs[0]
+    c0.sendall(b"GET")
+    assert a0.recv(3) == b"GET"
+    a0.sendall(b"200")
+    assert c0.recv(3) == b"200"
+    gone = ino(pairs[2][1])
+    t = read_all()
+    assert t.inet[ino(lst)].drops == 0
+    assert all(s.drops is None for i, s in t.inet.items() if s.state != TCP_LISTEN)
+    server_side = [wait_for(lambda i=ino(a): (s := read_tcp().get(i)) and s.wqueue == 0 and s)
+                   for _c, a in pairs]
+    pairs[2][1].close()
+    idle = sockdiag.tcp_idle(server_side)
+    assert idle[ino(a0)] is True
+    assert idle[ino(pairs[1][1])] is False
+    assert gone not in idle

@@ -122,10 +122,10 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
         app.listeners.append(ListenerSnapshot(
             address=address,
             kind="unix" if isinstance(sock, sockdiag.UnixSocket) else "tcp",
-            queue_length=sock.rqueue if sock.rqueue >= 0 else None,
-            queue_max=sock.wqueue if sock.wqueue >= 0 else None,
+            queue_length=sock.rqueue,   # None: unknown
+            queue_max=sock.wqueue,
             worker_slot=worker_pid,  # replaced by the slot once slots are assigned
-            drops=getattr(sock, "drops", -1) if getattr(sock, "drops", -1) >= 0 else None,
+            drops=sock.drops if isinstance(sock, sockdiag.InetSocket) else None,
         ))
     return app
 
@@ -153,7 +153,7 @@ def _backlog_in_force(raw: MasterRaw, s: Settings) -> tuple[int | None, str]:
     """
     joined = raw.joined
     limits = [sock.wqueue for sock, _ in (joined.listeners if joined else [])
-              if getattr(sock, "wqueue", -1) >= 0 and raw.socket_source == "netlink"]
+              if sock.wqueue is not None and raw.socket_source == "netlink"]
     if limits:
         return max(limits), "kernel"
     backlog = s.get("backlog")

@@ -145,7 +145,7 @@ def count_worker_sockets(ws: WorkerSockets, unix_peers: dict[int, str],
         if u.state == TCP_LISTEN:
             continue
         if u.name and u.name in match.unix_names:
-            if u.shutdown > 0 and u.shutdown & 1:
+            if u.shutdown is not None and u.shutdown & sockdiag.RCV_SHUTDOWN:
                 out.client_closed += 1
             else:
                 out.active += 1

@@ -4,10 +4,12 @@
 which netlink (bound to the caller's netns) cannot.  The parsers are pure
 functions over the file text; ``read_table`` is the thin reader.
 
-What the text files cannot tell (compared with netlink):
-  * unix: no queue lengths, no peer inode, no shutdown bits
-    (rqueue = wqueue = -1, peer = 0, shutdown = -1);
-  * tcp: the listen backlog limit (wqueue = -1 for LISTEN sockets).
+What the text files cannot tell (compared with netlink) is None, the one
+representation of an unknown value in UnixSocket/InetSocket:
+  * unix: no queue lengths, no peer inode, no shutdown bits, no file on disk
+    (rqueue = wqueue = peer = shutdown = vfs_ino = vfs_dev = None);
+  * tcp: the listen backlog limit (wqueue = None for LISTEN sockets) and the
+    drop counter (drops = None).
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def parse_proc_net_unix(text: str) -> dict[int, UnixSocket]:
         else:
             state = TCP_CLOSE
         name = parts[7] if len(parts) > 7 else None
-        out[ino] = UnixSocket(ino, state, stype, name or None, 0, -1, -1, -1)
+        out[ino] = UnixSocket(ino, state, stype, name or None, None, None, None, None,
+                              None, None)
     return out
 
 
@@ -97,7 +100,7 @@ def parse_proc_net_tcp(text: str, family: int) -> dict[int, InetSocket]:
 
     Entries with inode 0 (TIME_WAIT, SYN_RECV request sockets) are left
     out.  For LISTEN sockets rx_queue is the current accept-queue length
-    and the backlog limit is unknown (wqueue = -1)."""
+    and the backlog limit is unknown (wqueue = None)."""
     if family == socket.AF_INET:
         conv = _v4_addr
     elif family == socket.AF_INET6:
@@ -123,7 +126,7 @@ def parse_proc_net_tcp(text: str, family: int) -> dict[int, InetSocket]:
             tx, rx = parts[4].split(":")
             uid = int(parts[7])
             rq = int(rx, 16)
-            wq = -1 if state == TCP_LISTEN else int(tx, 16)
+            wq = None if state == TCP_LISTEN else int(tx, 16)
             out[ino] = InetSocket(ino, family, state, conv(lh, cache),
                                   int(lp, 16), conv(rh, cache), int(rp, 16),
                                   rq, wq, uid)
