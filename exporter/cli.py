@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
-
-from aiohttp import web
 
 from exporter import __version__
 from exporter.collectors import build
 from exporter.config import ConfigError, build_parser, load
-from exporter.http import create_app
+from exporter.http import serve
+from exporter.webconfig import WebConfigError, WebConfigHolder
 from exporter.scrape import Scraper
 
 log = logging.getLogger("exporter")
@@ -27,18 +27,16 @@ def main(argv: list[str] | None = None) -> int:
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
         stream=sys.stderr,
     )
-    host, port = config.host_port
     try:
         collectors = build(config)
-    except ConfigError as e:  # e.g. a DSN file that became unreadable
+        web = WebConfigHolder(config.web_config_file)
+    except (ConfigError, WebConfigError) as e:  # a DSN file or a web config that is bad
         build_parser().error(str(e))
     log.info("starting gunicorn-exporter %s on %s%s with collectors %s", __version__,
              config.listen_address, config.telemetry_path,
              ",".join(c.name for c in collectors) or "(none)")
-    app = create_app(config, Scraper(collectors, config.scrape_timeout))
     try:
-        web.run_app(app, host=host, port=port, print=None, access_log=None,
-                    handle_signals=True)
+        asyncio.run(serve(config, Scraper(collectors, config.scrape_timeout), web))
     except OSError as e:
         log.error("cannot listen on %s: %s", config.listen_address, e.strerror or e)
         return 1

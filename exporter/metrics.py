@@ -344,6 +344,14 @@ RENDERERS.update({GunicornSnapshot: render_gunicorn, HostSnapshot: render_host,
                   PostgresSnapshot: render_postgres})
 
 
+def render_web(reload_ok: bool) -> Iterator[Metric]:
+    g = _g("gunicorn_exporter_web_config_last_reload_successful",
+           "1 if the last reading of --web.config.file (at start, on SIGHUP or after a file it "
+           "names changed) succeeded; 0 while the previous config stays in force.")
+    g.add_metric([], 1 if reload_ok else 0)
+    yield g
+
+
 def render_self(snapshot: Snapshot) -> Iterator[Metric]:
     ok = _g("gunicorn_exporter_collector_success", "1 if the collector's last run succeeded within its time limit.", ["collector"])
     dur = _g("gunicorn_exporter_collector_duration_seconds", "How long the collector's last run took, in seconds.", ["collector"])

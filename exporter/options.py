@@ -270,6 +270,13 @@ def _max_names(value) -> int:
 
 
 
+def _positive_int(value) -> int:
+    text = str(value).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 1_000_000:
+        raise ConfigError(f"{value!r} is not a whole number from 1 to 1000000")
+    return int(text)
+
+
 def _strings(values) -> tuple[str, ...]:
     return tuple(map(str, _as_list(values)))
 
@@ -313,6 +320,15 @@ OPTIONS: tuple[Option, ...] = (
     O("web.listen-address", "listen_address", _listen_address, f":{DEFAULT_PORT}",
       "address to serve metrics on"),
     O("web.telemetry-path", "telemetry_path", _telemetry_path, "/metrics", "path of the metrics page"),
+    O("web.config.file", "web_config_file", _path, None,
+      "exporter-toolkit web config (YAML) with TLS, client certificates, basic auth and "
+      "headers; re-read on SIGHUP and when it or a file it names changes", shown=""),
+    O("web.max-connections", "web_max_connections", _positive_int, 64,
+      "connections served at once; more are answered 503 and closed"),
+    O("web.header-timeout", "web_header_timeout", _positive_duration, 10.0,
+      "time a client has to send its request headers (and finish a TLS handshake)"),
+    O("web.health-auth", "web_health_auth", parse_bool, True,
+      "/-/healthy needs the same credentials as /metrics; false leaves it open (for probes)"),
     O("log.level", "log_level", _log_level, "info", "debug, info, warn or error"),
     O("path.procfs", "procfs", _path, "/proc", "proc file system root"),
     O("scrape.timeout", "scrape_timeout", _positive_duration, 8.0,

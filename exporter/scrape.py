@@ -1,9 +1,13 @@
 """Run the enabled collectors for a scrape: concurrently, each within a time limit.
 
-* A collector that raises or overruns its limit is reported as failed
-  (`gunicorn_exporter_collector_success{collector} 0`); the others still answer.
+* A collector that raises or overruns its limit (`--scrape.timeout`) is reported as
+  failed (`gunicorn_exporter_collector_success{collector} 0`); the others still answer.
 * Scrapes that arrive while a collection is running share it (single flight), so two
   Prometheus servers scraping at once cost one collection.
+* A caller's own time limit (Prometheus' scrape timeout header) bounds only its own
+  wait: when it runs out, that caller gets what has finished, the collectors still
+  running count as failed *in its answer*, and they go on for everyone else. A client
+  that sends a timeout of 0 cannot cut the collection short for the others.
 * A collector whose previous run is still going (stuck in a thread on a slow read) is
   not started a second time; the new scrape waits for the same run, within its limit.
 """
@@ -21,27 +25,50 @@ log = logging.getLogger(__name__)
 
 class Scraper:
     def __init__(self, collectors: list[Collector], timeout: float = 8.0):
-        self.collectors = collectors
+        self.collectors = collectors            # in dependency order (exporter/collectors)
         self.timeout = timeout
-        self._current: asyncio.Task | None = None
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._started = 0.0
+        self._collected_at = 0.0
         self._running: dict[str, asyncio.Task] = {}
         self._last_error: dict[str, str | None] = {}
 
     async def scrape(self, timeout: float | None = None) -> Snapshot:
-        """One shared collection; `timeout` (e.g. from Prometheus' scrape timeout) can only shorten it."""
-        if self._current is None or self._current.done():
-            limit = min(self.timeout, timeout) if timeout else self.timeout
-            self._current = asyncio.get_running_loop().create_task(self._collect_all(limit))
-        return await asyncio.shield(self._current)
+        """The current collection as far as it got within `timeout` (this caller's own
+        limit; the collection itself runs within --scrape.timeout)."""
+        loop = asyncio.get_running_loop()
+        if not self._tasks or all(t.done() for t in self._tasks.values()):
+            self._started = time.monotonic()
+            self._collected_at = time.time()
+            self._tasks = {c.name: loop.create_task(self._run_one(c, self.timeout))
+                           for c in self.collectors}
+        # This caller assembles from *this* collection even if a later caller starts the
+        # next one while it waits.
+        tasks, started, collected_at = self._tasks, self._started, self._collected_at
+        pending = [t for t in tasks.values() if not t.done()]
+        if timeout is None or timeout >= self.timeout:
+            wait = self.timeout       # every collector ends within its own limit: wait for all
+            if pending:
+                await asyncio.wait(pending)
+        else:
+            wait = max(0.0, timeout)
+            if pending:
+                await asyncio.wait(pending, timeout=wait)
+        return self._assemble(tasks, started, collected_at, wait)
 
-    async def _collect_all(self, limit: float) -> Snapshot:
-        snap = Snapshot(collected_at=time.time())
-        results = await asyncio.gather(*(self._run_one(c, limit) for c in self.collectors))
-        for r in results:
-            snap.results[r.name] = r
+    def _assemble(self, tasks: dict[str, asyncio.Task], started: float, collected_at: float,
+                  wait: float) -> Snapshot:
+        snap = Snapshot(collected_at=collected_at)
+        for c in self.collectors:
+            task = tasks[c.name]
+            if task.done() and not task.cancelled() and task.exception() is None:
+                snap.results[c.name] = task.result()
+            else:
+                snap.results[c.name] = CollectorResult(
+                    c.name, False, time.monotonic() - started,
+                    error=f"not done within this scrape's own time limit ({wait:.1f}s)")
         # Cross-collector joins (e.g. Postgres backends attributed to gunicorn workers)
-        # run once every collector is done, in dependency order (the collectors list is
-        # built that way: exporter/collectors/__init__.py): `finish` may add to its data.
+        # run once the collectors are in, in dependency order: `finish` may add to its data.
         for c in self.collectors:
             result = snap.results.get(c.name)
             if result is not None and result.success:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -997,16 +998,20 @@ def _healthy(base: str) -> bool:
 
 @contextlib.contextmanager
 def running_exporter(tmp_path, *args: str, port: int | None = None,
-                     ready_timeout: float = 20.0):
+                     ready_timeout: float = 20.0, fd_limit: int | None = None):
     """`python -m exporter` on 127.0.0.1 (a free port unless given); yields its base
     URL once /-/healthy answers; stopped by PID on exit. Its log is
-    ``tmp_path/exporter-PORT.log``."""
+    ``tmp_path/exporter-PORT.log``. `fd_limit` sets both the soft and the hard
+    RLIMIT_NOFILE of the exporter (so it cannot raise it)."""
     port = port or free_port()
     log_path = Path(tmp_path) / ("exporter-%d.log" % port)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "exporter",
                                  "--web.listen-address", "127.0.0.1:%d" % port, *args],
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=None if fd_limit is None else (
+                                    lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                               (fd_limit, fd_limit))))
         try:
             base = "http://127.0.0.1:%d" % port
 

@@ -146,6 +146,10 @@ RELABEL = {"type": "object", "additionalProperties": False, "properties": {
     "regex": {"type": "string"}, "modulus": {"type": "integer"}, "replacement": {"type": "string"}}}
 LABEL_SELECTOR = {"type": "object", "additionalProperties": False, "properties": {
     "matchLabels": STR_MAP, "matchExpressions": {"type": "array"}}}
+SECRET_KEY = {"type": "object", "required": ["name", "key"], "additionalProperties": False,
+              "properties": {"name": {"type": "string", "minLength": 1},
+                             "key": {"type": "string", "minLength": 1},
+                             "optional": {"type": "boolean"}}}
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): {
         "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -166,6 +170,17 @@ CRD_SCHEMAS = {
                         "interval": {"type": "string", "pattern": DURATION},
                         "scrapeTimeout": {"type": "string", "pattern": DURATION},
                         "honorLabels": {"type": "boolean"}, "honorTimestamps": {"type": "boolean"},
+                        # the operator's SecretKeySelector / SafeTLSConfig shapes
+                        "basicAuth": {"type": "object", "additionalProperties": False,
+                                      "required": ["username", "password"], "properties": {
+                                          "username": SECRET_KEY, "password": SECRET_KEY}},
+                        "tlsConfig": {"type": "object", "additionalProperties": False, "properties": {
+                            "ca": {"type": "object", "additionalProperties": False,
+                                   "properties": {"secret": SECRET_KEY, "configMap": SECRET_KEY}},
+                            "cert": {"type": "object", "additionalProperties": False,
+                                     "properties": {"secret": SECRET_KEY, "configMap": SECRET_KEY}},
+                            "keySecret": SECRET_KEY, "serverName": {"type": "string"},
+                            "insecureSkipVerify": {"type": "boolean"}}},
                         "relabelings": {"type": "array", "items": RELABEL},
                         "metricRelabelings": {"type": "array", "items": RELABEL}}}}}}}},
     ("monitoring.coreos.com/v1", "PrometheusRule"): {
@@ -213,7 +228,8 @@ def validate(doc: dict) -> None:
 def test_every_manifest_is_valid():
     docs = manifests()
     kinds = sorted(d["kind"] for _f, d in docs)
-    assert kinds == ["DaemonSet", "Deployment", "PrometheusRule", "Service", "Service", "ServiceMonitor"]
+    assert kinds == ["DaemonSet", "Deployment", "PrometheusRule", "Secret", "Service", "Service",
+                     "ServiceMonitor", "ServiceMonitor"]
     for name, doc in docs:
         try:
             validate(doc)
@@ -325,6 +341,31 @@ def test_prometheus_config_passes_promtool():
     if alerts_job():
         assert alerts_job() in jobs, "the alert rules select a job this config does not scrape"
         assert "SUCCESS: 0 rule files found" not in res.stdout
+
+
+def test_prometheus_tls_config_passes_promtool(tmp_path):
+    """The TLS + basic auth variant; promtool wants the files it names to exist."""
+    require(shutil.which("promtool") is not None, "promtool not installed (Debian package 'prometheus')")
+    text = (DEPLOY / "prometheus" / "prometheus-tls.yml").read_text()
+    for name in re.findall(r"/etc/prometheus/([\w.-]+)", text):
+        (tmp_path / name).write_text("x\n")
+    (tmp_path / "prometheus-tls.yml").write_text(
+        text.replace("/etc/prometheus/", f"{tmp_path}/").replace("../../alerts/", f"{ROOT}/alerts/"))
+    res = run(["promtool", "check", "config", str(tmp_path / "prometheus-tls.yml")])
+    assert res.returncode == 0, res.stdout + res.stderr
+    job = yaml.safe_load(text)["scrape_configs"][0]
+    assert job["scheme"] == "https" and job["basic_auth"] and job["tls_config"]["cert_file"]
+
+
+def test_web_config_example_loads():
+    from exporter.webconfig import WebConfigError, load_web_config
+    with pytest.raises(WebConfigError, match="cannot load cert_file"):  # its certs are yours
+        load_web_config(str(DEPLOY / "tls" / "web-config.yml"))
+    secret = next(d for d in yaml.safe_load_all((K8S / "tls.yaml").read_text()) if d["kind"] == "Secret")
+    in_secret = yaml.safe_load(secret["stringData"]["web-config.yml"])
+    example = yaml.safe_load((DEPLOY / "tls" / "web-config.yml").read_text())
+    assert in_secret["basic_auth_users"] == example["basic_auth_users"]
+    assert in_secret["tls_server_config"].items() <= example["tls_server_config"].items()
 
 
 def test_alertmanager_config_passes_amtool():

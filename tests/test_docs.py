@@ -17,14 +17,12 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.http import _PROCESS
-from exporter.metrics import render
-from exporter.collectors.logs import LogFileStats, LogsSnapshot
-from exporter.collectors.oom import AppOom, OomSnapshot
+from exporter.metrics import render, render_web
 from exporter.collectors.postgres import attribute, budgets, build_server_snapshot
 from exporter.snapshot import PostgresSnapshot
-from exporter.snapshot import (AppSnapshot, CollectorResult, GunicornSnapshot,
-                               HostSnapshot, ListenerSnapshot, Snapshot,
-                               WorkerSnapshot)
+from exporter.snapshot import (AppOom, AppSnapshot, CollectorResult, GunicornSnapshot,
+                               HostSnapshot, ListenerSnapshot, LogFileStats, LogsSnapshot,
+                               OomSnapshot, Snapshot, WorkerSnapshot)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "metrics.md"
@@ -105,7 +103,7 @@ class _Families:
 @pytest.fixture(scope="module")
 def rendered():
     """(metric families from render(), parsed families of the full /metrics text)."""
-    families = list(render(full_snapshot()))
+    families = list(render(full_snapshot())) + list(render_web(True))
     text = generate_latest(_Families(families + list(_PROCESS.collect()))).decode()
     parsed = list(text_string_to_metric_families(text))
     return families, parsed

@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.collectors.base import Collector
 from exporter.scrape import Scraper
 from tests.conftest import require
 from tests.harness import free_port, poll, running_exporter, stop_process
@@ -83,14 +84,14 @@ def test_custom_telemetry_path(exporter_process):
     assert _get(base + "/metrics")[0] is None  # 404 -> urllib raises -> None
 
 
-class _Hangs:
+class _Hangs(Collector):
     name = "hangs"
 
     async def collect(self):
         await asyncio.Event().wait()
 
 
-class _Counts:
+class _Counts(Collector):
     name = "counts"
 
     def __init__(self):
@@ -102,7 +103,7 @@ class _Counts:
         return None
 
 
-class _Breaks:
+class _Breaks(Collector):
     name = "breaks"
 
     async def collect(self):
@@ -132,29 +133,42 @@ def test_concurrent_scrapes_share_one_collection():
         return await asyncio.gather(*(scraper.scrape() for _ in range(10)))
     snaps = asyncio.run(go())
     assert counts.calls == 1
-    assert all(s is snaps[0] for s in snaps)
+    # one collection: every caller's answer holds the very same result
+    assert all(s.results["counts"] is snaps[0].results["counts"] for s in snaps)
 
 
 def test_a_stuck_collector_is_not_started_twice():
-    class Slow:
+    class Slow(Collector):
         name = "slow"
         calls = 0
 
+        def __init__(self):
+            self.release = asyncio.Event()    # the stuck read ends when the test says so
+            self.returned = asyncio.Event()
+
         async def collect(self):
             Slow.calls += 1
-            await asyncio.sleep(1.0)
-            return "done"
-
-    scraper = Scraper([Slow()], timeout=0.3)
+            try:
+                await self.release.wait()
+                return "done"
+            finally:
+                self.returned.set()
 
     async def go():
+        slow = Slow()
+        scraper = Scraper([slow], timeout=0.3)
         first = await scraper.scrape()
         second = await scraper.scrape()   # the first run is still going: wait for it
-        await asyncio.sleep(0.6)
+        assert Slow.calls == 1
+        slow.release.set()
+        # the condition itself, with a deadline: the first run has returned
+        await asyncio.wait_for(slow.returned.wait(), 10)
         third = await scraper.scrape()    # it finished meanwhile; a new run starts
         return first, second, third
     first, second, third = asyncio.run(go())
     assert not first.results["slow"].success and not second.results["slow"].success
+    assert "timed out" in second.results["slow"].error
+    assert third.results["slow"].success and third.results["slow"].data == "done"
     assert Slow.calls == 2
 
 
