@@ -48,6 +48,10 @@ RECORDING_RULES: list[tuple[str, str]] = [
     ("listener:gunicorn_listener_queue_fill:ratio",
      "gunicorn_listener_queue_length{@{selector}}\n"
      "  / (gunicorn_listener_queue_max{@{selector}} > 0)"),
+    # Share of time (0-1) a connection waited in an accept queue of the app, from the
+    # sampler's 10 Hz samples: bursts between scrapes count. `max`: the busiest listener.
+    ("app:gunicorn_listener_queued:ratio_rate5m",
+     "max without (listener) (rate(gunicorn_listener_queued_seconds_total{@{selector}}[5m]))"),
     # Requests waiting inside workers: connections a worker accepted beyond what it can
     # serve at once (gthread parks them; the accept queue does not show them).
     ("app:gunicorn_worker_connections_waiting:sum",
@@ -97,6 +101,17 @@ RECORDING_RULES: list[tuple[str, str]] = [
      "  / (server:gunicorn_postgres_usable_connections:sum > 0)"),
     ("worker:gunicorn_worker_fds:ratio",
      "gunicorn_worker_open_fds{@{selector}} / (gunicorn_worker_max_fds{@{selector}} > 0)"),
+    # Requests from gunicorn's statsd stream or an access log (docs/requests.md), per app
+    # and source (statsd, access_log: never summed, a proxy's log also holds its own 502s).
+    ("app:gunicorn_requests:rate5m",
+     "sum without (status) (rate(gunicorn_requests_total{@{selector}}[5m]))"),
+    ("app:gunicorn_requests_errors:ratio_rate5m",
+     "sum without (status) (rate(gunicorn_requests_total{@{selector}, status=~\"5..\"}[5m]))\n"
+     "  / (app:gunicorn_requests:rate5m > 0)"),
+    ("app:gunicorn_request_duration_seconds:p95_rate5m",
+     "histogram_quantile(0.95, rate(gunicorn_request_duration_seconds_bucket{@{selector}}[5m]))"),
+    ("app:gunicorn_request_duration_seconds:p99_rate5m",
+     "histogram_quantile(0.99, rate(gunicorn_request_duration_seconds_bucket{@{selector}}[5m]))"),
 ]
 
 # gunicorn_info's own labels: `ignoring` them joins it with an app's series
@@ -163,6 +178,13 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               "On average {{ $value | humanizePercentage }} of the workers of {{ $labels.app }}"
               " on {{ $labels.instance }} were busy over @{window} (threshold"
               " @{busy_ratio_pct}): add workers or threads before the pool runs out."),
+        Alert("GunicornRequestsWaitForWorkers", "W2 C1",
+              "app:gunicorn_listener_queued:ratio_rate5m > @{queued_ratio}",
+              "Requests to {{ $labels.app }} wait for a free worker",
+              "Connections waited in the accept queue of {{ $labels.app }} on"
+              " {{ $labels.instance }} during {{ $value | humanizePercentage }} of the last"
+              " 5 minutes (threshold @{queued_ratio_pct}; sampled ten times a second, so"
+              " bursts between scrapes count): the pool runs out at peaks."),
         Alert("GunicornSyncWorkersBlocking", "W1",
               "(\n"
               "  avg_over_time(app:gunicorn_workers_busy:ratio[@{window}]) > @{busy_ratio}\n"
@@ -269,7 +291,7 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " connections to {{ $labels.app }} in @{window} at its full accept queue."),
         Alert("GunicornBacklogCapped", "W11",
               "min without (listener) (gunicorn_listener_queue_max{@{selector}})\n"
-              "  >= on (job, instance) group_left gunicorn_host_somaxconn{@{selector}}",
+              "  >= gunicorn_app_somaxconn{@{selector}}",
               "The accept queue of {{ $labels.app }} is capped by somaxconn",
               "The accept queue limit of {{ $labels.app }} on {{ $labels.instance }} is"
               " {{ $value }}, net.core.somaxconn itself: a larger --backlog is silently cut"
@@ -412,6 +434,24 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
               " uses {{ $value | humanizePercentage }} of its `ulimit -n`: accept() fails"
               " at the limit."),
+    ]),
+    ("gunicorn.requests", [
+        Alert("GunicornErrorRatioHigh", "C1 W8",
+              "app:gunicorn_requests_errors:ratio_rate5m > @{error_ratio}\n"
+              "and app:gunicorn_requests:rate5m > @{min_rate}",
+              "{{ $labels.app }} answers too many requests with 5xx",
+              "{{ $value | humanizePercentage }} of the requests of {{ $labels.app }} on"
+              " {{ $labels.instance }} got a 5xx answer over 5 minutes (threshold"
+              " @{error_ratio_pct}, source {{ $labels.source }}): the app fails (500), or the"
+              " proxy cannot reach it in time (502, 504 in an access log)."),
+        Alert("GunicornLatencyHigh", "W6 W8",
+              "app:gunicorn_request_duration_seconds:p99_rate5m > @{p99_seconds}\n"
+              "and app:gunicorn_requests:rate5m > @{min_rate}",
+              "Requests of {{ $labels.app }} are slow",
+              "The slowest 1% of the requests of {{ $labels.app }} on {{ $labels.instance }}"
+              " took longer than {{ $value | humanizeDuration }} over 5 minutes (p99,"
+              " threshold @{p99_seconds} s, source {{ $labels.source }}): a slow dependency,"
+              " or requests nearing the proxy's timeout."),
     ]),
     ("gunicorn.exporter", [
         Alert("GunicornExporterDown", "",

@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["demo"]:  # `gunicorn-exporter demo`: a throwaway gunicorn to look at
         from exporter.demo import main as demo_main
         return demo_main(args[1:])
+    if args[:1] == ["doctor"]:  # `gunicorn-exporter doctor`: configuration advice (docs/doctor.md)
+        from exporter.doctor.main import main as doctor_main
+        return doctor_main(args[1:])
     config = load(argv)
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),

@@ -178,6 +178,10 @@ def _build(args: argparse.Namespace, environ, errors: list[str]) -> Config:
                 errors.append(f"{where}: {e}")
     if not cfg.db_ports:
         errors.append("gunicorn.db-port: at least one port is needed")
+    if not cfg.sampler_interval:
+        cfg.collectors["sampler"] = False        # --sampler.interval 0 turns it off
+    elif cfg.sampler_interval < 0.01:
+        errors.append("sampler.interval: at least 10ms (or 0 to turn the sampler off)")
     return cfg
 
 

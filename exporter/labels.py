@@ -4,8 +4,8 @@ through `bounded()`.
 A label value is capped at `MAX_LABEL_BYTES` of UTF-8. A longer value is cut on a
 character boundary and gets `~` and the first 8 hex digits of its SHA-256, so two long
 values that share a prefix stay two series, and the same value always gives the same
-label. Control characters and lone surrogates are replaced, so a value is always valid
-UTF-8 on one line.
+label. Control characters (C0, C1), bidirectional overrides and lone surrogates are
+replaced, so a value is always valid UTF-8 on one line and prints in the order it reads.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import hashlib
 
 MAX_LABEL_BYTES = 128
 _SUFFIX_LEN = 9  # "~" + 8 hex digits
-_CONTROL = {c: "?" for c in range(32)} | {127: "?"}
+# C0 and C1 controls, DEL, and the bidirectional overrides and isolates (which make a
+# value print in another order than it compares: "shop" that reads as another name)
+_CONTROL = {c: "?" for c in (*range(32), *range(127, 160), *range(0x202A, 0x202F),
+                              *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}
 
 
 def bounded(value: object, limit: int = MAX_LABEL_BYTES) -> str:

@@ -22,11 +22,13 @@ import platform
 from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    InfoMetricFamily, Metric)
+                                    HistogramMetricFamily, InfoMetricFamily, Metric)
+from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
-from exporter.snapshot import (AppSnapshot, GunicornSnapshot, HostSnapshot, LogsSnapshot,
-                               OomSnapshot, PostgresSnapshot, Snapshot)
+from exporter.snapshot import (AdviceSnapshot, AppSnapshot, GunicornSnapshot, HostSnapshot,
+                               LogsSnapshot, OomSnapshot, PostgresSnapshot, RequestsSnapshot,
+                               SamplerSnapshot, Snapshot, StatsdSnapshot)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ def render(snapshot: Snapshot) -> Iterator[Metric]:
             result.success, result.error = False, f"rendering: {type(e).__name__}"
             continue
         yield from families
+    yield from _requests_guarded(snapshot)
     yield from render_self(snapshot)
 
 
@@ -78,6 +81,28 @@ def _writable(sample) -> bool:
         return True
     except (TypeError, ValueError, OverflowError, UnicodeError, AttributeError):
         return False
+
+
+def _render_app_namespaces(snap: GunicornSnapshot) -> Iterator[Metric]:
+    """What the master's own network namespace and cgroup say (a pod's, on Kubernetes)."""
+    somax = _g("gunicorn_app_somaxconn", "net.core.somaxconn of the master's network namespace (a pod's own on Kubernetes): the cap on its listen backlogs.", ["app"])
+    overflows = CounterMetricFamily("gunicorn_app_listen_overflows", "TcpExt ListenOverflows of the master's network namespace: times a full accept queue there made the kernel drop a connection (shared by every app of that namespace).", labels=["app"])
+    drops = CounterMetricFamily("gunicorn_app_listen_drops", "TcpExt ListenDrops of the master's network namespace (shared by every app of that namespace).", labels=["app"])
+    k8s = _g("gunicorn_app_kubernetes_info", "The container and Kubernetes pod the master runs in, from its cgroup path; join with kube-state-metrics' kube_pod_info{uid} for namespace and pod name; always 1.", ["app", "pod_uid", "container_id", "runtime", "qos_class"])
+    for a in snap.apps:
+        if not a.up:
+            continue
+        _maybe(somax, [a.app], a.somaxconn)
+        if a.listen_overflows is not None:
+            overflows.add_metric([a.app], a.listen_overflows)
+        if a.listen_drops is not None:
+            drops.add_metric([a.app], a.listen_drops)
+        if a.pod is not None and a.pod.pod_uid:
+            k8s.add_metric([a.app, a.pod.pod_uid, a.pod.container_id, a.pod.runtime,
+                            a.pod.qos_class], 1)
+    denied = _g("gunicorn_exporter_netns_denied", "1 if masters in other network namespaces were read from /proc/PID/net (no unix queue lengths, no TCP backlog limits) because the exporter may not enter them (CAP_SYS_ADMIN).")
+    denied.add_metric([], 1 if snap.netns_denied else 0)
+    yield from (somax, overflows, drops, k8s, denied)
 
 
 def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
@@ -149,7 +174,7 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
             w_start.add_metric(lv, w.start_time)
             _maybe(w_db, lv, w.db_connections)
         for lst in a.listeners:
-            name = lst.address if lst.worker_slot is None else f"{lst.address}#{lst.worker_slot}"
+            name = lst.label
             _maybe(l_len, [a.app, name], lst.queue_length)
             _maybe(l_max, [a.app, name], lst.queue_max)
             if lst.drops is not None:
@@ -161,6 +186,7 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
     yield from (up, info, workers, desired, timeout, keepalive, capacity, conn_limit, busy,
                 backlog, master_start, spawned, source, errors, orphans, w_info, w_conn, w_beat,
                 w_rss, w_cpu, w_threads, w_fds, w_maxfds, w_start, w_db, l_len, l_max, l_drops)
+    yield from _render_app_namespaces(snap)
 
     denied = _g("gunicorn_exporter_permission_denied_processes", "Gunicorn processes whose /proc fd table or environment the exporter may not read (0 = full view).")
     denied.add_metric([], snap.permission_denied)
@@ -282,13 +308,17 @@ def render_logs(snap: LogsSnapshot) -> Iterator[Metric]:
     rot = CounterMetricFamily("gunicorn_log_rotations", "Rotations (rename-and-create, copytruncate, delete) of the log file the exporter followed.", labels=["file"])
     up = GaugeMetricFamily("gunicorn_log_file_open", "1 if the log file is open and followed; 0 while it does not exist or cannot be read.", labels=["file"])
     err = CounterMetricFamily("gunicorn_log_read_errors", "Polls of the log file that failed (permission denied, not a regular file...).", labels=["file"])
+    access = CounterMetricFamily("gunicorn_log_access_lines", "Lines of the log file parsed as access log entries (--logs.access-format): counted in gunicorn_requests_total{source=\"access_log\"}.", labels=["file"])
+    unparsed = CounterMetricFamily("gunicorn_log_access_unparsed_lines", "Lines of the log file that look like access log entries (a quoted HTTP request line) but fit no --logs.access-format, skipped.", labels=["file"])
     for f in snap.files:
+        access.add_metric([f.path], f.access_lines)
+        unparsed.add_metric([f.path], f.access_unparsed)
         lines.add_metric([f.path], f.lines)
         cut.add_metric([f.path], f.truncated_lines)
         rot.add_metric([f.path], f.rotations)
         up.add_metric([f.path], 1 if f.open else 0)
         err.add_metric([f.path], f.errors)
-    yield from (lines, cut, rot, up, err)
+    yield from (lines, cut, rot, up, err, access, unparsed)
 
 
 def render_postgres(snap: PostgresSnapshot) -> Iterator[Metric]:
@@ -339,9 +369,98 @@ def render_postgres(snap: PostgresSnapshot) -> Iterator[Metric]:
                 app_conn, w_conn, unattr, budget, per_worker)
 
 
+def render_sampler(snap: SamplerSnapshot) -> Iterator[Metric]:
+    peak = _g("gunicorn_listener_queue_peak", "Largest accept queue length the sampler saw (every --sampler.interval) in the last --sampler.peak-window: bursts between scrapes.", ["app", "listener"])
+    queued = CounterMetricFamily("gunicorn_listener_queued_seconds", "Seconds during which the listener's accept queue was not empty (a connection waited for a worker), sampled every --sampler.interval.", labels=["app", "listener"])
+    integral = CounterMetricFamily("gunicorn_listener_queue_length_seconds", "Integral of the accept queue length over time (queue-seconds): rate() of it is the mean queue length over any window.", labels=["app", "listener"])
+    for lst in snap.listeners:
+        lv = [lst.app, lst.listener]
+        _maybe(peak, lv, lst.peak)
+        queued.add_metric(lv, lst.queued_seconds)
+        integral.add_metric(lv, lst.length_seconds)
+    busy = CounterMetricFamily("gunicorn_workers_all_busy_seconds", "Seconds during which every sync worker of the app was busy, or a connection waited in its accept queue (sync worker apps only), sampled every --sampler.interval.", labels=["app"])
+    for app, seconds in snap.all_busy_seconds.items():
+        busy.add_metric([app], seconds)
+    samples = CounterMetricFamily("gunicorn_exporter_sampler_samples", "Samples the sampler took.")
+    samples.add_metric([], snap.samples)
+    errors = CounterMetricFamily("gunicorn_exporter_sampler_errors", "Samples whose listen queues could not be read.")
+    errors.add_metric([], snap.errors)
+    skipped = CounterMetricFamily("gunicorn_exporter_sampler_skipped_seconds", "Time between two samples longer than one second (the sampler was starved), not credited to any counter.")
+    skipped.add_metric([], snap.skipped_seconds)
+    spent = CounterMetricFamily("gunicorn_exporter_sampler_spent_seconds", "Wall-clock time the sampler spent taking samples (its cost).")
+    spent.add_metric([], snap.busy_seconds)
+    yield from (peak, queued, integral, busy, samples, errors, skipped, spent)
+
+
+def render_statsd(snap: StatsdSnapshot) -> Iterator[Metric]:
+    up = _g("gunicorn_statsd_up", "1 if the exporter receives statsd datagrams on --statsd.listen-address; 0 if it cannot bind it (another statsd daemon holds the port).")
+    up.add_metric([], 1 if snap.up else 0)
+    yield up
+    for name, value, doc in (
+            ("gunicorn_statsd_packets", snap.packets, "Statsd datagrams received since the exporter started."),
+            ("gunicorn_statsd_malformed_lines", snap.malformed_lines, "Statsd lines that could not be parsed (syntax, a value that is not a finite number, an unknown type, a sample rate outside (0, 1], a negative count or duration), skipped."),
+            ("gunicorn_statsd_ignored_lines", snap.ignored_lines, "Well-formed statsd lines of metrics the exporter does not use (gunicorn.workers, gunicorn.requests, an app's own metrics)."),
+            ("gunicorn_statsd_sender_lookups", snap.lookups, "Collections that looked up new statsd senders (one UDP socket table read and the fd tables of gunicorn processes; never per packet).")):
+        c = CounterMetricFamily(name, doc)
+        c.add_metric([], value)
+        yield c
+    unattr = CounterMetricFamily("gunicorn_statsd_unattributed_lines", "Statsd lines of requests, durations or log messages counted against no app, by reason: unknown_sender (not a gunicorn process the exporter sees, and no --statsd.prefix mapping for the line), limit (sender, prefix or app limits reached).", labels=["reason"])
+    for reason, n in sorted(snap.unattributed_lines.items()):
+        unattr.add_metric([reason], n)
+    senders = _g("gunicorn_statsd_senders", "Statsd senders (source addresses) the exporter holds, by attribution: kernel (socket held by a gunicorn process), pending (not known yet, data kept), unknown (prefix mapping or unattributed).", ["attribution"])
+    for kind, n in sorted(snap.senders.items()):
+        senders.add_metric([kind], n)
+    yield unattr
+    yield senders
+    if snap.kernel_drops is not None:
+        drops = CounterMetricFamily("gunicorn_statsd_dropped_packets", "Datagrams the kernel dropped at the exporter's statsd socket because its receive buffer was full (the socket's sk_drops; the host-wide count is Udp RcvbufErrors).")
+        drops.add_metric([], snap.kernel_drops)
+        yield drops
+    if snap.receive_buffer is not None:
+        buf = _g("gunicorn_statsd_receive_buffer_bytes", "Receive buffer of the statsd socket in bytes (SO_RCVBUF as the kernel reports it: twice what was granted).")
+        buf.add_metric([], snap.receive_buffer)
+        yield buf
+
+
+def _requests_guarded(snapshot: Snapshot) -> Iterator[Metric]:
+    """The request families, from every collector that counts requests (statsd, access
+    logs): one family each, a `source` label per collector."""
+    parts = [r.data.requests for r in snapshot.results.values()
+             if r.success and isinstance(getattr(r.data, "requests", None), RequestsSnapshot)]
+    if not parts:
+        return
+    try:
+        families = [_checked(f) for f in render_requests(parts)]
+    except Exception as e:  # noqa: BLE001
+        log.warning("rendering the request families failed: %r", e)
+        return
+    yield from families
+
+
+def render_requests(parts: list[RequestsSnapshot]) -> Iterator[Metric]:
+    total = CounterMetricFamily("gunicorn_requests", "Requests answered by the app, by status code (codes outside the HTTP registry are 'other') and source: statsd (gunicorn's --statsd-host stream) or access_log (--logs.file lines).", labels=["app", "source", "status"])
+    hist = HistogramMetricFamily("gunicorn_request_duration_seconds", "Time gunicorn took to answer a request (statsd: gunicorn.request.duration), or the duration field of an access log line, in seconds.", labels=["app", "source"])
+    logs = CounterMetricFamily("gunicorn_log_messages", "Messages gunicorn logged at level critical, error, warning, or exception (its statsd gunicorn.log.* counters).", labels=["app", "source", "level"])
+    for part in parts:
+        les = [floatToGoString(b) for b in part.bounds] + ["+Inf"]
+        for app, a in sorted(part.apps.items()):
+            for status, n in sorted(a.statuses.items()):
+                total.add_metric([app, part.source, status], n)
+            for level, n in sorted(a.log_levels.items()):
+                logs.add_metric([app, part.source, level], n)
+            if a.duration_count and len(a.buckets) == len(les):
+                cumulative, acc = [], 0.0
+                for le, n in zip(les, a.buckets):
+                    acc += n
+                    cumulative.append((le, acc))
+                hist.add_metric([app, part.source], cumulative, a.duration_sum)
+    yield from (total, hist, logs)
+
+
 RENDERERS.update({GunicornSnapshot: render_gunicorn, HostSnapshot: render_host,
                   OomSnapshot: render_oom, LogsSnapshot: render_logs,
-                  PostgresSnapshot: render_postgres})
+                  PostgresSnapshot: render_postgres, SamplerSnapshot: render_sampler})
+RENDERERS[StatsdSnapshot] = render_statsd
 
 
 def render_web(reload_ok: bool) -> Iterator[Metric]:
@@ -350,6 +469,17 @@ def render_web(reload_ok: bool) -> Iterator[Metric]:
            "names changed) succeeded; 0 while the previous config stays in force.")
     g.add_metric([], 1 if reload_ok else 0)
     yield g
+
+
+def render_advice(snap: AdviceSnapshot) -> Iterator[Metric]:
+    """gunicorn_advice: the findings of the doctor's rules for this scrape (docs/doctor.md)."""
+    g = _g("gunicorn_advice", "A configuration finding of gunicorn-exporter doctor about the app: the catalogue ID of the failure mode it prevents, the rule, and its severity (warning or critical); always 1. docs/doctor.md says what each rule checks and what to change.", ["app", "id", "rule", "severity"])
+    for key in snap.findings:
+        g.add_metric(list(key), 1)
+    yield g
+
+
+RENDERERS[AdviceSnapshot] = render_advice
 
 
 def render_self(snapshot: Snapshot) -> Iterator[Metric]:

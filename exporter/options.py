@@ -16,8 +16,12 @@ from dataclasses import dataclass
 
 from exporter.collectors.logs import LogFile, parse_log_file
 from exporter.logs.signatures import Signature, SignatureError, merge, parse_user_signature
+from exporter.logs.access import DEFAULT_FORMATS as _ACCESS_PRESETS, compile_format
+from exporter.logs.access import parse_access_formats as _access_formats
+from exporter.statsd.parse import parse_prefix_map
 
 DEFAULT_PORT = 10188
+DEFAULT_ACCESS_FORMATS = tuple(compile_format(f) for f in _ACCESS_PRESETS)
 
 
 class ConfigError(ValueError):
@@ -205,6 +209,33 @@ def parse_line_length(value) -> int:
     return n
 
 
+def parse_access_formats(values):
+    try:
+        return _access_formats(_as_list(values))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def parse_statsd_prefixes(values) -> dict[str, str]:
+    try:
+        return parse_prefix_map(_as_list(values))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def parse_receive_buffer(value) -> int:
+    """0 (the kernel's default) or 64KiB to 16MiB."""
+    if str(value).strip() == "0":
+        return 0
+    try:
+        n = parse_line_length(value)
+    except ConfigError:
+        n = 0
+    if n < 64 * 1024:
+        raise ConfigError(f"{value!r} must be 0 (the kernel's default) or a size from 64KiB to 16MiB")
+    return n
+
+
 def parse_dsns(values) -> tuple[str, ...]:
     """DSNs as given; validated without ever echoing them (they may hold a password)."""
     from exporter.collectors.postgres import server_label  # (it reads this module's table)
@@ -279,6 +310,22 @@ def _positive_int(value) -> int:
 
 def _strings(values) -> tuple[str, ...]:
     return tuple(map(str, _as_list(values)))
+
+
+def _ratio(value) -> float:
+    """A non-negative number (a ratio or a count per core), at most 1e6."""
+    try:
+        n = float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{value!r} is not a number") from None
+    if not 0 <= n <= 1e6:  # also refuses NaN
+        raise ConfigError(f"{value!r} must be a number from 0 to 1000000")
+    return n
+
+
+def _path_or_none(value) -> str:
+    text = str(value).strip()
+    return "" if text.lower() in ("", "none", "off", "false") else _path(text)
 
 
 @dataclass(frozen=True)
@@ -363,6 +410,11 @@ OPTIONS: tuple[Option, ...] = (
     O("gunicorn.max-masters", "max_masters", parse_max_masters, 256,
       "masters measured per scrape, shared out between their users; the rest are counted in "
       "gunicorn_exporter_dropped_masters"),
+    O("sampler.interval", "sampler_interval", parse_duration, 0.1,
+      "how often the sampler reads the listeners' accept queues between scrapes; 0 turns "
+      "the sampler off", shown="100ms"),
+    O("sampler.peak-window", "sampler_peak_window", _positive_duration, 15.0,
+      "gunicorn_listener_queue_peak is the largest queue length seen in this window"),
     O("oom.kmsg-path", "kmsg_path", parse_kmsg_path, "/dev/kmsg",
       "kernel log device read for OOM kill records; 'none' = use cgroup and /proc/vmstat counters only"),
     O("logs.file", "log_files", parse_log_files, (),
@@ -376,6 +428,20 @@ OPTIONS: tuple[Option, ...] = (
       "how often log files are checked for new lines and rotation"),
     O("logs.max-line-length", "log_max_line", parse_line_length, 64 * 1024,
       "longer lines are matched on their beginning only", shown="64KiB"),
+    O("logs.access-format", "log_access_formats", parse_access_formats, DEFAULT_ACCESS_FORMATS,
+      "access log format tried on every --logs.file line, in order: a gunicorn access_log_format, "
+      "an nginx log_format, or the presets gunicorn, combined, nginx (combined plus "
+      "$request_time $upstream_response_time); repeatable", repeatable=True,
+      comma_split=False, shown="nginx,gunicorn"),
+    O("statsd.listen-address", "statsd_listen_address", _listen_address, "127.0.0.1:8125",
+      "UDP address gunicorn's --statsd-host sends to"),
+    O("statsd.prefix", "statsd_prefixes", parse_statsd_prefixes, {},
+      "PREFIX=APP: count statsd lines named PREFIX.gunicorn.* against APP when their sender is "
+      "not a gunicorn process the exporter can see (another network namespace or host); "
+      "PREFIX alone means APP=PREFIX (repeatable)", repeatable=True, shown=""),
+    O("statsd.receive-buffer", "statsd_receive_buffer", parse_receive_buffer, 8 * 1024 * 1024,
+      "SO_RCVBUF of the statsd socket (capped at net.core.rmem_max without CAP_NET_ADMIN)",
+      shown="8MiB"),
     O("postgres.dsn", "postgres_dsns", parse_dsns, (),
       "libpq connection string or postgresql:// URI of a server to watch (repeatable); prefer "
       "--postgres.dsn-file or PGPASSFILE for the password. The usual PG* environment variables apply",
@@ -391,6 +457,36 @@ OPTIONS: tuple[Option, ...] = (
       repeatable=True, shown="threads"),
     O("postgres.max-application-names", "postgres_max_application_names", _max_names, 20,
       "application_name values kept per server; the rest are reported as 'other'"),
+    # configuration advice: `gunicorn-exporter doctor` and gunicorn_advice (docs/doctor.md)
+    O("doctor.interval", "doctor_interval", parse_duration, 5.0,
+      "doctor: time between its two collections (busy workers against CPU, W1); 0 = one "
+      "collection, without that rule"),
+    O("doctor.proxy-timeout", "doctor_proxy_timeout", _positive_duration, 60.0,
+      "timeout of the proxy in front of the apps (W8), for apps no nginx location proxies to"),
+    O("doctor.nginx-config", "doctor_nginx_config", _path_or_none, "/etc/nginx/nginx.conf",
+      "nginx config read statically for proxy_read_timeout (and its includes); 'none' = do not read"),
+    O("doctor.gthread-connections-per-thread", "doctor_gthread_ratio", _ratio, 4.0,
+      "gthread --worker-connections above this many per thread is advised against (C3, W9)",
+      shown="4"),
+    O("doctor.fd-ratio", "doctor_fd_ratio", _ratio, 0.8,
+      "advise when a worker at its --worker-connections would use more than this share of its fd limit (W10)"),
+    O("doctor.io-busy-ratio", "doctor_io_busy_ratio", _ratio, 0.75,
+      "sync workers busy at least this share of the samples while using little CPU are I/O-bound (W1)"),
+    O("doctor.io-cpu-ratio", "doctor_io_cpu_ratio", _ratio, 0.2,
+      "busy sync workers using at most this many CPU seconds per second wait on I/O (W1)"),
+    O("doctor.workers-min-per-core", "doctor_workers_min_per_core", _ratio, 1.0,
+      "fewer workers than this many per usable CPU is advised against (W2)", shown="1"),
+    O("doctor.workers-max-per-core", "doctor_workers_max_per_core", _ratio, 4.0,
+      "more workers than this many per usable CPU, plus one, is advised against (I3)",
+      shown="4"),
+    O("doctor.min-queue-limit", "doctor_min_queue_limit", _max_names, 128,
+      "an accept queue limit below this is advised against (W11)"),
+    O("doctor.green-db-ratio", "doctor_green_db_ratio", _ratio, 2.0,
+      "a gevent/eventlet worker holding more DB connections than this times its OS threads "
+      "(or its declared budget) is C6", shown="2"),
+    O("doctor.db-budget-ratio", "doctor_db_budget_ratio", _ratio, 0.8,
+      "warn when the apps' DB budgets add up to more than this share of a server's usable "
+      "connections (critical above all of them, C5)"),
 )
 del O
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exporter.linux.cgroup import PodIdentity
+
 
 @dataclass
 class WorkerSnapshot:
@@ -39,6 +41,13 @@ class ListenerSnapshot:
     queue_max: int | None
     worker_slot: int | None = None  # per-worker listener (--reuse-port)
     drops: int | None = None        # TCP: connections the kernel dropped at this socket
+    inode: int | None = None        # the socket's inode (for the sampler; not rendered)
+
+    @property
+    def label(self) -> str:
+        """The `listener` label value: the address, and the worker slot of a per-worker
+        (--reuse-port) listener."""
+        return self.address if self.worker_slot is None else f"{self.address}#{self.worker_slot}"
 
 
 @dataclass
@@ -65,6 +74,13 @@ class AppSnapshot:
     uid: int = -1
     errors: list[str] = field(default_factory=list)  # parts of this app that failed, this scrape
     transient: bool = False         # a USR2 master's NAME.2 or NAME@listener: never remembered
+    # the master's network namespace: somaxconn and TcpExt listen counters (W11), read in
+    # that namespace (a pod's own, not the host's)
+    somaxconn: int | None = None
+    listen_overflows: int | None = None
+    listen_drops: int | None = None
+    pod: PodIdentity | None = None  # container and Kubernetes pod, from the master's cgroup
+    netns: int | None = None        # the master's network namespace inode, if not the exporter's
 
 
 @dataclass
@@ -78,6 +94,35 @@ class GunicornSnapshot:
     filtered_masters: int = 0       # masters of users not watched (--gunicorn.user)
     remembered_apps: int = 0        # apps remembered to report gunicorn_up 0
     forgotten_apps: int = 0         # apps dropped from that memory because it was full (counter)
+    netns_denied: bool = False      # masters in other network namespaces read from /proc/PID/net
+
+
+@dataclass
+class AdviceSnapshot:
+    """The doctor's findings for one scrape (exporter/doctor): (app, catalogue id, rule,
+    severity) each."""
+    findings: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+
+@dataclass
+class SamplerListener:
+    app: str
+    listener: str                   # ListenerSnapshot.label
+    peak: int | None                # largest queue length in the peak window; None: not seen
+    queued_seconds: float           # seconds with a non-empty queue
+    length_seconds: float           # integral of the queue length over time
+
+
+@dataclass
+class SamplerSnapshot:
+    interval: float
+    window: float
+    listeners: list[SamplerListener] = field(default_factory=list)
+    all_busy_seconds: dict[str, float] = field(default_factory=dict)   # sync apps only
+    samples: int = 0
+    errors: int = 0
+    skipped_seconds: float = 0.0
+    busy_seconds: float = 0.0       # wall time the sampler spent sampling
 
 
 @dataclass
@@ -207,6 +252,8 @@ class LogFileStats:
     truncated_lines: int
     rotations: int
     errors: int
+    access_lines: int = 0           # lines parsed as access log entries
+    access_unparsed: int = 0        # lines that look like access log entries, no format fits
 
 
 @dataclass
@@ -215,3 +262,36 @@ class LogsSnapshot:
     files: list[LogFileStats] = field(default_factory=list)
     signatures: tuple[str, ...] = ()
     dropped: int = 0    # matches not counted because the series limit was reached
+    requests: "RequestsSnapshot | None" = None   # access log lines (exporter/logs/access.py)
+
+
+# --- requests: gunicorn's statsd stream, access logs (exporter/statsd/, logs/access.py) ---
+
+@dataclass
+class AppRequests:
+    statuses: dict[str, float] = field(default_factory=dict)  # status label -> requests
+    buckets: list[float] = field(default_factory=list)  # per bucket (not cumulative), +Inf last
+    duration_sum: float = 0.0       # seconds
+    duration_count: float = 0.0
+    log_levels: dict[str, float] = field(default_factory=dict)  # level -> messages
+
+
+@dataclass
+class RequestsSnapshot:
+    source: str                     # 'statsd' or 'access_log'
+    bounds: tuple[float, ...] = ()  # histogram upper bounds in seconds (+Inf implied)
+    apps: dict[str, AppRequests] = field(default_factory=dict)
+
+
+@dataclass
+class StatsdSnapshot:
+    up: bool = False                # the UDP socket is bound
+    packets: int = 0
+    malformed_lines: int = 0
+    ignored_lines: int = 0          # well-formed, not a metric the exporter uses
+    unattributed_lines: dict[str, float] = field(default_factory=dict)  # reason -> lines
+    senders: dict[str, int] = field(default_factory=dict)   # attribution -> senders now
+    lookups: int = 0                # sender lookups done (socket table + fd tables)
+    kernel_drops: int | None = None  # datagrams the kernel dropped at the socket (sk_drops)
+    receive_buffer: int | None = None   # SO_RCVBUF in force, bytes
+    requests: RequestsSnapshot = field(default_factory=lambda: RequestsSnapshot("statsd"))

@@ -50,6 +50,12 @@ THRESHOLDS: dict[str, tuple[str, str, str]] = {
     # listener queue length / queue limit (C2, W11)
     "queue_warning": ("GunicornListenQueueFilling", "fill_ratio", "orange"),
     "queue_critical": ("GunicornListenQueueFull", "fill_ratio", "red"),
+    # share of time a connection waited in an accept queue, sampled at 10 Hz (W2, C1)
+    "queued_warning": ("GunicornRequestsWaitForWorkers", "queued_ratio", "orange"),
+    # 5xx / all requests over 5 minutes, per app and source (C1, W8)
+    "error_ratio_critical": ("GunicornErrorRatioHigh", "error_ratio", "red"),
+    # p99 request duration in seconds over 5 minutes (W6, W8)
+    "latency_p99_warning": ("GunicornLatencyHigh", "p99_seconds", "orange"),
     # heartbeat age / --timeout, the oldest worker (W5)
     "heartbeat_warning": ("GunicornWorkerNearTimeout", "heartbeat_ratio", "orange"),
     # heartbeat age / --timeout, the mean of the busy sync workers (W6)
@@ -70,7 +76,10 @@ THRESHOLDS: dict[str, tuple[str, str, str]] = {
 # What a panel needs when its series come from an optional collector or from the rule
 # file: shown as its `noValue` text (instead of a bare "No data") and in its description.
 NEEDS_POSTGRES = "needs --postgres.dsn (the postgres collector's pg_stat_activity series)"
+NEEDS_SAMPLER = "needs the sampler (on unless --sampler.interval 0) and a master in the exporter's network namespace"
 NEEDS_LOGS = "needs --logs.file with the gunicorn error log (the logs collector)"
+NEEDS_REQUESTS = ("needs gunicorn's --statsd-host pointed at the exporter's --statsd.listen-address "
+                  "(127.0.0.1:8125 by default), or --logs.file with an access log (docs/requests.md)")
 NEEDS_OOM = ("needs CAP_SYSLOG (to read /dev/kmsg) or a memory cgroup per app for OOM kill "
              "records (the oom collector)")
 NEEDS_BUDGET = ("needs the postgres collector, which computes the budgets (on unless "
@@ -346,6 +355,27 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
             {"id": "custom.cellOptions", "value": {"type": "color-text"}}])]
     firing["options"]["sortBy"] = [{"displayName": "Active for", "desc": True}]
     add((firing, 12, 7))
+    # Configuration advice (docs/doctor.md): one row per finding of the doctor's rules.
+    advice = table(
+        "Configuration advice",
+        "What the rules of gunicorn-exporter doctor find in each app's configuration now "
+        "(gunicorn_advice): the catalogue ID of the failure mode it prevents (W11 backlog "
+        "capped, W8 timeout above the proxy's, C3/W9 gthread connections, W10 fd limit, W1 "
+        "sync workers waiting on I/O, W2/I3 workers vs CPUs, C6/C5 database connections, W4 "
+        "shared control socket), the rule and its severity. The evidence and what to change: "
+        "run gunicorn-exporter doctor on the host (docs/doctor.md). The database rules need "
+        "--postgres.dsn.",
+        f"gunicorn_advice{{{S}}}",
+        no_value="No advice: every rule passes")
+    advice["transformations"][0]["options"] = {
+        "excludeByName": {"Time": True, "Value": True, "__name__": True, "job": True},
+        "indexByName": {"severity": 0, "id": 1, "rule": 2, "app": 3, "instance": 4}}
+    advice["fieldConfig"]["overrides"] = [_column("severity", [
+        {"id": "mappings", "value": [{"type": "value", "options": {
+            "critical": {"color": "red", "index": 0}, "warning": {"color": "orange", "index": 1}}}]},
+        {"id": "custom.cellOptions", "value": {"type": "color-text"}}])]
+    advice["options"]["sortBy"] = [{"displayName": "severity", "desc": False}]
+    add((advice, 24, 6))
 
     add((row("Saturation"), 24, 1))
     add((timeseries("Busy workers vs workers",
@@ -378,6 +408,25 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
                     [(f"gunicorn_listener_queue_length{{{S}}} / (gunicorn_listener_queue_max{{{S}}} > 0)",
                       "{{app}} {{listener}}")],
                     unit="percentunit", threshold=alert_steps(t, "queue_warning", "queue_critical"), max_=1), 12, 8))
+    add((timeseries("Accept queue peaks between scrapes",
+                    "gunicorn_listener_queue_peak: the deepest accept queue the exporter's sampler "
+                    "saw (ten times a second) in the last 15 s, so bursts that drain before the "
+                    "next scrape still show. C1, C2, W11.",
+                    [(f"gunicorn_listener_queue_peak{{{S}}}", "{{app}} {{listener}}"),
+                     (f"gunicorn_listener_queue_max{{{S}}}", "{{app}} {{listener}} (limit)")],
+                    decimals=0, no_value=NEEDS_SAMPLER), 12, 8))
+    add((timeseries("Time requests waited / all workers busy",
+                    f"Share of each 5 minutes during which a connection waited in the accept "
+                    f"queue (app:gunicorn_listener_queued:ratio_rate5m, the busiest listener) and "
+                    f"during which every sync worker was busy "
+                    f"(rate of gunicorn_workers_all_busy_seconds_total), both sampled ten times a "
+                    f"second. Dashed: the alert threshold ({_pct(t, 'queued_warning')}). W2, C1.",
+                    [(f"max by (instance, app) (rate(gunicorn_listener_queued_seconds_total{{{S}}}[5m]))",
+                      "{{app}} @ {{instance}} waited"),
+                     (f"rate(gunicorn_workers_all_busy_seconds_total{{{S}}}[5m])",
+                      "{{app}} @ {{instance}} all busy")],
+                    unit="percentunit", threshold=alert_steps(t, "queued_warning"), max_=1,
+                    no_value=NEEDS_SAMPLER), 12, 8))
     add((timeseries("Dropped connections per listener",
                     "Connections the kernel dropped at each TCP listening socket of an app "
                     "(gunicorn_listener_drops_total, sk_drops), per second: a full accept queue. "
@@ -408,6 +457,57 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
                     [(f"app:gunicorn_busy_worker_heartbeat_timeout:avg_ratio{{{S}}}", "{{app}} @ {{instance}}")],
                     unit="percentunit", threshold=alert_steps(t, "slow_requests_warning"), max_=1,
                     no_value=f"No busy sync worker, or: {NEEDS_RULES}"), 12, 8))
+
+    # Requests: gunicorn's statsd stream and access logs (docs/requests.md), per app and
+    # source; the sources are never summed (a proxy's access log holds its own 502s).
+    by = "job, instance, app, source"
+    add((row("Requests"), 24, 1))
+    add((timeseries("Requests per second by status",
+                    "gunicorn_requests_total per app, source (statsd: gunicorn's --statsd-host "
+                    "stream, attributed to the app by the kernel; access_log: --logs.file lines) "
+                    f"and status code. It {NEEDS_REQUESTS}. C1, W8.",
+                    [(_rate("gunicorn_requests_total", S, "instance, app, source, status"),
+                      "{{app}} {{source}} {{status}}")],
+                    unit="reqps", stack=True, no_value=f"No data: {NEEDS_REQUESTS}"), 12, 8))
+    add((timeseries("Error ratio (5xx / all)",
+                    "Share of each app's requests answered 5xx, per source. Dashed: the alert "
+                    f"threshold ({_pct(t, 'error_ratio_critical')}), which the alert compares with "
+                    "5-minute rates and only above 0.1 requests a second. From an access log it "
+                    f"includes the proxy's own 502 and 504. It {NEEDS_REQUESTS}. C1, W8.",
+                    [(f"sum by ({by}) (rate(gunicorn_requests_total{{{S}, status=~\"5..\"}}[$__rate_interval]))"
+                      f" / (sum by ({by}) (rate(gunicorn_requests_total{{{S}}}[$__rate_interval])) > 0)",
+                      "{{app}} @ {{instance}} {{source}}")],
+                    unit="percentunit", threshold=alert_steps(t, "error_ratio_critical"), max_=1,
+                    no_value=f"No data: {NEEDS_REQUESTS}"), 12, 8))
+    latency = [(f"histogram_quantile({q}, sum by ({by}, le) (rate(gunicorn_request_duration_seconds_bucket"
+                f"{{{S}}}[$__rate_interval])))", "{{app}} {{source}} " + name)
+               for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99"))]
+    add((timeseries("Request duration p50 / p95 / p99",
+                    "Quantiles of gunicorn_request_duration_seconds per app and source (statsd: "
+                    "gunicorn's request time in the worker; an access log's duration field, nginx's "
+                    "including the accept queue). Dashed: the p99 alert threshold "
+                    f"({_pct(t, 'latency_p99_warning')} s over 5 minutes). Buckets end at 10, 30 and "
+                    f"60 s. It {NEEDS_REQUESTS}. W6, W8.",
+                    latency, unit="s", threshold=alert_steps(t, "latency_p99_warning"),
+                    no_value=f"No data: {NEEDS_REQUESTS}"), 12, 8))
+    add((timeseries("gunicorn log messages by level",
+                    "Messages gunicorn logged at critical, error, warning or exception level "
+                    "(gunicorn_log_messages_total, from its statsd gunicorn.log.* counters): "
+                    f"exceptions rise with 500s. It {NEEDS_REQUESTS}.",
+                    [(_increase("gunicorn_log_messages_total", S, "instance, app, level"),
+                      "{{app}} @ {{instance}} {{level}}")],
+                    bars=True, decimals=0, no_value=f"No data: {NEEDS_REQUESTS}"), 12, 8))
+    add((timeseries("statsd receiver",
+                    "Datagrams the exporter's statsd socket receives per second, lines it could not "
+                    "parse, lines it could attribute to no app (by reason: unknown_sender = no "
+                    "gunicorn the exporter sees and no --statsd.prefix; limit), and datagrams the "
+                    "kernel dropped at the socket (raise --statsd.receive-buffer). docs/requests.md.",
+                    [(_rate("gunicorn_statsd_packets_total", H, "instance"), "{{instance}} datagrams"),
+                     (_rate("gunicorn_statsd_malformed_lines_total", H, "instance"), "{{instance}} malformed lines"),
+                     (_rate("gunicorn_statsd_unattributed_lines_total", H, "instance, reason"),
+                      "{{instance}} unattributed lines: {{reason}}"),
+                     (_rate("gunicorn_statsd_dropped_packets_total", H, "instance"), "{{instance}} dropped by the kernel")],
+                    unit="short", no_value="No data: the statsd collector is off (--no-collector.statsd)"), 24, 6))
 
     add((row("Workers"), 24, 1))
     add((timeseries("Connections per worker",

@@ -61,3 +61,17 @@ def gunicorn_factory(tmp_path):
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture(scope="module")
+def pg():
+    """A throwaway Postgres cluster (tests/pg.py; initdb/pg_ctl as user postgres) for the
+    tests of one module, max_connections 40."""
+    from tests.pg import PgCluster, available
+    ok, why = available()
+    require(ok, why)
+    c = PgCluster.start(max_connections=40)
+    try:
+        yield c
+    finally:
+        c.stop()

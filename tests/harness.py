@@ -322,7 +322,8 @@ class Gunicorn:
               setproctitle: bool = True, invoke: str = "script",
               app: str = "wsgi_app:app", wait_workers: bool = True,
               start_timeout: float = 20.0, private_tmpdir: bool = False,
-              control_socket: bool = True, run_as=None) -> "Gunicorn":
+              control_socket: bool = True, run_as=None,
+              prefix: Sequence[str] = ()) -> "Gunicorn":
         """Start a master and wait until it listens (and, if ``wait_workers``,
         until ``workers`` workers have booted).
 
@@ -415,6 +416,8 @@ class Gunicorn:
                 argv += ["--name", name]
             argv += extra_args
             argv.append(app)
+            # e.g. `unshare --net ...`: a command that execs the rest (same pid)
+            argv = [*prefix, *argv]
 
             penv = dict(os.environ)
             penv.pop("GUNICORN_CMD_ARGS", None)

@@ -33,9 +33,10 @@ UNIT_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
 # Failure mode IDs of docs/failure-modes.md marked **alert** (all critical and warning ones).
 ALERT_INSIGHTS = ["C%d" % i for i in range(1, 8)] + ["W%d" % i for i in range(1, 12)]
 
-# Metric families that only appear with a Postgres server to watch (--postgres.dsn);
+# Metric families that only appear with a Postgres server to watch (--postgres.dsn), or
+# with requests to count (gunicorn's statsd stream or an access log: tests/test_statsd.py);
 # checked against exporter.metrics.render() of tests/test_docs.py's full snapshot.
-NEEDS_POSTGRES = re.compile(r"^gunicorn_postgres_")
+NEEDS_POSTGRES = re.compile(r"^gunicorn_postgres_|^gunicorn_request")
 # Series Prometheus itself makes; rules may read them though the exporter does not export them.
 PROMETHEUS_SERIES = {"up"}
 

@@ -19,7 +19,7 @@ def test_defaults():
     assert cfg.host_port == (None, 10188)
     assert cfg.telemetry_path == "/metrics"
     assert cfg.collectors == {"gunicorn": True, "netstat": True, "oom": True, "logs": True,
-                              "postgres": True}
+                              "statsd": True, "sampler": True, "postgres": True, "advice": True}
     assert cfg.db_ports == (5432, 6432)
 
 

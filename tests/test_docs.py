@@ -19,10 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.http import _PROCESS
 from exporter.metrics import render, render_web
 from exporter.collectors.postgres import attribute, budgets, build_server_snapshot
+from exporter.linux.cgroup import PodIdentity
 from exporter.snapshot import PostgresSnapshot
-from exporter.snapshot import (AppOom, AppSnapshot, CollectorResult, GunicornSnapshot,
+from exporter.snapshot import AppRequests, RequestsSnapshot, StatsdSnapshot
+from exporter.snapshot import (AdviceSnapshot, AppOom, AppSnapshot, CollectorResult, GunicornSnapshot,
                                HostSnapshot, ListenerSnapshot, LogFileStats, LogsSnapshot,
-                               OomSnapshot, Snapshot, WorkerSnapshot)
+                               OomSnapshot, SamplerListener, SamplerSnapshot, Snapshot,
+                               WorkerSnapshot)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "metrics.md"
@@ -65,7 +68,9 @@ def full_snapshot() -> Snapshot:
             ListenerSnapshot("[::]:8000", "tcp", queue_length=0, queue_max=2048, worker_slot=1,
                              drops=4),
         ],
-        master_start_time=1_700_000_000.0, workers_spawned=5)
+        master_start_time=1_700_000_000.0, workers_spawned=5, somaxconn=4096,
+        listen_overflows=7, listen_drops=9,
+        pod=PodIdentity("containerd", "a" * 64, "1f6c7e5a-8a7b-4b7e-9a0a-2d3c4e5f6a7b", "burstable"))
     gone = AppSnapshot(app="old", up=False)
     gunicorn = GunicornSnapshot(apps=[shop, gone], socket_source="netlink",
                                 permission_denied=1, orphans={"old": 1})
@@ -83,12 +88,28 @@ def full_snapshot() -> Snapshot:
     pg.attribution = attribute(pg.backends, [shop], server_port=5432, own_pid=9)
     pg.attribution.unattributed.setdefault("remote", 1)
     pgsnap = PostgresSnapshot(servers=[pg], budgets=budgets([shop], {}))
+    # requests: gunicorn's statsd stream (statsd collector) and access log lines (logs)
+    statsd = StatsdSnapshot(
+        up=True, packets=10, malformed_lines=1, ignored_lines=2,
+        unattributed_lines={"unknown_sender": 1, "limit": 0},
+        senders={"kernel": 1, "pending": 0, "unknown": 1}, lookups=1, kernel_drops=0,
+        receive_buffer=425984, requests=RequestsSnapshot("statsd", (0.1, 1.0), {"shop": AppRequests(
+            {"200": 3, "503": 1}, [2, 1, 1], 1.75, 4, {"error": 1})}))
+    logs.requests = RequestsSnapshot("access_log", (0.1, 1.0), {"shop": AppRequests(
+        {"404": 1}, [1, 0, 0], 0.05, 1)})
+    logs.files[0].access_lines = 1
     return Snapshot(results={
         "postgres": CollectorResult("postgres", True, 0.01, data=pgsnap),
         "gunicorn": CollectorResult("gunicorn", True, 0.02, data=gunicorn),
         "netstat": CollectorResult("netstat", True, 0.001, data=host),
         "oom": CollectorResult("oom", True, 0.001, data=oom),
         "logs": CollectorResult("logs", True, 0.001, data=logs),
+        "statsd": CollectorResult("statsd", True, 0.001, data=statsd),
+        "sampler": CollectorResult("sampler", True, 0.0, data=SamplerSnapshot(
+            interval=0.1, window=15.0, all_busy_seconds={"shop": 4.5}, samples=100,
+            listeners=[SamplerListener("shop", "unix:/run/shop.sock", 4, 4.0, 10.0)])),
+        "advice": CollectorResult("advice", True, 0.0, data=AdviceSnapshot(
+            [("shop", "C3", "gthread-worker-connections", "warning")])),
     }, collected_at=1_700_000_200.0)
 
 

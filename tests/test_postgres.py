@@ -24,7 +24,7 @@ from exporter.scrape import Scraper
 from exporter.snapshot import (AppSnapshot, PostgresBackend, PostgresSnapshot, WorkerSnapshot)
 from tests.conftest import require
 from tests.harness import free_port, http_get, poll, ss_process_sockets
-from tests.pg import PASSWORD, PgCluster, available
+from tests.pg import PASSWORD
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -127,15 +127,7 @@ def _exposition(snap: PostgresSnapshot) -> str:
 
 # --- a real cluster ------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def pg():
-    ok, why = available()
-    require(ok, why)
-    c = PgCluster.start(max_connections=40)
-    try:
-        yield c
-    finally:
-        c.stop()
+# `pg`: a throwaway cluster per test module (tests/conftest.py)
 
 
 class Scrapes:

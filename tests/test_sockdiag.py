@@ -417,12 +417,12 @@ def test_no_fd_leak():
 
 def test_kernel_error_becomes_sockdiagerror():
     # sdiag_family 255 (>= AF_MAX) -> the kernel answers NLMSG_ERROR -EINVAL
-    sock = sockdiag._open(2.0)
+    sock = sockdiag.open_socket(2.0)
     try:
         req = netlink.frame(diagmsg.SOCK_DIAG_BY_FAMILY, netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP,
                             7, struct.pack("=BBHIII8s", 255, 0, 0, 0xFFFFFFFF, 0, 0, bytes(8)))
         with pytest.raises(SockDiagError) as ei:
-            sockdiag._dump(sock, req, time.monotonic() + 2.0,
+            sockdiag.dump(sock, req, time.monotonic() + 2.0,
                            lambda c: diagmsg.decode_unix(c, 7))
         assert ei.value.errno == errno.EINVAL
         assert isinstance(ei.value, OSError)
@@ -431,10 +431,10 @@ def test_kernel_error_becomes_sockdiagerror():
 
 
 def test_deadline_is_enforced():
-    sock = sockdiag._open(2.0)
+    sock = sockdiag.open_socket(2.0)
     try:
         with pytest.raises(SockDiagError) as ei:
-            sockdiag._dump(sock, diagmsg.unix_request(1), time.monotonic() - 1,
+            sockdiag.dump(sock, diagmsg.unix_request(1), time.monotonic() - 1,
                            lambda c: diagmsg.decode_unix(c, 1))
         assert ei.value.errno == errno.ETIMEDOUT
     finally:

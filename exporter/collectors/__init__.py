@@ -20,6 +20,8 @@ from exporter.collectors.logs import LogsCollector
 from exporter.collectors.netstat import NetstatCollector
 from exporter.collectors.oom import OomCollector
 from exporter.collectors.postgres import PostgresCollector
+from exporter.collectors.sampler import SamplerCollector
+from exporter.collectors.statsd import StatsdCollector
 from exporter.linux.procfs import ProcFS
 
 if TYPE_CHECKING:
@@ -60,13 +62,34 @@ REGISTRY: dict[str, Spec] = {
         True, "error signatures counted in the log files named by --logs.file",
         lambda cfg, sh: LogsCollector(cfg.log_files, cfg.log_signatures,
                                       interval=cfg.log_poll_interval, max_line=cfg.log_max_line,
-                                      index=sh.index),
+                                      index=sh.index, access_formats=cfg.log_access_formats),
+        requires=("gunicorn",)),
+    "statsd": Spec(
+        True, "gunicorn's own statsd stream (--statsd-host) on --statsd.listen-address: requests, "
+        "latency, status and log messages per app, senders attributed by the kernel",
+        lambda cfg, sh: StatsdCollector(cfg.statsd_listen_address, cfg.statsd_prefixes,
+                                        cfg.statsd_receive_buffer, sh.procfs),
+        requires=("gunicorn",)),
+    "sampler": Spec(
+        True, "listen queues and busy sync workers between scrapes, every --sampler.interval "
+        "(peaks, queued seconds); --sampler.interval 0 turns it off",
+        lambda cfg, sh: SamplerCollector(cfg.sampler_interval, cfg.sampler_peak_window,
+                                         proc=cfg.procfs),
         requires=("gunicorn",)),
     "postgres": Spec(
         True, "pg_stat_activity of --postgres.dsn servers, connections attributed to workers, budgets",
         lambda cfg, sh: PostgresCollector(cfg.postgres_options(), sh.procfs),
         requires=("gunicorn",)),
+    "advice": Spec(
+        True, "the doctor's configuration rules on every scrape: gunicorn_advice (docs/doctor.md)",
+        lambda cfg, sh: _advice(cfg),
+        requires=("gunicorn", "netstat", "postgres")),
 }
+
+
+def _advice(cfg: "Config") -> Collector:
+    from exporter.doctor.daemon import advice_collector  # the doctor imports this module
+    return advice_collector(cfg)
 
 
 def build(cfg: "Config") -> list[Collector]:

@@ -94,6 +94,9 @@ class GunicornCollector(Collector):
         self._denied_logged = False
         self._cap_logged = False
 
+    async def stop(self) -> None:
+        self._measurer.netns_sockets.close()
+
     async def collect(self) -> GunicornSnapshot:
         raws, found, snap = await asyncio.to_thread(
             self._measurer.measure, self._workers.keys(), self._previous_masters)

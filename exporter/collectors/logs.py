@@ -12,6 +12,10 @@ Each file the user names (`--logs.file [APP=]PATH`) is followed from its end by 
 
 Label values are bounded: apps come from the configuration and the gunicorn
 collector's (bounded) set, signatures from the configured table.
+
+Access log lines are also counted as requests by status and duration
+(exporter/logs/access.py, `--logs.access-format`), for the file's app (`APP=PATH`, else
+the app its gunicorn error log lines proved, else `unknown`): docs/requests.md.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 
 from exporter.collectors.base import Collector
 from exporter.collectors.attribution import AppIndex, gunicorn_data
+from exporter.logs.access import DEFAULT_FORMATS, AccessLog, compile_format
 from exporter.logs.signatures import Matcher, Signature, merge
 from exporter.logs.tail import FileTailer
 from exporter.snapshot import LogFileStats, LogsSnapshot
@@ -44,8 +49,12 @@ class LogsCollector(Collector):
 
     def __init__(self, files: tuple[LogFile, ...] | list[LogFile] = (),
                  signatures: tuple[Signature, ...] = (), *, interval: float = 1.0,
-                 max_line: int = 64 * 1024, index: AppIndex | None = None):
+                 max_line: int = 64 * 1024, index: AppIndex | None = None,
+                 access_formats=None):
         self.files = tuple(files)
+        # access log lines -> requests by status and duration (exporter/logs/access.py)
+        self.access = AccessLog(tuple(access_formats) if access_formats is not None else
+                                tuple(compile_format(f) for f in DEFAULT_FORMATS))
         self.signatures = merge(signatures)
         self.matcher = Matcher(self.signatures)
         self.interval = interval
@@ -78,6 +87,10 @@ class LogsCollector(Collector):
         return on_line
 
     def handle_line(self, line: str, file_app: str | None = None, path: str | None = None) -> list[str]:
+        # an access log line counts for its file's app: a client writes part of the line
+        # (the URL), so the pid and upstream hints in it are not trusted for requests
+        self.access.feed(line, lambda: file_app or self._learned.get(path or "") or UNKNOWN_APP,
+                         path)
         names = self.matcher.match(line)
         if not names:
             return names
@@ -120,15 +133,18 @@ class LogsCollector(Collector):
         if not self._started:
             await self.start()
         snap = LogsSnapshot(events=dict(self._events), dropped=self._dropped,
-                            signatures=tuple(s.name for s in self.signatures))
+                            signatures=tuple(s.name for s in self.signatures),
+                            requests=self.access.table.snapshot() if self.files else None)
         tailers = {t.path: t for t in self.tailers}
         for f in self.files:
             t = tailers.get(f.path)
             if t is None:
                 snap.files.append(LogFileStats(f.path, f.app, False, 0, 0, 0, 0))
             else:
+                access = self.access.files.get(f.path, (0, 0))
                 snap.files.append(LogFileStats(f.path, f.app, t.open_now, t.lines,
-                                               t.truncated_lines, t.rotations, t.errors))
+                                               t.truncated_lines, t.rotations, t.errors,
+                                               access[0], access[1]))
         return snap
 
     def finish(self, snapshot) -> None:

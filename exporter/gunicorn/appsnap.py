@@ -78,6 +78,11 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
         uid=p.uid,
         errors=list(raw.errors),
         transient=raw.master.upgraded_from is not None,
+        somaxconn=raw.somaxconn,
+        listen_overflows=raw.listen_counters.get("ListenOverflows"),
+        listen_drops=raw.listen_counters.get("ListenDrops"),
+        pod=raw.pod,
+        netns=raw.netns if raw.foreign_netns else None,
     )
     legacy = _legacy_heartbeat(raw.version)
     mono = time.monotonic()
@@ -126,6 +131,7 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
             queue_max=sock.wqueue,
             worker_slot=worker_pid,  # replaced by the slot once slots are assigned
             drops=sock.drops if isinstance(sock, sockdiag.InetSocket) else None,
+            inode=sock.inode,
         ))
     return app
 

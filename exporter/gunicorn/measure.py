@@ -20,6 +20,8 @@ from exporter.gunicorn.settings import (MAX_CONFIG_BYTES, Settings, evaluate_con
 from exporter.gunicorn.version import MAX_MAPS_BYTES, find_version
 from exporter.labels import bounded
 from exporter.linux import procnet, sockdiag
+from exporter.linux.cgroup import PodIdentity, parse_pod_identity
+from exporter.linux.netns import NetnsSockets
 from exporter.linux.pathwalk import PathWalker
 from exporter.linux.procfs import FdScan, ProcFS
 from exporter.linux.sockdiag import SocketTable
@@ -58,6 +60,11 @@ class MasterRaw:
     errors: list[str] = field(default_factory=list)
     idle_measured: bool = False     # keep-alive connections told apart (TCP, see _find_idle)
     idle: set[int] = field(default_factory=set)   # inodes of idle keep-alive connections
+    netns: int | None = None        # the master's network namespace (inode)
+    foreign_netns: bool = False     # not the exporter's own
+    somaxconn: int | None = None    # net.core.somaxconn of that namespace
+    listen_counters: dict[str, int] = field(default_factory=dict)  # its TcpExt Listen*
+    pod: PodIdentity | None = None  # container / pod, from /proc/PID/cgroup
 
     @property
     def key(self) -> tuple[int, int]:
@@ -88,6 +95,12 @@ class Measurer:
         # master -> {(dev, ino, mtime, size) of its config file: evaluation}
         self._configs: dict[tuple[int, int], dict[tuple, object]] = {}
         self._own_netns = self.procfs.netns("self")
+        self._facts: dict[int | None, tuple] = {}
+        # sock_diag sockets inside other network namespaces (pods): exporter/linux/netns.py
+        self.netns_sockets = NetnsSockets(self.procfs.root)
+        self._somaxconn: dict[int, int | None] = {}
+        self.netns_denied = False       # this scrape fell back to /proc/PID/net for lack of privileges
+        self._denied_logged = False
         try:
             self.boot_time = self.procfs.boot_time()
         except (OSError, ValueError):
@@ -119,6 +132,8 @@ class Measurer:
             for scan in m.worker_fds.values():
                 wanted.update(scan.socket_inodes)
         raws = []
+        self.netns_denied = False
+        self._facts: dict[int | None, tuple] = {}     # per namespace, this scrape
         for m in found.masters:
             raw = MasterRaw(m, Settings())
             try:
@@ -126,16 +141,23 @@ class Measurer:
             except Exception as e:  # a hostile or vanished master costs itself only
                 raw.errors.append(f"reading /proc: {type(e).__name__}: {str(e)[:120]}")
             try:
-                netns = self.procfs.netns(m.proc.pid)
+                netns = raw.netns = self.procfs.netns(m.proc.pid)
+                raw.foreign_netns = netns is not None and netns != self._own_netns
                 if netns not in tables:
                     tables[netns] = self._socket_table(netns, m.proc.pid, wanted)
                 table = tables[netns]
+                self._namespace_facts(raw)
                 if table is not None:
                     raw.socket_source = table.source
                     self._join(raw, table)
             except Exception as e:
                 raw.errors.append(f"joining sockets: {type(e).__name__}: {str(e)[:120]}")
             raws.append(raw)
+        self.netns_sockets.keep_only({ns for ns in tables if ns is not None})
+        snap.netns_denied = self.netns_denied
+        for ns in list(self._somaxconn):
+            if ns not in tables:
+                del self._somaxconn[ns]
         sources = {t.source for t in tables.values() if t is not None}
         snap.socket_source = "netlink" if sources == {"netlink"} else \
             ("+".join(sorted(sources)) if sources else "none")
@@ -146,29 +168,42 @@ class Measurer:
         """Which TCP client connections are idle keep-alive ones (last request answered),
         for the worker classes that keep connections open between requests; one batch of
         exact sock_diag lookups (tcp_info), host network namespace only."""
-        candidates = []
+        by_netns: dict[int | None, tuple[list, list[MasterRaw]]] = {}
         for raw in raws:
             if raw.socket_source != "netlink" or raw.joined is None:
                 continue
             if self._worker_class_hint(raw) not in KEEPALIVE_CLASSES:
                 continue
             match = join.SocketMatcher.of(raw.joined.listeners, (), ())
+            candidates, owners = by_netns.setdefault(raw.netns, ([], []))
             for w in raw.workers:
                 if w.sockets is not None:
                     candidates.extend(join.client_tcp(w.sockets, match))
-            raw.idle_measured = True
-        if not candidates:
-            return
-        try:
-            idle = self._tcp_idle(candidates)
-        except OSError as e:
-            log.debug("tcp_info lookups failed: %s", e)
-            for raw in raws:
-                raw.idle_measured = False
-            return
-        idle_inodes = {ino for ino, is_idle in idle.items() if is_idle}
-        for raw in raws:
-            raw.idle = idle_inodes
+            owners.append(raw)
+        budget = sockdiag.MAX_LOOKUPS   # per scrape, all namespaces together: a user's many
+        for netns, (candidates, owners) in by_netns.items():   # namespaces cost no more
+            candidates = candidates[:budget]
+            budget -= len(candidates)
+            if not candidates:
+                if budget > 0:
+                    for raw in owners:
+                        raw.idle_measured = True
+                continue
+            try:
+                if netns is None or netns == self._own_netns:
+                    idle = self._tcp_idle(candidates)
+                else:   # the lookups go to the pod's namespace, through its socket
+                    sock, _ = self.netns_sockets.get(netns, owners[0].master.proc.pid)
+                    idle = sockdiag.tcp_idle(candidates, sock=sock)
+            except OSError as e:
+                log.debug("tcp_info lookups failed in netns %s: %s", netns, e)
+                if netns is not None and netns != self._own_netns:
+                    self.netns_sockets.discard(netns)
+                continue
+            idle_inodes = {ino for ino, is_idle in idle.items() if is_idle}
+            for raw in owners:
+                raw.idle_measured = True
+                raw.idle = idle_inodes
 
     def _worker_class_hint(self, raw: MasterRaw) -> str | None:
         cfg = self.control_answers.get(raw.key, {}).get("config") or {}
@@ -186,16 +221,62 @@ class Measurer:
                 return self._read_sockets(wanted=wanted)
             except OSError as e:
                 log.debug("netlink socket dump failed (%s); reading /proc/net", e)
+        elif netns is not None:
+            # another namespace (a pod): the same netlink dump, through a socket opened
+            # inside it (PROC/PID/ns/net, also under --path.procfs=/host/proc);
+            # /proc/PID/net only when that is not allowed
+            try:
+                sock, somaxconn = self.netns_sockets.get(netns, pid)
+                self._somaxconn[netns] = somaxconn
+                return sockdiag.read_all(wanted=wanted, sock=sock)
+            except PermissionError as e:
+                self.netns_denied = True
+                if not self._denied_logged:
+                    self._denied_logged = True
+                    log.warning("cannot enter the network namespaces of other masters (%s): "
+                                "their sockets are read from /proc/PID/net, without unix "
+                                "queue lengths or TCP backlog limits; grant CAP_SYS_ADMIN "
+                                "(docs/kubernetes.md)", e)
+            except OSError as e:
+                self.netns_sockets.discard(netns)
+                log.debug("netlink in network namespace %s failed (%s); reading /proc/net", netns, e)
         try:
             return procnet.read_table(self.procfs.path(pid, "net"))
         except OSError as e:
             log.debug("cannot read socket tables of pid %d: %s", pid, e)
             return None
 
+    def _namespace_facts(self, raw: MasterRaw) -> None:
+        """somaxconn and the TCP listen counters of the master's network namespace (read
+        once per namespace and scrape)."""
+        known = self._facts.get(raw.netns)
+        if known is not None:
+            raw.somaxconn, raw.listen_counters = known
+            return
+        pid = raw.master.proc.pid
+        if raw.foreign_netns:
+            raw.somaxconn = self._somaxconn.get(raw.netns)
+        else:
+            try:
+                raw.somaxconn = self.procfs.somaxconn()
+            except (OSError, ValueError):
+                pass
+        try:
+            tcpext = self.procfs.netstat_counters(pid).get("TcpExt", {})
+        except (OSError, ValueError):
+            tcpext = {}
+        raw.listen_counters = {k: v for k, v in tcpext.items()
+                               if k in ("ListenOverflows", "ListenDrops") and 0 <= v < 1 << 63}
+        self._facts[raw.netns] = (raw.somaxconn, raw.listen_counters)
+
     def _measure_master(self, raw: MasterRaw) -> None:
         m = raw.master
         p = m.proc
         raw.start_time = self.boot_time + p.stat.starttime_ticks / CLK_TCK
+        try:
+            raw.pod = parse_pod_identity(self.procfs.read_text(p.pid, "cgroup"))
+        except OSError:
+            pass
         try:
             raw.settings = resolve(p.gargs, m.environ, self._config_reader(m),
                                    cpu_count=os.cpu_count(),

@@ -15,6 +15,7 @@ gunicorn or Prometheus.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 MAX_SMALL_FILE = 64 * 1024
@@ -180,3 +181,76 @@ class CgroupFS:
             return parse_memory_events(self._read(os.path.join(d, "memory.events")))
         except OSError:
             return None
+
+
+# ---------------------------------------------------------------- Kubernetes pod identity
+
+@dataclass(frozen=True, slots=True)
+class PodIdentity:
+    """What a process's cgroup path says about the container and pod it runs in."""
+
+    runtime: str        # containerd, cri-o, docker or unknown (cgroupfs driver paths)
+    container_id: str   # 64 hex digits, or "" when only the pod is known
+    pod_uid: str        # 8-4-4-4-12, or "" outside Kubernetes (a plain docker container)
+    qos_class: str      # guaranteed, burstable, besteffort, or "" outside Kubernetes
+
+
+_POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
+                      r"(?:\.slice)?(?:/|$)")
+_SCOPE = re.compile(r"(?:^|/)(cri-containerd|crio|docker)-([0-9a-f]{64})\.scope(?:/|$)")
+_BARE_ID = re.compile(r"/([0-9a-f]{64})(?:/|$)")          # cgroupfs driver, docker v1
+_QOS = re.compile(r"kubepods[-/](burstable|besteffort)")
+_RUNTIMES = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker"}
+
+
+def _rooted(path: str) -> str | None:
+    """The cgroup path from its first real component (leading `/..` of a path relative
+    to the reader's cgroup namespace dropped), if that component is one only root can
+    create for containers: `kubepods*` (the kubelet's), `docker`, or `system.slice` with
+    a `docker-`/`crio-`/`cri-containerd-` scope right below it. A user's delegated
+    subtree (`/user.slice/...`) that copies a pod's path is not one."""
+    parts = [p for p in path.split("/") if p]
+    while parts and parts[0] == "..":
+        parts.pop(0)
+    if not parts:
+        return None
+    first = parts[0]
+    if first.startswith("kubepods") or first == "docker":
+        return "/" + "/".join(parts)
+    if first == "system.slice" and len(parts) > 1 and \
+            parts[1].startswith(("docker-", "crio-", "cri-containerd-")):
+        return "/" + "/".join(parts)
+    return None
+
+
+def parse_pod_identity(text: str) -> PodIdentity | None:
+    """/proc/PID/cgroup -> the container and pod of the process, or None on a host
+    process. Every line is looked at (cgroup v1 lists one per hierarchy, v2 one); the
+    path may be relative to the reader's cgroup namespace (`/../../kubepods...`), and
+    must be rooted where only root creates cgroups (`_rooted`).
+
+    >>> parse_pod_identity("0::/kubepods.slice/kubepods-burstable.slice/"
+    ...     "kubepods-burstable-pod1f6c7e5a_8a7b_4b7e_9a0a_2d3c4e5f6a7b.slice/"
+    ...     "cri-containerd-" + "a" * 64 + ".scope").qos_class
+    'burstable'
+    """
+    for line in text.splitlines()[:64]:
+        path = _rooted(line.split(":", 2)[-1][:4096])
+        if path is None:
+            continue
+        pod = _POD_UID.search(path)
+        scope = _SCOPE.search(path)
+        bare = None if scope else _BARE_ID.search(path)
+        if not (pod or scope or bare):
+            continue
+        runtime = _RUNTIMES[scope.group(1)] if scope else "unknown"
+        container = scope.group(2) if scope else (bare.group(1) if bare else "")
+        if "crio-conmon-" in path:       # CRI-O's monitor process, not the container
+            continue
+        uid = pod.group(1).replace("_", "-") if pod else ""
+        qos = ""
+        if "kubepods" in path:
+            m = _QOS.search(path)
+            qos = m.group(1) if m else "guaranteed"
+        return PodIdentity(runtime, container, uid, qos)
+    return None

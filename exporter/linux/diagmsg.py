@@ -126,10 +126,11 @@ _NOCOOKIE_SOCKID = bytes(40) + b"\xff" * 8     # what ss sends; ignored for dump
 _UNIX_SHOW = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN
 
 
-def unix_request(seq: int) -> bytes:
-    """Dump every unix socket with name, vfs, peer and queue lengths."""
+def unix_request(seq: int, states: int = 0xFFFFFFFF, show: int = _UNIX_SHOW) -> bytes:
+    """Dump the unix sockets in ``states`` (every one by default) with the attributes
+    ``show`` asks for (name, vfs, peer and queue lengths by default)."""
     return frame(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq,
-                 _UNIX_DIAG_REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, _UNIX_SHOW,
+                 _UNIX_DIAG_REQ.pack(socket.AF_UNIX, 0, 0, states & 0xFFFFFFFF, 0, show,
                                      b"\xff" * 8))
 
 

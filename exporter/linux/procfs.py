@@ -7,7 +7,9 @@ another proc root (`--path.procfs`). Nothing here knows about Prometheus or guni
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 
 # Bound every read: a /proc file we parse is small; anything bigger is not what we expect.
@@ -112,10 +114,12 @@ class ProcFS:
     def somaxconn(self) -> int:
         return int(self.read_text("sys", "net", "core", "somaxconn").strip())
 
-    def netstat_counters(self) -> dict[str, dict[str, int]]:
-        """TcpExt and friends from /proc/net/netstat plus Tcp from /proc/net/snmp."""
-        out = parse_snmp_table(self.read_text("net", "netstat", limit=1 << 20))
-        out.update(parse_snmp_table(self.read_text("net", "snmp", limit=1 << 20)))
+    def netstat_counters(self, pid: int | str | None = None) -> dict[str, dict[str, int]]:
+        """TcpExt and friends from /proc/net/netstat plus Tcp from /proc/net/snmp: of our
+        own network namespace, or of `pid`'s (/proc/PID/net/...)."""
+        base = ("net",) if pid is None else (pid, "net")
+        out = parse_snmp_table(self.read_text(*base, "netstat", limit=1 << 20))
+        out.update(parse_snmp_table(self.read_text(*base, "snmp", limit=1 << 20)))
         return out
 
 
@@ -234,6 +238,25 @@ def parse_limits_nofile(text: str) -> int | None:
             soft = line[len("Max open files"):].split()[0]
             return None if soft == "unlimited" else int(soft)
     return None
+
+
+def read_regular(path: str, limit: int) -> tuple[bytes, os.stat_result]:
+    """A regular file's first `limit + 1` bytes (so the caller can tell it was longer),
+    and its stat. The file is first opened with O_PATH, which runs no device driver's
+    open() and does not block on a FIFO, and read only if it is a regular file. Raises
+    OSError (ValueError-free): not regular -> OSError(EINVAL)."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            return os.read(rfd, limit + 1), st
+        finally:
+            os.close(rfd)
+    finally:
+        os.close(fd)
 
 
 def parse_snmp_table(text: str) -> dict[str, dict[str, int]]:

@@ -23,7 +23,8 @@ from exporter.linux.diagmsg import (  # re-exported: the public API
     ALL_STATES_MASK, NETLINK_SOCK_DIAG, RCV_SHUTDOWN, SEND_SHUTDOWN, SOCK_DIAG_BY_FAMILY,
     TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2,
     TCP_LAST_ACK, TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_STATE_NAMES, TCP_SYN_RECV, TCP_SYN_SENT,
-    TCP_TIME_WAIT, InetSocket, SocketTable, UnixSocket, decode_inet, decode_listen_drops,
+    TCP_TIME_WAIT, UDIAG_SHOW_RQLEN, InetSocket, SocketTable, UnixSocket, decode_inet,
+    decode_listen_drops,
     decode_lookups, decode_unix, inet_request, listen_request, lookup_requests,
     parse_listen_drops, parse_tcp_idle, unix_request)
 from exporter.linux.netlink import NetlinkError
@@ -36,6 +37,7 @@ __all__ = [
     "SOCK_DIAG_BY_FAMILY", "MAX_LOOKUPS",
     "UnixSocket", "InetSocket", "SocketTable", "SockDiagError",
     "read_unix", "read_tcp", "read_all", "tcp_idle", "parse_listen_drops", "parse_tcp_idle",
+    "ListenQueues",
 ]
 
 # Netlink sock_diag is unavailable, or a request failed or timed out: an OSError.
@@ -47,7 +49,9 @@ MAX_LOOKUPS = 4096   # per tcp_idle call: exact lookups cost the kernel a search
 _LOOKUP_BATCH = 256  # lookups per send: a batch fits one socket send buffer
 
 
-def _open(timeout: float) -> socket.socket:
+def open_socket(timeout: float) -> socket.socket:
+    """A NETLINK_SOCK_DIAG socket of the caller's network namespace (SockDiagError if
+    the kernel has none)."""
     try:
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                           NETLINK_SOCK_DIAG)
@@ -93,7 +97,7 @@ def _datagrams(sock: socket.socket, deadline: float):
         view.release()
 
 
-def _dump(sock: socket.socket, request: bytes, deadline: float, decode):
+def dump(sock: socket.socket, request: bytes, deadline: float, decode):
     """Send one dump request and return ``decode(datagrams)``; the decoder (one of
     diagmsg's, pure) stops reading at NLMSG_DONE."""
     _send(sock, request)
@@ -110,9 +114,9 @@ def read_unix(timeout: float = _DEFAULT_TIMEOUT) -> dict[int, UnixSocket]:
     Sockets without an inode (embryonic connections not yet accepted, on
     kernels that report them with inode 0) are left out."""
     deadline = time.monotonic() + timeout
-    sock = _open(timeout)
+    sock = open_socket(timeout)
     try:
-        return _dump(sock, unix_request(1), deadline, lambda c: decode_unix(c, 1))
+        return dump(sock, unix_request(1), deadline, lambda c: decode_unix(c, 1))
     finally:
         sock.close()
 
@@ -121,7 +125,7 @@ def _read_tcp(sock, states: int, first_seq: int, deadline: float, wanted=None
               ) -> dict[int, InetSocket]:
     out: dict[int, InetSocket] = {}
     for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), first_seq):
-        _dump(sock, inet_request(family, states, seq), deadline,
+        dump(sock, inet_request(family, states, seq), deadline,
               lambda c, seq=seq: decode_inet(c, seq, out, wanted))
     return out
 
@@ -132,14 +136,15 @@ def read_tcp(states: int = ALL_STATES_MASK,
     keyed by inode.  Entries with inode 0 (TIME_WAIT, SYN_RECV request
     sockets) are left out; TIME_WAIT is not even requested from the kernel."""
     deadline = time.monotonic() + timeout
-    sock = _open(timeout)
+    sock = open_socket(timeout)
     try:
         return _read_tcp(sock, states, 1, deadline)
     finally:
         sock.close()
 
 
-def read_all(timeout: float = _DEFAULT_TIMEOUT, wanted=None) -> SocketTable:
+def read_all(timeout: float = _DEFAULT_TIMEOUT, wanted=None,
+             sock: socket.socket | None = None) -> SocketTable:
     """Unix + TCP tables through one netlink socket (three dumps, and a fourth and
     fifth for the drop counters when there are TCP listeners).
 
@@ -150,22 +155,30 @@ def read_all(timeout: float = _DEFAULT_TIMEOUT, wanted=None) -> SocketTable:
     ``wanted``: a set of inodes; when given, only those sockets (and unix sockets
     whose peer is one of them) are decoded. The kernel still dumps everything, but
     on a host with 20k sockets and a few hundred held by gunicorn this skips most
-    of the Python work (see docs/performance.md)."""
+    of the Python work (see docs/performance.md).
+
+    ``sock``: a NETLINK_SOCK_DIAG socket to use (and leave open), e.g. one opened inside
+    another network namespace (exporter/linux/netns.py); by default one is opened in
+    the caller's namespace and closed."""
     deadline = time.monotonic() + timeout
-    sock = _open(timeout)
+    own = sock is None
+    sock = open_socket(timeout) if own else sock
+    sock.settimeout(timeout)
     try:
-        unix = _dump(sock, unix_request(1), deadline, lambda c: decode_unix(c, 1, wanted))
+        unix = dump(sock, unix_request(1), deadline, lambda c: decode_unix(c, 1, wanted))
         inet = _read_tcp(sock, ALL_STATES_MASK, 2, deadline, wanted)
         if any(s.state == TCP_LISTEN for s in inet.values()):
             for seq, family in ((4, socket.AF_INET), (5, socket.AF_INET6)):
-                _dump(sock, listen_request(family, seq), deadline,
+                dump(sock, listen_request(family, seq), deadline,
                       lambda c, seq=seq: decode_listen_drops(c, seq, inet))
         return SocketTable(unix=unix, inet=inet, source="netlink")
     finally:
-        sock.close()
+        if own:
+            sock.close()
 
 
-def tcp_idle(sockets: list[InetSocket], timeout: float = _DEFAULT_TIMEOUT) -> dict[int, bool]:
+def tcp_idle(sockets: list[InetSocket], timeout: float = _DEFAULT_TIMEOUT,
+             sock: socket.socket | None = None) -> dict[int, bool]:
     """inode -> idle (see `diagmsg.parse_tcp_idle`) for established TCP sockets, by
     exact lookups (no dump of the host's table), sent in batches. Sockets that are gone,
     with unread or unsent data (then the connection is in use) or unknown queues, and
@@ -176,7 +189,9 @@ def tcp_idle(sockets: list[InetSocket], timeout: float = _DEFAULT_TIMEOUT) -> di
         return {}
     deadline = time.monotonic() + timeout
     out: dict[int, bool] = {}
-    sock = _open(timeout)
+    own = sock is None
+    sock = open_socket(timeout) if own else sock
+    sock.settimeout(timeout)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         for start in range(0, len(todo), _LOOKUP_BATCH):
@@ -194,4 +209,55 @@ def tcp_idle(sockets: list[InetSocket], timeout: float = _DEFAULT_TIMEOUT) -> di
                 chunks.close()
         return out
     finally:
-        sock.close()
+        if own:
+            sock.close()
+
+
+class ListenQueues:
+    """Accept queue lengths of listening sockets, for a sampler that asks many times a
+    second: one netlink socket kept open, and only LISTEN sockets asked for (the kernel
+    filters by state, so a host's thousands of connections are never sent or decoded;
+    unix sockets come with their queue lengths only).
+
+    ``read(wanted)`` -> inode: queue length, for the listening sockets in ``wanted``
+    (unix, TCP/IPv4, TCP/IPv6) of this network namespace. Raises SockDiagError; the
+    socket is then reopened on the next call."""
+
+    def __init__(self, timeout: float = 1.0, opener=None):
+        self.timeout = timeout
+        # how to get a socket: in our own namespace by default, or e.g. inside a pod's
+        # (exporter/linux/netns.py)
+        self._open_socket = opener or (lambda: open_socket(timeout))
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def read(self, wanted: set[int]) -> dict[int, int]:
+        deadline = time.monotonic() + self.timeout
+        if self._sock is None:
+            self._sock = self._open_socket()
+            self._sock.settimeout(self.timeout)
+        sock = self._sock
+        try:
+            out: dict[int, int] = {}
+            self._seq = (self._seq + 3) & 0x3FFFFFFF
+            seq = self._seq + 1
+            unix = dump(sock, unix_request(seq, 1 << TCP_LISTEN, UDIAG_SHOW_RQLEN), deadline,
+                         lambda c: decode_unix(c, seq, wanted))
+            for ino, u in unix.items():
+                if u.rqueue is not None:
+                    out[ino] = u.rqueue
+            inet: dict[int, InetSocket] = {}
+            for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), seq + 1):
+                dump(sock, inet_request(family, 1 << TCP_LISTEN, seq), deadline,
+                      lambda c, seq=seq: decode_inet(c, seq, inet, wanted))
+            for ino, t in inet.items():
+                out[ino] = t.rqueue
+            return out
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -8,6 +8,8 @@ Routes:
                             page so it is resident, optionally holds it S
                             seconds, then 200
     /pid                 -> os.getpid() as text
+    /status?code=N&seconds=S -> time.sleep(S) (capped at 300), then status N (100-599,
+                            default 200) with body "status N"
 
 time.sleep is monkey-patched by gevent/eventlet, so /slow and /hold
 cooperate with async workers.
@@ -57,6 +59,13 @@ def app(environ, start_response):
         return _respond(start_response, "ok")
     if path == "/pid":
         return _respond(start_response, str(pid))
+    if path == "/status":
+        code = _param(environ, "code", 200, 599, conv=int)
+        seconds = _param(environ, "seconds", 0.0, MAX_SECONDS)
+        if seconds:
+            time.sleep(seconds)
+        code = code if code >= 100 else 200
+        return _respond(start_response, "status %d" % code, status="%d Status %d" % (code, code))
     if path == "/slow":
         seconds = _param(environ, "seconds", 1.0, MAX_SECONDS)
         time.sleep(seconds)

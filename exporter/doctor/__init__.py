@@ -1,0 +1,14 @@
+"""Configuration advice: `gunicorn-exporter doctor` and the daemon's `gunicorn_advice`.
+
+    model.py     findings, thresholds, host facts, the rule registry (`@rule`)
+    rules.py     rules over settings, processes and the kernel (W11, W8, C3/W9, W10, W1,
+                 W2/I3, the shared control socket)
+    dbrules.py   rules over database connections (C6, C5)
+    facts.py     host facts the collectors do not measure (CPUs, control sockets, nginx)
+    nginx.py     nginx's proxy_read_timeout, read statically from its config files
+    evaluate.py  a scrape's snapshot -> the rules' View -> findings
+    daemon.py    the `advice` collector: the rules on every scrape of the daemon
+    main.py      the command line
+
+docs/doctor.md describes every rule; a new rule is one decorated function.
+"""

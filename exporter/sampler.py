@@ -1,0 +1,295 @@
+"""Between scrapes: every gunicorn listener's accept queue, and whether every sync
+worker is busy, sampled at --sampler.interval (100 ms) in a thread of its own.
+
+A scrape every 15-60 s sees one instant; a 5-second burst that filled the accept queue
+and drained before the next scrape leaves no trace in `gunicorn_listener_queue_length`.
+The sampler keeps, per listener:
+
+* the largest queue length of the last --sampler.peak-window (a sliding maximum: the
+  same value whoever scrapes, and however often);
+* the seconds during which the queue was not empty (a request waited for a worker);
+* the integral of the queue length over time (queue-seconds: `rate()` of it is the
+  mean queue length, and with the request rate Little's law gives the mean wait);
+
+and per app of sync workers, the seconds during which every worker was busy.
+
+What it reads per sample, and nothing else: one netlink dump per socket family that asks
+the kernel for LISTEN sockets only (`sockdiag.ListenQueues`: the host's connections
+are never sent), per network namespace that holds a watched listener (a pod's through a
+socket opened inside it, exporter/linux/netns.py), and for sync apps the length of each
+worker's /proc/PID/fd listing. What to watch comes from the last scrape (`retarget`):
+listener inodes and their namespaces, worker pids and each worker's idle fd count.
+
+A sync worker serves one request at a time and holds the client's socket while it does:
+it is busy when it has more fds open than when idle. The idle count is its fd count at
+the last scrape minus the client connections it held then, lowered by any smaller count
+seen since (an fd opened for good after a scrape, such as a lazily made database
+connection, makes the worker look busy until the next scrape re-learns it). A
+non-empty accept queue also means no worker was free. Worker classes that serve many
+requests at once (gthread, gevent, ...) are not sampled for busyness: their fds count
+idle keep-alive connections too.
+
+Accounting holds each sample's value until the next one (left Riemann sum). A gap longer
+than MAX_GAP (the thread was starved) is not credited to anything: it is counted in
+`skipped_seconds` instead of guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from exporter.snapshot import GunicornSnapshot, SamplerListener, SamplerSnapshot
+
+log = logging.getLogger(__name__)
+
+MAX_GAP = 1.0          # seconds; longer gaps between samples are not credited
+KEEP = 600.0           # seconds a listener or app's counters outlive its last scrape
+MAX_LISTENERS = 4096   # bounded state whatever the host runs
+MAX_WORKERS = 16384
+
+
+class SlidingMax:
+    """The maximum of the values added in the last `window` seconds (monotonic deque:
+    O(1) amortised per sample)."""
+
+    def __init__(self, window: float):
+        self.window = window
+        self._q: deque[tuple[float, int]] = deque()
+
+    def add(self, t: float, value: int) -> None:
+        q = self._q
+        while q and q[-1][1] <= value:
+            q.pop()
+        q.append((t, value))
+        self._expire(t)
+
+    def _expire(self, now: float) -> None:
+        q = self._q
+        while len(q) > 1 and q[0][0] < now - self.window:
+            q.popleft()
+
+    def value(self, now: float) -> int | None:
+        """None when nothing was seen within the window."""
+        self._expire(now)
+        if not self._q or self._q[0][0] < now - self.window:
+            return None
+        return self._q[0][1]
+
+
+@dataclass
+class QueueStats:
+    """One listener's accounting."""
+
+    peak: SlidingMax
+    queued_seconds: float = 0.0
+    length_seconds: float = 0.0
+    last: int | None = None        # the last sample's queue length; None: not seen yet
+
+    def sample(self, t: float, dt: float | None, length: int | None) -> None:
+        if dt is not None and self.last is not None:
+            if self.last > 0:
+                self.queued_seconds += dt
+            self.length_seconds += self.last * dt
+        self.last = length
+        if length is not None:
+            self.peak.add(t, length)
+
+
+@dataclass
+class BusyStats:
+    """One sync app's accounting: workers pid -> idle fd count."""
+
+    idle_fds: dict[int, int] = field(default_factory=dict)
+    all_busy_seconds: float = 0.0
+    last: bool | None = None
+
+    def sample(self, dt: float | None, all_busy: bool | None) -> None:
+        if dt is not None and self.last:
+            self.all_busy_seconds += dt
+        self.last = all_busy
+
+
+def count_fds(pid: int, proc: str = "/proc") -> int | None:
+    """Number of open fds of a process (one getdents pass, no readlink); None if gone
+    or not readable."""
+    try:
+        return len(os.listdir(f"{proc}/{pid}/fd"))
+    except OSError:
+        return None
+
+
+class Sampler:
+    """The accounting and the sampling thread. `retarget` and `snapshot` are called
+    from the event loop, `tick` from the thread; one lock guards the state."""
+
+    def __init__(self, interval: float, window: float, read_queues, proc: str = "/proc"):
+        self.interval = interval
+        self.window = window
+        # {namespace: (a pid in it, wanted inodes)} -> {inode: queue length}; namespace
+        # None is the exporter's own
+        self.read_queues = read_queues
+        self.proc = proc
+        self._lock = threading.Lock()
+        self._listeners: dict[tuple[str, str], QueueStats] = {}
+        self._inodes: dict[int, tuple[str, str]] = {}       # inode -> (app, listener)
+        self._where: dict[int, tuple[int | None, int]] = {}  # inode -> (netns, master pid)
+        self._apps: dict[str, BusyStats] = {}
+        self._seen: dict[object, float] = {}                # stats key -> last scrape with it
+        self._reported: set = set()      # keys found by the last scrape
+        self._last_t: float | None = None
+        self.samples = 0
+        self.errors = 0
+        self.skipped_seconds = 0.0
+        self.busy_seconds = 0.0     # wall time spent sampling
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- what to watch, from the last scrape -----------------------------------------
+
+    def retarget(self, snap: GunicornSnapshot, now: float | None = None) -> None:
+        """Watch what this scrape found. Counters of listeners and apps it did not find
+        are kept (not reported, not sampled) for KEEP seconds, so that one failed read
+        does not reset them."""
+        now = time.monotonic() if now is None else now
+        inodes: dict[int, tuple[str, str]] = {}
+        where: dict[int, tuple[int | None, int]] = {}
+        sync: dict[str, dict[int, int]] = {}
+        for a in snap.apps:
+            if not a.up:
+                continue
+            for lst in a.listeners:
+                if lst.inode and len(inodes) < MAX_LISTENERS:
+                    inodes[lst.inode] = (a.app, lst.label)
+                    where[lst.inode] = (a.netns, a.master_pid or 0)
+            if a.worker_class == "sync" and a.workers:
+                idle = {}
+                for w in a.workers:
+                    if w.open_fds is None:
+                        continue
+                    held = (w.connections_active or 0) + (w.connections_client_closed or 0)
+                    idle[w.pid] = max(0, w.open_fds - held)
+                if len(idle) == len(a.workers):   # every worker measurable, or none
+                    sync[a.app] = idle
+        with self._lock:
+            self._inodes = inodes
+            self._where = where
+            for key in set(inodes.values()):
+                self._seen[key] = now
+                if key not in self._listeners:
+                    self._listeners[key] = QueueStats(SlidingMax(self.window))
+            for app, idle in sync.items():
+                self._seen[app] = now
+                stats = self._apps.setdefault(app, BusyStats())
+                stats.idle_fds = dict(list(idle.items())[:MAX_WORKERS])
+            for app, stats in self._apps.items():
+                if app not in sync:
+                    stats.idle_fds = {}
+                    stats.last = None
+            self._reported = set(inodes.values()) | set(sync)
+            for key, seen in list(self._seen.items()):
+                if now - seen > KEEP:
+                    del self._seen[key]
+                    self._listeners.pop(key, None)
+                    self._apps.pop(key, None)
+
+    # --- one sample ------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> None:
+        start = time.monotonic()
+        now = start if now is None else now
+        with self._lock:
+            wanted: dict[int | None, tuple[int, set[int]]] = {}
+            for ino, (netns, pid) in self._where.items():
+                wanted.setdefault(netns, (pid, set()))[1].add(ino)
+            workers = {app: dict(b.idle_fds) for app, b in self._apps.items()}
+        try:
+            queues = self.read_queues(wanted) if wanted else {}
+        except OSError as e:
+            queues = None
+            self.errors += 1
+            log.debug("sampler: reading listen queues failed: %r", e)
+        fds = {app: {pid: count_fds(pid, self.proc) for pid in idle}
+               for app, idle in workers.items()}
+        with self._lock:
+            dt = None if self._last_t is None else now - self._last_t
+            if dt is not None and (dt > MAX_GAP or dt < 0):
+                self.skipped_seconds += max(dt, 0.0)
+                dt = None
+            self._last_t = now
+            waiting: dict[str, bool] = {}
+            for ino, key in self._inodes.items():
+                stats = self._listeners.get(key)
+                if stats is None:
+                    continue
+                length = None if queues is None else queues.get(ino)
+                stats.sample(now, dt, length)
+                if length:
+                    waiting[key[0]] = True
+            for app, counts in fds.items():
+                stats = self._apps.get(app)
+                if stats is None or not stats.idle_fds:
+                    continue
+                busy = True
+                for pid, n in counts.items():
+                    idle = stats.idle_fds.get(pid)
+                    if n is None or idle is None:
+                        busy = False            # gone: a worker is being replaced
+                        continue
+                    if n < idle:
+                        stats.idle_fds[pid] = idle = n
+                    if n <= idle:
+                        busy = False
+                stats.sample(dt, busy or waiting.get(app, False))
+            self.samples += 1
+            self.busy_seconds += time.monotonic() - start
+
+    # --- the thread --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_t = time.monotonic()
+        last_error = None
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as e:  # noqa: BLE001 - the sampler never dies of one bad sample
+                self.errors += 1
+                if repr(e) != last_error:   # once per kind of failure, not ten times a second
+                    last_error = repr(e)
+                    log.warning("sampler: a sample failed", exc_info=True)
+            next_t += self.interval
+            delay = next_t - time.monotonic()
+            if delay < 0:                       # late: skip the missed ticks
+                next_t = time.monotonic()
+                delay = 0
+            self._stop.wait(delay)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    # --- what a scrape reports ---------------------------------------------------------
+
+    def snapshot(self) -> SamplerSnapshot:
+        now = time.monotonic()
+        with self._lock:
+            listeners = [
+                SamplerListener(app, label, s.peak.value(now), s.queued_seconds,
+                                s.length_seconds)
+                for (app, label), s in sorted(self._listeners.items())
+                if (app, label) in self._reported]
+            busy = {app: b.all_busy_seconds for app, b in sorted(self._apps.items())
+                    if app in self._reported}
+            return SamplerSnapshot(
+                interval=self.interval, window=self.window, listeners=listeners,
+                all_busy_seconds=busy, samples=self.samples, errors=self.errors,
+                skipped_seconds=self.skipped_seconds, busy_seconds=self.busy_seconds)
