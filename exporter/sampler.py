@@ -114,13 +114,30 @@ class BusyStats:
         self.last = all_busy
 
 
-def count_fds(pid: int, proc: str = "/proc") -> int | None:
-    """Number of open fds of a process (one getdents pass, no readlink); None if gone
-    or not readable."""
+def count_fds(pid: int, proc: str = "/proc", by_size: bool = False) -> int | None:
+    """Number of open fds of a process; None if gone or not readable. `by_size`: the
+    size of /proc/PID/fd, which Linux >= 6.2 sets to the number of open fds (one stat,
+    no directory listing: 0.39 ms instead of 1.0 for 64 workers); else one getdents
+    pass (no readlink)."""
     try:
+        if by_size:
+            n = os.stat(f"{proc}/{pid}/fd").st_size
+            if n:
+                return n
         return len(os.listdir(f"{proc}/{pid}/fd"))
     except OSError:
         return None
+
+
+def fd_dir_size_counts(proc: str = "/proc") -> bool:
+    """Whether this proc's /proc/PID/fd sizes count open fds (Linux >= 6.2, a real
+    procfs): our own fd directory's size equals its listing, less the fd the listing
+    opened."""
+    try:
+        size = os.stat(f"{proc}/self/fd").st_size
+        return size > 0 and size == len(os.listdir(f"{proc}/self/fd")) - 1
+    except OSError:
+        return False
 
 
 class Sampler:
@@ -134,6 +151,7 @@ class Sampler:
         # None is the exporter's own
         self.read_queues = read_queues
         self.proc = proc
+        self._by_size = fd_dir_size_counts(proc)
         self._lock = threading.Lock()
         self._listeners: dict[tuple[str, str], QueueStats] = {}
         self._inodes: dict[int, tuple[str, str]] = {}       # inode -> (app, listener)
@@ -213,7 +231,7 @@ class Sampler:
             queues = None
             self.errors += 1
             log.debug("sampler: reading listen queues failed: %r", e)
-        fds = {app: {pid: count_fds(pid, self.proc) for pid in idle}
+        fds = {app: {pid: count_fds(pid, self.proc, self._by_size) for pid in idle}
                for app, idle in workers.items()}
         with self._lock:
             dt = None if self._last_t is None else now - self._last_t

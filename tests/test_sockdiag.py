@@ -498,3 +498,32 @@ def test_listener_drops_and_tcp_idle(sockets):
     assert idle[ino(a0)] is True
     assert idle[ino(pairs[1][1])] is False
     assert gone not in idle
+
+
+def test_listen_queues_match_ss_by_lookup_and_by_dump(tmp_path):
+    """The sampler's reader: unix listeners by exact lookups (few) or a LISTEN dump
+    (many), TCP by a LISTEN dump; `ss -l` is the oracle."""
+    from tests.harness import ss_listen_queue
+    path = str(tmp_path / "lq.sock")
+    u = socket.socket(socket.AF_UNIX)
+    u.bind(path)
+    u.listen(7)
+    t = socket.socket()
+    t.bind(("127.0.0.1", 0))
+    t.listen(9)
+    clients = [socket.socket(socket.AF_UNIX) for _ in range(3)]
+    for c in clients:
+        c.connect(path)
+    clients.append(socket.create_connection(t.getsockname()))
+    try:
+        ui, ti = os.fstat(u.fileno()).st_ino, os.fstat(t.fileno()).st_ino
+        want = {ui: ss_listen_queue(path)[0], ti: ss_listen_queue(t.getsockname()[1])[0]}
+        assert want == {ui: 3, ti: 1}
+        reader = sockdiag.ListenQueues()
+        assert reader.read({ui, ti, 1}) == want            # lookups; inode 1 is no listener
+        reader.UNIX_LOOKUPS = 0
+        assert reader.read({ui, ti}) == want               # the dump
+        reader.close()
+    finally:
+        for s in (*clients, u, t):
+            s.close()

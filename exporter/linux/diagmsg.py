@@ -134,6 +134,38 @@ def unix_request(seq: int, states: int = 0xFFFFFFFF, show: int = _UNIX_SHOW) -> 
                                      b"\xff" * 8))
 
 
+def unix_lookup_requests(inodes: list[int], seq: int) -> bytes:
+    """One exact lookup per unix socket inode (queue lengths only), sequence numbers
+    ``seq``, ``seq + 1``, ...: the kernel finds each by inode instead of walking every
+    unix socket of the namespace as a dump does."""
+    return b"".join(
+        frame(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq + i,
+              _UNIX_DIAG_REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino & 0xFFFFFFFF,
+                                  UDIAG_SHOW_RQLEN, b"\xff" * 8))
+        for i, ino in enumerate(inodes))
+
+
+def _lookup_answers(buf, n: int, seq: int, nseq: int):
+    """(answers in this datagram, (offset, length) of each message) for exact lookups
+    with sequence numbers ``seq``... (``nseq`` of them); a socket that is gone answers
+    with an NLMSG_ERROR, which counts as an answer."""
+    errors: list = []
+    runs, _done = walk(buf, n, SOCK_DIAG_BY_FAMILY, seq, nseq, errors)
+    messages = list(_messages(buf, runs))
+    return len(errors) + len(messages), messages
+
+
+def decode_unix_lookups(buf, n: int, seq: int, nseq: int, out: dict[int, UnixSocket]) -> int:
+    """One datagram of answers to ``unix_lookup_requests(..., seq)`` into ``out``;
+    returns how many answers it held."""
+    answers, messages = _lookup_answers(buf, n, seq, nseq)
+    for off, length in messages:
+        s = parse_unix(buf, off, length)
+        if s is not None:
+            out[s.inode] = s
+    return answers
+
+
 def inet_request(family: int, states: int, seq: int) -> bytes:
     """Dump TCP sockets in ``states``.  TIME_WAIT is never asked for: those have no
     inode and there can be tens of thousands."""
@@ -388,11 +420,8 @@ def decode_lookups(buf, n: int, seq: int, nseq: int, out: dict[int, bool]) -> in
     """One datagram of answers to ``lookup_requests(..., seq)`` (``nseq`` of them):
     inode -> idle into ``out``; returns how many answers it held (a socket that is gone
     answers with an NLMSG_ERROR, which counts too)."""
-    errors: list = []
-    runs, _done = walk(buf, n, SOCK_DIAG_BY_FAMILY, seq, nseq, errors)
-    answers = len(errors)
-    for off, length in _messages(buf, runs):
-        answers += 1
+    answers, messages = _lookup_answers(buf, n, seq, nseq)
+    for off, length in messages:
         hit = parse_tcp_idle(buf, off, length)
         if hit is not None:
             out[hit[0]] = hit[1]
