@@ -19,8 +19,8 @@ import tomllib
 from exporter import __version__
 from exporter.collectors import REGISTRY
 from exporter.collectors.gunicorn import GunicornOptions
-from exporter.collectors.postgres import (PostgresOptions, dsn_endpoint, read_dsn_file,
-                                          server_label)
+from exporter.collectors.postgres import PostgresOptions
+from exporter.postgres.dsn import dsn_endpoint, read_dsn_file, server_label
 from exporter.options import (BY_KEY, OPTIONS, ConfigError, parse_bool,
                               parse_listen_address)
 

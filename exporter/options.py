@@ -238,7 +238,7 @@ def parse_receive_buffer(value) -> int:
 
 def parse_dsns(values) -> tuple[str, ...]:
     """DSNs as given; validated without ever echoing them (they may hold a password)."""
-    from exporter.collectors.postgres import server_label  # (it reads this module's table)
+    from exporter.postgres.dsn import server_label
     out = []
     for i, v in enumerate(_as_list(values)):
         text = str(v).strip()

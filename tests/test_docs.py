@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.http import _PROCESS
 from exporter.metrics import render, render_web
-from exporter.collectors.postgres import attribute, budgets, build_server_snapshot
+from exporter.postgres.model import attribute, budgets, build_server_snapshot
 from exporter.linux.cgroup import PodIdentity
 from exporter.snapshot import PostgresSnapshot
 from exporter.snapshot import AppRequests, RequestsSnapshot, StatsdSnapshot

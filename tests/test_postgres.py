@@ -17,8 +17,9 @@ from prometheus_client.core import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from exporter.collectors.gunicorn import GunicornCollector, GunicornOptions
-from exporter.collectors.postgres import (PostgresCollector, PostgresOptions, attribute,
-                                          budgets, build_server_snapshot, redact, server_label)
+from exporter.collectors.postgres import PostgresCollector, PostgresOptions
+from exporter.postgres.dsn import redact, server_label
+from exporter.postgres.model import attribute, budgets, build_server_snapshot
 from exporter.metrics import render_postgres
 from exporter.scrape import Scraper
 from exporter.snapshot import (AppSnapshot, PostgresBackend, PostgresSnapshot, WorkerSnapshot)

@@ -15,8 +15,9 @@ For every configured server (`--postgres.dsn`, repeatable):
     the `server` label is host:port/dbname.
 
 `finish(snapshot)` joins the client backends with the gunicorn collector's workers
-(`attribute`, a pure function) and computes each app's connection budget
-(`budgets`, also pure). Both are tested on literal data.
+(`attribute`) and computes each app's connection budget (`budgets`): pure functions in
+exporter/postgres/model.py, with the named rows of the two queries below; DSN handling
+is in exporter/postgres/dsn.py.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from dataclasses import dataclass, field
 from exporter.options import DEFAULTS
 from exporter.collectors.base import Collector
 from exporter.linux.procfs import ProcFS
-from exporter.snapshot import (AppSnapshot, DbBudget, GunicornSnapshot, PostgresAttribution,
-                               PostgresBackend, PostgresServerSnapshot, PostgresSnapshot)
+from exporter.postgres.dsn import dsn_secrets, redact, server_label
+from exporter.postgres.model import ActivityRow, attribute, budgets, build_server_snapshot
+from exporter.snapshot import (GunicornSnapshot, PostgresBackend, PostgresServerSnapshot,
+                               PostgresSnapshot)
 
 log = logging.getLogger(__name__)
 
 APPLICATION_NAME = "gunicorn-exporter"
-OTHER = "other"
 MAX_BACKENDS = 20_000          # rows read per scrape; max_connections bounds it in practice
 MAX_UNIX_LOOKUPS = 5_000       # backends whose /proc fd table we read per scrape
 
@@ -89,79 +91,6 @@ class PostgresOptions:
     default_budget: float | str | None = "threads"   # for apps not in `budgets`
     backoff_max: float = 30.0
     backoff_base: float = 1.0
-
-
-# --- DSN handling -------------------------------------------------------------
-
-def dsn_endpoint(dsn: str, environ: dict[str, str] | None = None) -> tuple[str, int, str]:
-    """(host, port, dbname) of a DSN, libpq environment variables and defaults filled in.
-
-    host is a name, an address, or a unix socket directory (starting with /). Raises
-    ValueError with a message that does not contain the DSN.
-    """
-    from psycopg.conninfo import conninfo_to_dict
-    env = os.environ if environ is None else environ
-    try:
-        params = conninfo_to_dict(dsn)
-    except Exception:
-        raise ValueError("not a valid connection string (libpq key=value or postgresql:// URI)") from None
-    host = str(params.get("host") or params.get("hostaddr") or env.get("PGHOST")
-               or env.get("PGHOSTADDR") or "localhost")
-    port_text = str(params.get("port") or env.get("PGPORT") or "5432")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError("the port is not a number from 1 to 65535")
-    user = str(params.get("user") or env.get("PGUSER") or _os_user())
-    dbname = str(params.get("dbname") or env.get("PGDATABASE") or user)
-    return host, int(port_text), dbname
-
-
-def server_label(dsn: str, environ: dict[str, str] | None = None) -> str:
-    """host:port/dbname of a DSN (libpq env variables and defaults filled in), no secrets.
-
-    Raises ValueError with a message that does not contain the DSN.
-    """
-    host, port, dbname = dsn_endpoint(dsn, environ)
-    if ":" in host and not host.startswith("/") and "," not in host:
-        host = f"[{host}]"
-    return f"{host}:{port}/{dbname}"
-
-
-def dsn_secrets(dsn: str) -> list[str]:
-    """Strings that must never be shown: the DSN itself and its password."""
-    out = [dsn]
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-        pw = conninfo_to_dict(dsn).get("password")
-        if pw:
-            out.append(str(pw))
-    except Exception:
-        pass
-    pw = os.environ.get("PGPASSWORD")
-    if pw:
-        out.append(pw)
-    return [s for s in out if s]
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    for s in sorted(secrets, key=len, reverse=True):
-        if len(s) >= 1:
-            text = text.replace(s, "***")
-    return text
-
-
-def read_dsn_file(path: str) -> list[str]:
-    """One DSN per line; blank lines and lines starting with # are skipped."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read(1 << 20)
-    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-
-
-def _os_user() -> str:
-    try:
-        import pwd
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except (KeyError, ImportError):
-        return "postgres"
 
 
 # --- the collector -------------------------------------------------------------
@@ -354,7 +283,8 @@ class PostgresCollector(Collector):
                         "state, client address or query times (%d hidden now); "
                         "GRANT pg_monitor TO <role> (see docs/postgres.md)",
                         s.label, snap.hidden_connections)
-        own_start = next((r[9] for r in rows if r[0] == snap.own_pid), None)
+        own_start = next((r.backend_start for r in map(ActivityRow._make, rows)
+                          if r.pid == snap.own_pid), None)
         if s.local is None:
             s.local = await asyncio.to_thread(self._is_local, snap.own_pid, own_start)
         snap.local = bool(s.local)
@@ -391,132 +321,3 @@ class PostgresCollector(Collector):
 def _describe(e: Exception) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-# --- pure functions --------------------------------------------------------------
-
-def _state_label(state: str | None) -> str:
-    if state is None:
-        return "unknown"
-    return state.replace("(", "").replace(")", "").strip().replace(" ", "_") or "unknown"
-
-
-def build_server_snapshot(label: str, settings, rows, max_application_names: int) -> PostgresServerSnapshot:
-    """Turn the two queries' rows into a server snapshot (bounded label values)."""
-    (version, max_conn, su_reserved, reserved, port, own_pid, monitor, _pm_start) = settings
-    snap = PostgresServerSnapshot(
-        server=label, up=True, version_num=version, port=port, own_pid=own_pid,
-        monitor_privilege=bool(monitor), max_connections=max_conn,
-        superuser_reserved_connections=su_reserved,
-        reserved_connections=int(reserved) if reserved not in (None, "") else None)
-    names: dict[str, int] = {}
-    for r in rows:
-        names[r[3]] = names.get(r[3], 0) + 1
-    keep = set(sorted(names, key=lambda n: (-names[n], n))[:max(0, max_application_names)])
-    for (pid, datname, usename, appname, state, addr, port_, state_age, query_age,
-         _start, hidden) in rows:
-        key = (datname, usename, appname if appname in keep else OTHER, _state_label(state))
-        snap.connections[key] = snap.connections.get(key, 0) + 1
-        if hidden:
-            snap.hidden_connections += 1
-        snap.backends.append(PostgresBackend(pid=pid, client_addr=addr, client_port=port_,
-                                             hidden=bool(hidden)))
-        if datname not in snap.oldest_query and not hidden:
-            snap.oldest_query[datname] = 0.0
-            snap.oldest_idle_in_transaction[datname] = 0.0
-        if pid == own_pid or hidden:
-            continue
-        if state == "active" and query_age is not None:
-            snap.oldest_query[datname] = max(snap.oldest_query[datname], query_age)
-        elif state in ("idle in transaction", "idle in transaction (aborted)") and state_age is not None:
-            snap.oldest_idle_in_transaction[datname] = max(
-                snap.oldest_idle_in_transaction[datname], state_age)
-    return snap
-
-
-def _norm_addr(addr: str | None) -> str | None:
-    if addr is None:
-        return None
-    addr = addr.split("%", 1)[0]
-    return addr[7:] if addr.lower().startswith("::ffff:") else addr
-
-
-def attribute(backends: list[PostgresBackend], apps: list[AppSnapshot], *,
-              server_port: int | None = None, own_pid: int | None = None) -> PostgresAttribution:
-    """Count each client backend against the gunicorn app and worker that holds its socket.
-
-    TCP: the backend's (client_addr, client_port) is the worker socket's local
-    (address, port), and the worker socket's remote port is the server's port.
-    Unix: one of the backend's socket inodes (from /proc/<pid>/fd) is the peer of a
-    worker's socket to `.s.PGSQL.<port>`. Nothing else is guessed: the rest is
-    unattributed, by reason:
-      hidden  the role may not see the client address (no pg_monitor) and the
-              socket could not be matched either;
-      remote  a TCP client no gunicorn worker on this host holds (another host,
-              a cron job, psql, a pooler in between);
-      unix    a unix-socket client not matched (not a worker, or the exporter may
-              not read the backend's /proc/<pid>/fd, or the server is elsewhere).
-    Every app and worker gets a count, 0 included; the exporter's own backend is skipped.
-    """
-    out = PostgresAttribution()
-    tcp: dict[tuple[str, int], tuple[str, int]] = {}
-    unix: dict[int, tuple[str, int]] = {}
-    for a in apps:
-        out.apps.setdefault(a.app, 0)
-        for w in a.workers:
-            out.workers.setdefault((a.app, w.slot), 0)
-            for local_addr, local_port, _raddr, rport in w.db_tcp:
-                if server_port is None or rport == server_port:
-                    tcp[(_norm_addr(local_addr), local_port)] = (a.app, w.slot)
-            for _inode, peer in w.db_unix:
-                if peer:
-                    unix[peer] = (a.app, w.slot)
-    for b in backends:
-        if own_pid is not None and b.pid == own_pid:
-            continue
-        owner = None
-        if b.client_port is not None and b.client_port >= 0 and b.client_addr is not None:
-            owner = tcp.get((_norm_addr(b.client_addr), b.client_port))
-            reason = "remote"
-        else:
-            for ino in b.socket_inodes:
-                owner = unix.get(ino)
-                if owner is not None:
-                    break
-            reason = "hidden" if b.hidden else "unix"
-        if owner is None:
-            out.unattributed[reason] = out.unattributed.get(reason, 0) + 1
-            continue
-        out.apps[owner[0]] = out.apps.get(owner[0], 0) + 1
-        out.workers[owner] = out.workers.get(owner, 0) + 1
-    for reason in ("hidden", "remote", "unix"):
-        out.unattributed.setdefault(reason, 0)
-    return out
-
-
-def budgets(apps: list[AppSnapshot], declared: dict[str, float | str],
-            default: float | str | None = "threads") -> list[DbBudget]:
-    """Connections each app should stay under: workers x per-worker budget.
-
-    Per-worker budget: what the user declared for the app (`pool_size + max_overflow`
-    for a SQLAlchemy QueuePool), or "threads" (one connection per thread: sync 1,
-    gthread --threads, gevent/eventlet 1, since green threads should share a pool);
-    `default` applies to undeclared apps (source "threads" or "default"), None = no
-    budget for them; a declared "none" removes one app's budget.
-    """
-    out = []
-    for a in apps:
-        if not a.up:
-            continue
-        if a.app in declared:
-            value, source = declared[a.app], "declared"
-        elif default is not None:
-            value, source = default, ("threads" if default == "threads" else "default")
-        else:
-            continue
-        if value is None or value == "none":
-            continue
-        per_worker = float(a.threads or 1) if value == "threads" else float(value)
-        workers = a.workers_desired if a.workers_desired is not None else len(a.workers)
-        out.append(DbBudget(app=a.app, workers=workers, per_worker=per_worker, source=source))
-    return out

@@ -1,7 +1,7 @@
 """Rules over database connections: green threads holding connections of their own (C6)
 and the apps' connection budgets against the server's max_connections (C5). They read
 the postgres collector's snapshot (`--postgres.dsn`: pg_stat_activity, its backends
-attributed to gunicorn workers, and each app's budget, exporter/collectors/postgres.py);
+attributed to gunicorn workers, and each app's budget, exporter/postgres/model.py);
 C6 falls back to the workers' own sockets to database ports without it.
 """
 
