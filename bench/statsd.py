@@ -120,7 +120,6 @@ def wait_quiet(read, deadline_s: float = 10.0):
 # --- the receive path alone, in a child ----------------------------------------------
 
 async def child_main(mode: str, port: int, buffer: int) -> None:
-    import exporter.collectors  # noqa: F401
     from exporter.collectors.statsd import StatsdCollector
     c = StatsdCollector(f"127.0.0.1:{port}", receive_buffer=buffer, mode=mode)
     await c.start()
@@ -233,7 +232,6 @@ def summary(name: str, rate: float, runs: list[dict]) -> str:
 # --- attribution cost -------------------------------------------------------------------
 
 async def attribution(n_apps: int) -> list[str]:
-    import exporter.collectors  # noqa: F401
     from exporter.collectors.gunicorn import GunicornCollector
     from exporter.collectors.statsd import StatsdCollector
     from exporter.snapshot import CollectorResult, Snapshot

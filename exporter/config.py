@@ -21,8 +21,8 @@ from exporter.collectors import REGISTRY
 from exporter.collectors.gunicorn import GunicornOptions
 from exporter.collectors.postgres import PostgresOptions
 from exporter.postgres.dsn import dsn_endpoint, read_dsn_file, server_label
-from exporter.options import (BY_KEY, OPTIONS, ConfigError, parse_bool,
-                              parse_listen_address)
+from exporter.options import BY_KEY, OPTIONS
+from exporter.parsing import ConfigError, parse_bool, parse_listen_address
 
 ENV_PREFIX = "GUNICORN_EXPORTER_"
 # The collectors, on or off by default (--collector.NAME / --no-collector.NAME)

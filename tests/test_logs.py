@@ -15,12 +15,13 @@ import time
 import pytest
 
 from exporter.collectors.gunicorn import GunicornCollector, GunicornOptions
-from exporter.collectors.logs import LogFile, LogsCollector, parse_log_file
-from exporter.options import ConfigError
+from exporter.collectors.logs import LogsCollector
+from exporter.logs.files import LogFile, parse_log_file
+from exporter.parsing import ConfigError
 from exporter.logs.signatures import BUILTIN, Matcher, SignatureError, parse_user_signature
 from exporter.logs.tail import FileTailer
 from exporter.metrics import render_logs
-from exporter.options import parse_line_length, parse_log_files, parse_signatures
+from exporter.parsing import parse_line_length, parse_log_files, parse_signatures
 from exporter.scrape import Scraper
 from exporter.snapshot import (AppSnapshot, CollectorResult, GunicornSnapshot, ListenerSnapshot,
                                Snapshot)

@@ -18,10 +18,9 @@ import uuid
 import pytest
 from prometheus_client.utils import floatToGoString
 
-import exporter.collectors  # noqa: F401  (before exporter.options, which the collectors import)
 from exporter.logs.access import AccessLog, compile_format, parse_access_formats
 from exporter.metrics import render_requests
-from exporter.options import ConfigError, parse_receive_buffer, parse_statsd_prefixes
+from exporter.parsing import ConfigError, parse_receive_buffer, parse_statsd_prefixes
 from exporter.statsd.attribution import match
 from exporter.statsd.parse import (DURATION, IGNORED, LOG, STATUS, classify, parse_line,
                                    parse_prefix_map, status_label)

@@ -21,12 +21,11 @@ the app its gunicorn error log lines proved, else `unknown`): docs/requests.md.
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
 
 from exporter.collectors.base import Collector
 from exporter.collectors.attribution import AppIndex, gunicorn_data
 from exporter.logs.access import DEFAULT_FORMATS, AccessLog, compile_format
+from exporter.logs.files import LogFile
 from exporter.logs.signatures import Matcher, Signature, merge
 from exporter.logs.tail import FileTailer
 from exporter.snapshot import LogFileStats, LogsSnapshot
@@ -35,12 +34,6 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_APP = "unknown"
 MAX_SERIES = 20000
-
-
-@dataclass(frozen=True)
-class LogFile:
-    path: str
-    app: str | None = None
 
 
 class LogsCollector(Collector):
@@ -156,22 +149,3 @@ class LogsCollector(Collector):
             for app in list(self.index.apps):
                 if (app, self.signatures[0].name) not in self._events:
                     self._zero(app)
-
-
-def parse_log_file(value) -> LogFile:
-    """`[APP=]PATH` (or a {app, path} table from the config file)."""
-    if isinstance(value, dict):
-        app, path = value.get("app"), value.get("path")
-    else:
-        text = str(value)
-        app, sep, path = text.partition("=")
-        if not sep or app.startswith("/"):
-            app, path = None, text
-    path = str(path or "").strip()
-    if not path.startswith("/"):
-        raise ValueError(f"{value!r}: the log file must be an absolute path ([APP=]PATH)")
-    if app is not None:
-        app = str(app).strip()
-        if not app or not re.fullmatch(r"[^\s=]{1,128}", app):
-            raise ValueError(f"{value!r}: bad app name before '='")
-    return LogFile(path=path, app=app)

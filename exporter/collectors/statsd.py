@@ -24,7 +24,8 @@ import time
 from exporter.collectors.attribution import gunicorn_data
 from exporter.collectors.base import Collector
 from exporter.linux.procfs import ProcFS
-from exporter.options import DEFAULTS, parse_listen_address
+from exporter.options import DEFAULTS
+from exporter.parsing import parse_listen_address
 from exporter.snapshot import StatsdSnapshot
 from exporter.statsd.attribution import ProcMap, Resolver, proc_map
 from exporter.statsd.receiver import Receiver

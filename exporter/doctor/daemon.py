@@ -6,7 +6,7 @@ host facts (facts.py) in a thread for the masters of the previous scrape, again 
 that set of masters changes and at least every `FACTS_TTL` seconds; its `finish()`, once
 the gunicorn, netstat and postgres data of the scrape are in, remembers the collection
 before this one (so W1 compares two scrapes), evaluates the rules and leaves the
-findings as its data (`AdviceSnapshot`), which exporter/metrics.py renders like any
+findings as its data (`AdviceSnapshot`), which exporter/metrics/ renders like any
 other collector's. A scrape whose advice collector failed or ran out of time exports no
 advice.
 """

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable
 
-import exporter.collectors  # noqa: F401 - first: exporter.options and the collectors import each other
 from exporter.options import DEFAULTS
 from exporter.snapshot import AppSnapshot, HostSnapshot, PostgresSnapshot
 

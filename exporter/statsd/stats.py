@@ -1,6 +1,6 @@
 """What is kept per app from gunicorn's statsd stream or an access log: requests by
 status, a histogram of request durations, log messages by level. Shared by the statsd
-collector and the logs collector (exporter/logs/access.py); rendered by exporter/metrics.py
+collector and the logs collector (exporter/logs/access.py); rendered by exporter/metrics/
 from `RequestsSnapshot`.
 
 Everything is bounded: status labels (exporter/statsd/parse.status_label), levels (a

@@ -1,0 +1,127 @@
+"""The one place where metric families are named, described and rendered (this package).
+
+`render(snapshot)` turns a `Snapshot` (plain data from the collectors) into
+prometheus_client metric families; nothing else in the package creates a metric.
+docs/metrics.md documents every family below; tests/test_docs.py keeps the two in sync.
+
+Sample output (one sync app, two workers, one busy):
+
+    gunicorn_up{app="shop"} 1.0
+    gunicorn_workers{app="shop"} 2.0
+    gunicorn_workers_busy{app="shop"} 1.0
+    gunicorn_worker_connections{app="shop",state="active",worker="0"} 1.0
+    gunicorn_worker_heartbeat_age_seconds{app="shop",worker="0"} 12.4
+    gunicorn_listener_queue_length{app="shop",listener="unix:/run/shop.sock"} 3.0
+    gunicorn_listener_queue_max{app="shop",listener="unix:/run/shop.sock"} 2048.0
+
+Layout: `render` and the exporter's own families here; the gunicorn collector's and the
+sampler's in gunicorn.py; the other collectors' in others.py; helpers in family.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Iterator
+
+from prometheus_client.core import InfoMetricFamily, Metric
+
+from exporter import __version__
+from exporter.metrics.family import _g
+from exporter.metrics.gunicorn import render_gunicorn, render_sampler
+from exporter.metrics.others import (render_advice, render_host, render_logs, render_oom,
+                                     render_postgres, render_requests, render_statsd)
+
+__all__ = ["RENDERERS", "render", "render_web", "render_gunicorn", "render_sampler",
+           "render_host", "render_oom", "render_logs", "render_postgres", "render_statsd",
+           "render_requests", "render_advice"]
+from exporter.snapshot import (AdviceSnapshot, GunicornSnapshot, HostSnapshot, LogsSnapshot,
+                               OomSnapshot, PostgresSnapshot, RequestsSnapshot,
+                               SamplerSnapshot, Snapshot, StatsdSnapshot)
+
+log = logging.getLogger(__name__)
+
+# snapshot type -> renderer
+RENDERERS = {GunicornSnapshot: render_gunicorn, HostSnapshot: render_host,
+             OomSnapshot: render_oom, LogsSnapshot: render_logs,
+             PostgresSnapshot: render_postgres, SamplerSnapshot: render_sampler,
+             StatsdSnapshot: render_statsd, AdviceSnapshot: render_advice}
+
+
+def render(snapshot: Snapshot) -> Iterator[Metric]:
+    """All families for one scrape, data first, exporter self-metrics last.
+
+    A collector's families are rendered completely before any is yielded: if rendering
+    fails (a bug, or a value that is not a number), that collector is reported as failed
+    and the others still answer; /metrics never fails as a whole.
+    """
+    for result in snapshot.results.values():
+        if not result.success or result.data is None:
+            continue
+        renderer = RENDERERS.get(type(result.data))
+        if renderer is None:
+            continue
+        try:
+            families = [_checked(f) for f in renderer(result.data)]
+        except Exception as e:  # noqa: BLE001
+            log.warning("collector %s: rendering failed: %r", result.name, e)
+            result.success, result.error = False, f"rendering: {type(e).__name__}"
+            continue
+        yield from families
+    yield from _requests_guarded(snapshot)
+    yield from render_self(snapshot)
+
+
+def _checked(family: Metric) -> Metric:
+    """Every sample can be written: its value is a float, its label values encode as
+    UTF-8 (or the sample goes, with a warning: it is a bug upstream)."""
+    if not all(_writable(s) for s in family.samples):
+        family.samples = [s for s in family.samples if _writable(s)]
+        log.warning("%s: dropped a sample that cannot be written", family.name)
+    return family
+
+
+def _writable(sample) -> bool:
+    try:
+        float(sample.value)
+        for v in sample.labels.values():
+            v.encode("utf-8")
+        return True
+    except (TypeError, ValueError, OverflowError, UnicodeError, AttributeError):
+        return False
+
+
+def _requests_guarded(snapshot: Snapshot) -> Iterator[Metric]:
+    """The request families, from every collector that counts requests (statsd, access
+    logs): one family each, a `source` label per collector."""
+    parts = [r.data.requests for r in snapshot.results.values()
+             if r.success and isinstance(getattr(r.data, "requests", None), RequestsSnapshot)]
+    if not parts:
+        return
+    try:
+        families = [_checked(f) for f in render_requests(parts)]
+    except Exception as e:  # noqa: BLE001
+        log.warning("rendering the request families failed: %r", e)
+        return
+    yield from families
+
+
+def render_web(reload_ok: bool) -> Iterator[Metric]:
+    g = _g("gunicorn_exporter_web_config_last_reload_successful",
+           "1 if the last reading of --web.config.file (at start, on SIGHUP or after a file it "
+           "names changed) succeeded; 0 while the previous config stays in force.")
+    g.add_metric([], 1 if reload_ok else 0)
+    yield g
+
+
+def render_self(snapshot: Snapshot) -> Iterator[Metric]:
+    ok = _g("gunicorn_exporter_collector_success", "1 if the collector's last run succeeded within its time limit.", ["collector"])
+    dur = _g("gunicorn_exporter_collector_duration_seconds", "How long the collector's last run took, in seconds.", ["collector"])
+    for name, r in sorted(snapshot.results.items()):
+        ok.add_metric([name], 1 if r.success else 0)
+        dur.add_metric([name], r.duration)
+    yield ok
+    yield dur
+    build = InfoMetricFamily("gunicorn_exporter_build", "Version of gunicorn-exporter and the Python running it.")
+    build.add_metric([], {"version": __version__, "python_version": platform.python_version()})
+    yield build

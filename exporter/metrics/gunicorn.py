@@ -1,0 +1,173 @@
+"""Families of the gunicorn collector and of the sampler: apps, workers, listeners,
+the apps' network namespaces and pods, and what happened between scrapes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from exporter.metrics.family import _g, _maybe
+from exporter.snapshot import AppSnapshot, GunicornSnapshot, SamplerSnapshot
+
+
+def _render_app_namespaces(snap: GunicornSnapshot) -> Iterator[Metric]:
+    """What the master's own network namespace and cgroup say (a pod's, on Kubernetes)."""
+    somax = _g("gunicorn_app_somaxconn", "net.core.somaxconn of the master's network namespace (a pod's own on Kubernetes): the cap on its listen backlogs.", ["app"])
+    overflows = CounterMetricFamily("gunicorn_app_listen_overflows", "TcpExt ListenOverflows of the master's network namespace: times a full accept queue there made the kernel drop a connection (shared by every app of that namespace).", labels=["app"])
+    drops = CounterMetricFamily("gunicorn_app_listen_drops", "TcpExt ListenDrops of the master's network namespace (shared by every app of that namespace).", labels=["app"])
+    k8s = _g("gunicorn_app_kubernetes_info", "The container and Kubernetes pod the master runs in, from its cgroup path; join with kube-state-metrics' kube_pod_info{uid} for namespace and pod name; always 1.", ["app", "pod_uid", "container_id", "runtime", "qos_class"])
+    for a in snap.apps:
+        if not a.up:
+            continue
+        _maybe(somax, [a.app], a.somaxconn)
+        if a.listen_overflows is not None:
+            overflows.add_metric([a.app], a.listen_overflows)
+        if a.listen_drops is not None:
+            drops.add_metric([a.app], a.listen_drops)
+        if a.pod is not None and a.pod.pod_uid:
+            k8s.add_metric([a.app, a.pod.pod_uid, a.pod.container_id, a.pod.runtime,
+                            a.pod.qos_class], 1)
+    denied = _g("gunicorn_exporter_netns_denied", "1 if masters in other network namespaces were read from /proc/PID/net (no unix queue lengths, no TCP backlog limits) because the exporter may not enter them (CAP_SYS_ADMIN).")
+    denied.add_metric([], 1 if snap.netns_denied else 0)
+    yield from (somax, overflows, drops, k8s, denied)
+
+
+def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
+    up = _g("gunicorn_up", "1 if the gunicorn master of this app is running; 0 if it ran before (or is expected by --gunicorn.expected-app) and is not running now.", ["app"])
+    info = _g("gunicorn_info", "Gunicorn version, worker class and user of a running master; always 1.", ["app", "version", "worker_class", "user"])
+    workers = _g("gunicorn_workers", "HTTP worker processes alive under the master.", ["app"])
+    desired = _g("gunicorn_workers_desired", "Number of workers the master is configured to run.", ["app"])
+    timeout = _g("gunicorn_timeout_seconds", "Worker timeout (--timeout): a worker silent this long is killed; 0 = disabled.", ["app"])
+    keepalive = _g("gunicorn_keepalive_seconds", "Keep-alive timeout (--keep-alive) for idle client connections.", ["app"])
+    capacity = _g("gunicorn_worker_capacity", "Concurrent requests one worker can serve: sync 1, gthread threads, gevent/eventlet worker_connections, asgi/uvicorn +Inf (no limit).", ["app"])
+    conn_limit = _g("gunicorn_worker_connections_limit", "Configured --worker-connections: the most client connections one worker accepts (gthread, gevent, eventlet).", ["app"])
+    busy = _g("gunicorn_workers_busy", "Workers whose active client connections are at or above their capacity.", ["app"])
+    backlog = _g("gunicorn_backlog", "Configured --backlog; the kernel caps it at net.core.somaxconn (see gunicorn_listener_queue_max).", ["app"])
+    master_start = _g("gunicorn_master_start_time_seconds", "Start time of the master process since the epoch.", ["app"])
+    spawned = CounterMetricFamily("gunicorn_workers_spawned", "Workers the master has spawned since it started (control socket only).", labels=["app"])
+    source = _g("gunicorn_setting_source_info", "Where the exporter learned each setting: control_socket, cmdline, env, config_file, default, kernel (backlog of the listening sockets) or unknown (not knowable: its gauge is absent); always 1.", ["app", "setting", "source"])
+    errors = _g("gunicorn_exporter_app_errors", "Parts of this app's data that could not be collected in this scrape (0 = complete; the exporter's log says what failed).", ["app"])
+    orphans = _g("gunicorn_orphan_workers", "Worker processes of the app whose master is gone (killed with -9 while they were busy); they serve nothing new and exit after their current request.", ["app"])
+
+    w_info = _g("gunicorn_worker_info", "Process id of the worker in this slot; always 1. Slots are reused when workers are recycled.", ["app", "worker", "pid"])
+    w_conn = _g("gunicorn_worker_connections", "Client connections a worker holds that were accepted from the master's listeners, by state: active (a request in flight), idle (TCP keep-alive, its last request answered; gthread/gevent workers), client_closed (the client hung up).", ["app", "worker", "state"])
+    w_beat = _g("gunicorn_worker_heartbeat_age_seconds", "Seconds since the worker last notified the master, computed as the master does; a sync worker's current request has run this long.", ["app", "worker"])
+    w_rss = _g("gunicorn_worker_resident_memory_bytes", "Resident memory of the worker process.", ["app", "worker"])
+    w_cpu = CounterMetricFamily("gunicorn_worker_cpu_seconds", "User and system CPU time of the worker process, in seconds.", labels=["app", "worker"])
+    w_threads = _g("gunicorn_worker_threads", "OS threads in the worker process.", ["app", "worker"])
+    w_fds = _g("gunicorn_worker_open_fds", "Open file descriptors of the worker process.", ["app", "worker"])
+    w_maxfds = _g("gunicorn_worker_max_fds", "Soft limit on open file descriptors (ulimit -n) of the worker process.", ["app", "worker"])
+    w_start = _g("gunicorn_worker_start_time_seconds", "Start time of the worker process since the epoch.", ["app", "worker"])
+    w_db = _g("gunicorn_worker_db_connections", "Connections the worker holds to database ports or sockets (Postgres 5432, pgbouncer 6432 by default).", ["app", "worker"])
+
+    l_len = _g("gunicorn_listener_queue_length", "Connections waiting in the listening socket's accept queue (ss Recv-Q).", ["app", "listener"])
+    l_max = _g("gunicorn_listener_queue_max", "Accept queue limit of the listening socket: min(--backlog, somaxconn) (ss Send-Q).", ["app", "listener"])
+    l_drops = CounterMetricFamily("gunicorn_listener_drops", "Connections the kernel dropped at this TCP listening socket since it was created, full accept queue included (its share of TcpExt ListenDrops).", labels=["app", "listener"])
+
+    for a in snap.apps:
+        up.add_metric([a.app], 1 if a.up else 0)
+        if not a.up:
+            continue
+        info.add_metric([a.app, a.version, a.worker_class, a.user], 1)
+        errors.add_metric([a.app], len(a.errors))
+        workers.add_metric([a.app], len(a.workers))
+        _maybe(desired, [a.app], a.workers_desired)
+        _maybe(timeout, [a.app], a.timeout)
+        _maybe(keepalive, [a.app], a.keepalive)
+        _maybe(capacity, [a.app], a.capacity)
+        if a.worker_class not in ("sync", "uvicorn"):  # the only classes that ignore it
+            _maybe(conn_limit, [a.app], a.worker_connections)
+        _maybe(backlog, [a.app], a.backlog)
+        _maybe(master_start, [a.app], a.master_start_time)
+        if a.workers_spawned is not None:
+            spawned.add_metric([a.app], a.workers_spawned)
+        for setting, where in sorted(a.settings_source.items()):
+            source.add_metric([a.app, setting, where], 1)
+        busy.add_metric([a.app], _busy(a))
+        for w in a.workers:
+            lv = [a.app, str(w.slot)]
+            w_info.add_metric(lv + [str(w.pid)], 1)
+            if w.connections_active is not None:
+                w_conn.add_metric(lv + ["active"], w.connections_active)
+                w_conn.add_metric(lv + ["client_closed"], w.connections_client_closed or 0)
+                if w.connections_idle is not None:
+                    w_conn.add_metric(lv + ["idle"], w.connections_idle)
+            _maybe(w_beat, lv, w.heartbeat_age)
+            w_rss.add_metric(lv, w.rss_bytes)
+            w_cpu.add_metric(lv, w.cpu_seconds)
+            w_threads.add_metric(lv, w.threads)
+            _maybe(w_fds, lv, w.open_fds)
+            _maybe(w_maxfds, lv, w.fd_limit)
+            w_start.add_metric(lv, w.start_time)
+            _maybe(w_db, lv, w.db_connections)
+        for lst in a.listeners:
+            name = lst.label
+            _maybe(l_len, [a.app, name], lst.queue_length)
+            _maybe(l_max, [a.app, name], lst.queue_max)
+            if lst.drops is not None:
+                l_drops.add_metric([a.app, name], lst.drops)
+
+    for app, n in sorted(snap.orphans.items()):
+        orphans.add_metric([app], n)
+
+    yield from (up, info, workers, desired, timeout, keepalive, capacity, conn_limit, busy,
+                backlog, master_start, spawned, source, errors, orphans, w_info, w_conn, w_beat,
+                w_rss, w_cpu, w_threads, w_fds, w_maxfds, w_start, w_db, l_len, l_max, l_drops)
+    yield from _render_app_namespaces(snap)
+
+    denied = _g("gunicorn_exporter_permission_denied_processes", "Gunicorn processes whose /proc fd table or environment the exporter may not read (0 = full view).")
+    denied.add_metric([], snap.permission_denied)
+    src = _g("gunicorn_exporter_socket_table_info", "Where socket queues and states were read from: netlink, procfs, netlink+procfs (masters in several network namespaces) or none (no master found); always 1.", ["source"])
+    src.add_metric([snap.socket_source], 1)
+    yield denied
+    yield src
+    for name, value, doc in (
+            ("gunicorn_exporter_dropped_masters", snap.dropped_masters,
+             "Gunicorn masters found but not measured in this scrape because there are more than --gunicorn.max-masters (shared out between users)."),
+            ("gunicorn_exporter_dropped_workers", snap.dropped_workers,
+             "Worker processes not measured in this scrape because a master has more than 1024."),
+            ("gunicorn_exporter_filtered_masters", snap.filtered_masters,
+             "Gunicorn masters not watched because their user is not one of --gunicorn.user."),
+            ("gunicorn_exporter_remembered_apps", snap.remembered_apps,
+             "Apps the exporter remembers so that a stopped one reads gunicorn_up 0 (at most 256).")):
+        g = _g(name, doc)
+        g.add_metric([], value)
+        yield g
+    forgotten = CounterMetricFamily("gunicorn_exporter_forgotten_apps", "Apps dropped from that memory because it was full (the oldest of the user with the most).")
+    forgotten.add_metric([], snap.forgotten_apps)
+    yield forgotten
+
+
+def _busy(a: AppSnapshot) -> int:
+    """Workers at capacity. When the capacity is not known (the worker class cannot be
+    read), a worker with a request in flight counts as busy: exact for sync workers, an
+    upper bound for the others."""
+    capacity = a.capacity if a.capacity is not None else 1
+    if not capacity:
+        return 0
+    return sum(1 for w in a.workers
+               if w.connections_active is not None and w.connections_active >= capacity)
+
+
+def render_sampler(snap: SamplerSnapshot) -> Iterator[Metric]:
+    peak = _g("gunicorn_listener_queue_peak", "Largest accept queue length the sampler saw (every --sampler.interval) in the last --sampler.peak-window: bursts between scrapes.", ["app", "listener"])
+    queued = CounterMetricFamily("gunicorn_listener_queued_seconds", "Seconds during which the listener's accept queue was not empty (a connection waited for a worker), sampled every --sampler.interval.", labels=["app", "listener"])
+    integral = CounterMetricFamily("gunicorn_listener_queue_length_seconds", "Integral of the accept queue length over time (queue-seconds): rate() of it is the mean queue length over any window.", labels=["app", "listener"])
+    for lst in snap.listeners:
+        lv = [lst.app, lst.listener]
+        _maybe(peak, lv, lst.peak)
+        queued.add_metric(lv, lst.queued_seconds)
+        integral.add_metric(lv, lst.length_seconds)
+    busy = CounterMetricFamily("gunicorn_workers_all_busy_seconds", "Seconds during which every sync worker of the app was busy, or a connection waited in its accept queue (sync worker apps only), sampled every --sampler.interval.", labels=["app"])
+    for app, seconds in snap.all_busy_seconds.items():
+        busy.add_metric([app], seconds)
+    samples = CounterMetricFamily("gunicorn_exporter_sampler_samples", "Samples the sampler took.")
+    samples.add_metric([], snap.samples)
+    errors = CounterMetricFamily("gunicorn_exporter_sampler_errors", "Samples whose listen queues could not be read.")
+    errors.add_metric([], snap.errors)
+    skipped = CounterMetricFamily("gunicorn_exporter_sampler_skipped_seconds", "Time between two samples longer than one second (the sampler was starved), not credited to any counter.")
+    skipped.add_metric([], snap.skipped_seconds)
+    spent = CounterMetricFamily("gunicorn_exporter_sampler_spent_seconds", "Wall-clock time the sampler spent taking samples (its cost).")
+    spent.add_metric([], snap.busy_seconds)
+    yield from (peak, queued, integral, busy, samples, errors, skipped, spent)
