@@ -29,7 +29,8 @@ from pathlib import Path
 from prometheus_client import exposition
 
 from exporter.config import Config
-from exporter.http import Exporter, _Families
+from exporter.http import Exporter
+from exporter.metrics.encode import _Families
 from exporter.httpserver import Request
 from exporter.metrics import render
 from tests.exposition import parse_strict, value

@@ -19,7 +19,7 @@ import pytest
 
 from exporter.collectors.gunicorn import GunicornCollector
 from exporter.gunicorn import control
-from exporter.http import _Families
+from exporter.metrics.encode import _Families
 from exporter.linux.procfs import ProcFS
 from exporter.metrics import render
 from exporter.snapshot import CollectorResult, Snapshot

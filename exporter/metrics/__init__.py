@@ -15,7 +15,8 @@ Sample output (one sync app, two workers, one busy):
     gunicorn_listener_queue_max{app="shop",listener="unix:/run/shop.sock"} 2048.0
 
 Layout: `render` and the exporter's own families here; the gunicorn collector's and the
-sampler's in gunicorn.py; the other collectors' in others.py; helpers in family.py.
+sampler's in gunicorn.py; the other collectors' in others.py; helpers in family.py; the
+families to exposition bytes (byte for byte prometheus_client's output) in encode.py.
 """
 
 from __future__ import annotations
@@ -83,9 +84,11 @@ def _checked(family: Metric) -> Metric:
 
 def _writable(sample) -> bool:
     try:
-        float(sample.value)
+        if type(sample.value) not in (float, int):
+            float(sample.value)
         for v in sample.labels.values():
-            v.encode("utf-8")
+            if not v.isascii():       # (ASCII text always encodes; a non-str fails here)
+                v.encode("utf-8")
         return True
     except (TypeError, ValueError, OverflowError, UnicodeError, AttributeError):
         return False
