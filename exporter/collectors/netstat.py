@@ -8,8 +8,6 @@ own namespace's values.
 
 from __future__ import annotations
 
-import asyncio
-
 from exporter.collectors.base import Collector
 from exporter.linux.procfs import ProcFS
 from exporter.snapshot import HostSnapshot
@@ -22,12 +20,14 @@ class NetstatCollector(Collector):
         self.procfs = procfs or ProcFS()
 
     async def collect(self) -> HostSnapshot:
-        return await asyncio.to_thread(self._read)
+        # On the loop: three small files the kernel writes for our own namespace, which
+        # cannot block (a thread hop would cost more than the reads: docs/performance.md).
+        return self._read()
 
     def _read(self) -> HostSnapshot:
         snap = HostSnapshot()
         snap.somaxconn = self.procfs.somaxconn()
-        tcpext = self.procfs.netstat_counters().get("TcpExt", {})
+        tcpext = self.procfs.tcpext()
         snap.listen_overflows = tcpext.get("ListenOverflows")
         snap.listen_drops = tcpext.get("ListenDrops")
         return snap
