@@ -1,6 +1,6 @@
 """procfs parsers on literal text copied from a real machine."""
 
-from exporter.linux.procfs import (parse_environ, parse_limits_nofile, parse_nul_list,
+from exporter.linux.procfs import (parse_environ, parse_limits_nofile, parse_nul_list, parse_status,
                                    parse_snmp_table, parse_stat)
 
 STAT = ("4055 (gunicorn: worke) S 4053 4052 4052 0 -1 4194624 2316 0 0 0 7 3 0 0 20 0 1 0 "
@@ -53,3 +53,42 @@ def test_snmp_table():
     assert t["TcpExt"]["ListenOverflows"] == 17 and t["TcpExt"]["ListenDrops"] == 19
     assert parse_snmp_table("garbage\nmore garbage\n") == {}
     assert parse_snmp_table("TcpExt: A B\nTcpExt: 1 x\n") == {}
+
+
+STATUS = """Name:\tgunicorn: worke
+Umask:\t0022
+State:\tS (sleeping)
+Tgid:\t4242
+Pid:\t4242
+PPid:\t4200
+Uid:\t1000\t1001\t1002\t1003
+Gid:\t100\t101\t102\t103
+FDSize:\t64
+Groups:\t4 24 27 100 
+VmRSS:\t   21532 kB
+Threads:\t1
+SigCgt:\t0000000008014a07
+Cpus_allowed:\tf
+Cpus_allowed_list:\t0-1,4,6-7
+voluntary_ctxt_switches:\t150
+"""
+
+
+def test_status_fields_from_a_real_layout():
+    s = parse_status(STATUS)
+    assert (s.uid, s.gid, s.groups) == (1000, 100, frozenset({4, 24, 27, 100}))
+    assert s.catches(1) and s.catches(2) and not s.catches(4) and s.catches(15)
+    assert s.cpus_allowed == 5
+
+
+def test_status_a_name_cannot_forge_a_line():
+    # the kernel escapes a newline in the process's name as the two characters \\n
+    forged = STATUS.replace("Name:\tgunicorn: worke", "Name:\tx\\\\nUid:\\t0\\t0\\t0\\t0")
+    assert parse_status(forged).uid == 1000
+    # a name that is exactly a field's text stays on the Name line
+    assert parse_status(STATUS.replace("gunicorn: worke", "Uid:\t0")).uid == 1000
+
+
+def test_status_without_groups_or_cpu_list():
+    s = parse_status("Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n")
+    assert (s.uid, s.groups, s.sig_caught, s.cpus_allowed) == (0, frozenset(), 0, None)
