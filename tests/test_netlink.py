@@ -16,7 +16,8 @@ from exporter.linux.diagmsg import (INET_DIAG_INFO, INET_DIAG_SKMEMINFO, SOCK_DI
                                     TCP_ESTABLISHED, TCP_LISTEN, TCP_TIME_WAIT,
                                     UNIX_DIAG_NAME, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN,
                                     UNIX_DIAG_SHUTDOWN, UNIX_DIAG_VFS, InetSocket, UnixSocket,
-                                    decode_inet, decode_listen_drops, decode_lookups,
+                                    decode_inet, decode_listen_drops, decode_listeners,
+                                    decode_lookups,
                                     decode_unix, parse_tcp_idle)
 from exporter.linux.netlink import (NLM_F_MULTI, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
                                     NLMSG_OVERRUN, NetlinkError, walk)
@@ -330,6 +331,18 @@ def test_skmeminfo_drops():
                          0, 0, 128, 0) for i in (41, 42)}
     decode_listen_drops(chunks(d), 4, out)
     assert (out[41].drops, out[42].drops) == (5, None)
+    # the same dump read as the listeners themselves (read_all's LISTEN-first path)
+    got: dict[int, InetSocket] = {}
+    decode_listeners(chunks(d), 4, got, wanted={41, 42})
+    assert set(got) == {41, 42}
+    assert (got[41].drops, got[42].drops) == (5, None)
+    assert (got[41].state, got[41].local_port, got[41].wqueue, got[42].local_port) == \
+        (TCP_LISTEN, 80, 0, 81)
+    every: dict[int, InetSocket] = {}
+    decode_listeners(chunks(d), 4, every)
+    assert set(every) == {41, 42, 43} and every[43].drops == 5
+    with pytest.raises(NetlinkError):
+        decode_listeners(chunks(d[:-len(done(4))]), 4, {})     # no NLMSG_DONE
 
 
 @pytest.mark.parametrize("sent,recv,acked,idle", [

@@ -471,6 +471,41 @@ def test_wanted_filter_keeps_only_those_inodes_and_their_unix_peers():
             s.close()
 
 
+def test_listeners_first_and_the_established_walk_only_for_unknown_inodes():
+    """With `wanted`, TCP listeners come from the LISTEN dumps; the walk of the whole
+    TCP table happens only when a wanted inode is neither a unix socket, nor a listener,
+    nor in `not_inet`; either way every socket found equals what the full read says."""
+    import socket as _s
+    a, b = _s.socketpair()
+    lst = _s.socket(_s.AF_INET6, _s.SOCK_STREAM)
+    lst.bind(("::1", 0))
+    lst.listen(3)
+    cli = _s.create_connection(lst.getsockname()[:2])
+    srv, _ = lst.accept()
+    udp = _s.socket(_s.AF_INET, _s.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    try:
+        ino = lambda s: os.fstat(s.fileno()).st_ino  # noqa: E731
+        full = sockdiag.read_all()
+        assert full.inet[ino(lst)].drops == 0
+        held = sockdiag.read_all(wanted={ino(a), ino(lst)})
+        assert held.inet_complete is False                      # no walk: all were known
+        assert set(held.inet) == {ino(lst)} and held.inet[ino(lst)] == full.inet[ino(lst)]
+        conn = sockdiag.read_all(wanted={ino(a), ino(lst), ino(srv)})
+        assert conn.inet_complete is True                       # srv is established: walk
+        assert set(conn.inet) == {ino(lst), ino(srv)} and conn.inet[ino(srv)] == full.inet[ino(srv)]
+        with_udp = sockdiag.read_all(wanted={ino(lst), ino(udp)})
+        assert with_udp.inet_complete is True and set(with_udp.inet) == {ino(lst)}
+        remembered = sockdiag.read_all(wanted={ino(lst), ino(udp)}, not_inet={ino(udp)})
+        assert remembered.inet_complete is False and set(remembered.inet) == {ino(lst)}
+        # what not_inet wrongly claims still shows up when it is a listener or unix
+        assert set(sockdiag.read_all(wanted={ino(lst), ino(a)},
+                                     not_inet={ino(lst), ino(a)}).inet) == {ino(lst)}
+    finally:
+        for s in (a, b, cli, srv, lst, udp):
+            s.close()
+
+
 def test_listener_drops_and_tcp_idle(sockets):
     """The SKMEMINFO dump and the batched tcp_info lookups against sockets whose state
     is known: a fresh listener has dropped nothing; a connection that answered and

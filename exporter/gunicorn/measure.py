@@ -79,6 +79,9 @@ def class_path(value: str) -> str:
     return normalise_worker_class(m.group(1) if m else value)
 
 
+# Reads that may skip the TCP established hash on the strength of one complete read.
+NOT_INET_READS = 8
+
 class Measurer:
     """Reads one collection; keeps only caches keyed by master (pid, start time)."""
 
@@ -96,6 +99,13 @@ class Measurer:
         self._configs: dict[tuple[int, int], dict[tuple, object]] = {}
         self._own_netns = self.procfs.netns("self")
         self._facts: dict[int | None, tuple] = {}
+        # per network namespace: socket inodes held by gunicorn processes that the last
+        # complete read found to be neither unix nor TCP (UDP, netlink); while every held
+        # inode is a unix socket, a TCP listener or one of these, the next reads skip the
+        # walk of the kernel's whole TCP established hash (sockdiag.read_all). A TCP socket
+        # not yet connected (state CLOSE) is in no hash and looks the same: the memory
+        # lasts NOT_INET_READS reads, so such a socket is seen at most that many later.
+        self._not_inet: dict[int | None, tuple[frozenset[int], int]] = {}
         # sock_diag sockets inside other network namespaces (pods): exporter/linux/netns.py
         self.netns_sockets = NetnsSockets(self.procfs.root)
         self._somaxconn: dict[int, int | None] = {}
@@ -144,7 +154,9 @@ class Measurer:
                 netns = raw.netns = self.procfs.netns(m.proc.pid)
                 raw.foreign_netns = netns is not None and netns != self._own_netns
                 if netns not in tables:
-                    tables[netns] = self._socket_table(netns, m.proc.pid, wanted)
+                    tables[netns] = table = self._socket_table(netns, m.proc.pid, wanted)
+                    if table is not None:
+                        self._remember_not_inet(netns, table, wanted)
                 table = tables[netns]
                 self._namespace_facts(raw)
                 if table is not None:
@@ -154,6 +166,9 @@ class Measurer:
                 raw.errors.append(f"joining sockets: {type(e).__name__}: {str(e)[:120]}")
             raws.append(raw)
         self.netns_sockets.keep_only({ns for ns in tables if ns is not None})
+        for ns in list(self._not_inet):
+            if ns not in tables:
+                del self._not_inet[ns]
         snap.netns_denied = self.netns_denied
         for ns in list(self._somaxconn):
             if ns not in tables:
@@ -215,10 +230,23 @@ class Measurer:
             return "gthread"
         return cls
 
+    def _remember_not_inet(self, netns: int | None, table: SocketTable, wanted: set[int]) -> None:
+        if table.source != "netlink":
+            self._not_inet.pop(netns, None)
+        elif table.inet_complete:
+            self._not_inet[netns] = (frozenset(
+                ino for ino in wanted if ino not in table.unix and ino not in table.inet),
+                NOT_INET_READS)
+        else:   # what is still held, one read older
+            known, left = self._not_inet.get(netns, (frozenset(), 0))
+            self._not_inet[netns] = (known & wanted, left - 1)
+
     def _socket_table(self, netns: int | None, pid: int, wanted: set[int]) -> SocketTable | None:
+        known, left = self._not_inet.get(netns, (frozenset(), 0))
+        not_inet = known if left > 0 else frozenset()
         if netns is not None and netns == self._own_netns and self.procfs.root == "/proc":
             try:
-                return self._read_sockets(wanted=wanted)
+                return self._read_sockets(wanted=wanted, not_inet=not_inet)
             except OSError as e:
                 log.debug("netlink socket dump failed (%s); reading /proc/net", e)
         elif netns is not None:
@@ -228,7 +256,7 @@ class Measurer:
             try:
                 sock, somaxconn = self.netns_sockets.get(netns, pid)
                 self._somaxconn[netns] = somaxconn
-                return sockdiag.read_all(wanted=wanted, sock=sock)
+                return sockdiag.read_all(wanted=wanted, sock=sock, not_inet=not_inet)
             except PermissionError as e:
                 self.netns_denied = True
                 if not self._denied_logged:
@@ -262,7 +290,7 @@ class Measurer:
             except (OSError, ValueError):
                 pass
         try:
-            tcpext = self.procfs.netstat_counters(pid).get("TcpExt", {})
+            tcpext = self.procfs.tcpext(pid)
         except (OSError, ValueError):
             tcpext = {}
         raw.listen_counters = {k: v for k, v in tcpext.items()

@@ -116,6 +116,8 @@ class SocketTable:
     unix: dict[int, UnixSocket]
     inet: dict[int, InetSocket]
     source: str         # 'netlink' or 'procfs'
+    # every TCP socket was read (False: only listeners, all wanted inodes being known)
+    inet_complete: bool = True
 
 
 # ------------------------------------------------------------------ requests
@@ -388,6 +390,24 @@ def decode_listen_drops(chunks, seq: int, out: dict[int, InetSocket]) -> None:
             hit = parse_listen_drops(buf, off, length)
             if hit is not None and hit[0] in out:
                 out[hit[0]].drops = hit[1]
+        if done:
+            return
+    raise NetlinkError(errno.EIO, "sock_diag: answer ended without NLMSG_DONE")
+
+
+def decode_listeners(chunks, seq: int, out: dict[int, InetSocket], wanted=None) -> None:
+    """A LISTEN dump with SKMEMINFO (listen_request) into ``out``: each listening socket
+    (``wanted`` as in decode_inet) with its ``drops``."""
+    for buf, n in chunks:
+        runs, done = walk(buf, n, SOCK_DIAG_BY_FAMILY, seq)
+        for off, length in _messages(buf, runs):
+            s = parse_inet(buf, off, length)
+            if s is None or (wanted is not None and s.inode not in wanted):
+                continue
+            hit = parse_listen_drops(buf, off, length)
+            if hit is not None:
+                s.drops = hit[1]
+            out[s.inode] = s
         if done:
             return
     raise NetlinkError(errno.EIO, "sock_diag: answer ended without NLMSG_DONE")

@@ -24,7 +24,7 @@ from exporter.linux.diagmsg import (  # re-exported: the public API
     TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2,
     TCP_LAST_ACK, TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_STATE_NAMES, TCP_SYN_RECV, TCP_SYN_SENT,
     TCP_TIME_WAIT, UDIAG_SHOW_RQLEN, InetSocket, SocketTable, UnixSocket, decode_inet,
-    decode_listen_drops, decode_unix_lookups, unix_lookup_requests,
+    decode_listen_drops, decode_listeners, decode_unix_lookups, unix_lookup_requests,
     decode_lookups, decode_unix, inet_request, listen_request, lookup_requests,
     parse_listen_drops, parse_tcp_idle, unix_request)
 from exporter.linux.netlink import NetlinkError
@@ -162,7 +162,7 @@ def read_tcp(states: int = ALL_STATES_MASK,
 
 
 def read_all(timeout: float = _DEFAULT_TIMEOUT, wanted=None,
-             sock: socket.socket | None = None) -> SocketTable:
+             sock: socket.socket | None = None, not_inet=frozenset()) -> SocketTable:
     """Unix + TCP tables through one netlink socket (three dumps, and a fourth and
     fifth for the drop counters when there are TCP listeners).
 
@@ -175,6 +175,14 @@ def read_all(timeout: float = _DEFAULT_TIMEOUT, wanted=None,
     on a host with 20k sockets and a few hundred held by gunicorn this skips most
     of the Python work (see docs/performance.md).
 
+    With ``wanted``, the TCP listeners come first, with their drop counters, from LISTEN
+    dumps, for which the kernel walks only its listening hash; the other TCP sockets
+    need a walk of the whole established hash (262,144 buckets on a host with a few GiB,
+    whether they hold sockets or not: about 0.4 ms a family), which is skipped when every
+    wanted inode is already found or is in ``not_inet`` (inodes an earlier complete
+    read found to be neither unix nor TCP: a UDP or netlink socket). The table says
+    which (``inet_complete``).
+
     ``sock``: a NETLINK_SOCK_DIAG socket to use (and leave open), e.g. one opened inside
     another network namespace (exporter/linux/netns.py); by default one is opened in
     the caller's namespace and closed."""
@@ -184,12 +192,23 @@ def read_all(timeout: float = _DEFAULT_TIMEOUT, wanted=None,
     sock.settimeout(timeout)
     try:
         unix = dump(sock, unix_request(1), deadline, lambda c: decode_unix(c, 1, wanted))
-        inet = _read_tcp(sock, ALL_STATES_MASK, 2, deadline, wanted)
-        if any(s.state == TCP_LISTEN for s in inet.values()):
-            for seq, family in ((4, socket.AF_INET), (5, socket.AF_INET6)):
-                dump(sock, listen_request(family, seq), deadline,
-                      lambda c, seq=seq: decode_listen_drops(c, seq, inet))
-        return SocketTable(unix=unix, inet=inet, source="netlink")
+        if wanted is None:
+            inet = _read_tcp(sock, ALL_STATES_MASK, 2, deadline)
+            if any(s.state == TCP_LISTEN for s in inet.values()):
+                for seq, family in ((4, socket.AF_INET), (5, socket.AF_INET6)):
+                    dump(sock, listen_request(family, seq), deadline,
+                          lambda c, seq=seq: decode_listen_drops(c, seq, inet))
+            return SocketTable(unix=unix, inet=inet, source="netlink")
+        inet = {}
+        for seq, family in ((2, socket.AF_INET), (3, socket.AF_INET6)):
+            dump(sock, listen_request(family, seq), deadline,
+                  lambda c, seq=seq: decode_listeners(c, seq, inet, wanted))
+        unknown = any(ino not in unix and ino not in inet and ino not in not_inet
+                      for ino in wanted)
+        if unknown:
+            inet.update(_read_tcp(sock, ALL_STATES_MASK & ~(1 << TCP_LISTEN), 4, deadline,
+                                  wanted))
+        return SocketTable(unix=unix, inet=inet, source="netlink", inet_complete=unknown)
     finally:
         if own:
             sock.close()
