@@ -81,6 +81,10 @@ class AppSnapshot:
     listen_drops: int | None = None
     pod: PodIdentity | None = None  # container and Kubernetes pod, from the master's cgroup
     netns: int | None = None        # the master's network namespace inode, if not the exporter's
+    # not rendered: the master's start (clock ticks) and the socket inodes it held at
+    # this scrape, for the statsd collector's attribution
+    master_start_ticks: int | None = None
+    master_sockets: frozenset[int] = frozenset()
 
 
 @dataclass

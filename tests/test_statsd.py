@@ -564,3 +564,32 @@ def test_port_taken_is_statsd_up_0_and_everything_else_works(tmp_path):
         assert log.count("cannot listen") == 1 and "Traceback" not in log
     finally:
         holder.close()
+
+
+def test_master_sockets_from_the_gunicorn_scan_are_adopted_while_the_pid_is_the_same():
+    """The resolver adopts a master's socket connected to the receiver from the inodes
+    the gunicorn collector found in the master's fd table (no fd scan of its own), only
+    while the pid names the same process (same start time) and only those inodes."""
+    import os
+    from exporter.linux.procfs import ProcFS
+    from exporter.statsd.attribution import Proc, ProcMap, Resolver, Route
+    port = udp_port()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.connect(("127.0.0.1", port))
+    try:
+        ino = os.fstat(s.fileno()).st_ino
+        start = ProcFS().stat(os.getpid()).starttime_ticks
+        r = Resolver(ProcFS(), "127.0.0.1", port)
+
+        def adopted(start_ticks, sockets):
+            me = Proc(os.getpid(), "shop", None, os.getuid(), start_ticks, frozenset(sockets))
+            return r.run([], [], ProcMap(1, [me], {me.pid: me}, frozenset({"shop"})),
+                         None).adopted
+        assert adopted(start, {ino}) == {
+            ("127.0.0.1", s.getsockname()[1]): Route(ino, os.getpid(), start, "shop", None)}
+        assert adopted(start + 1, {ino}) == {}       # the pid now names another process
+        assert adopted(start, set()) == {}           # not among the master's sockets
+        assert adopted(None, set()) != {}            # unknown: the resolver scans itself
+    finally:
+        s.close()

@@ -83,6 +83,8 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
         listen_drops=raw.listen_counters.get("ListenDrops"),
         pod=raw.pod,
         netns=raw.netns if raw.foreign_netns else None,
+        master_start_ticks=p.stat.starttime_ticks,
+        master_sockets=frozenset(raw.master.fds.socket_inodes) if raw.master.fds else frozenset(),
     )
     legacy = _legacy_heartbeat(raw.version)
     mono = time.monotonic()

@@ -50,6 +50,10 @@ class Proc:
     app: str
     slot: int | None      # None: the master
     uid: int
+    # a master's start (clock ticks) and the socket inodes the gunicorn collector found
+    # in its fd table; None: not known, the resolver scans the fd table itself
+    start: int | None = None
+    sockets: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -68,7 +72,8 @@ def proc_map(snap: GunicornSnapshot, generation: int) -> ProcMap:
             continue
         # a USR2 master is NAME.2 while the old one runs: its requests are the app's
         app = a.app[:-2] if a.transient and a.app.endswith(".2") else a.app
-        masters.append(Proc(a.master_pid, app, None, a.uid))
+        masters.append(Proc(a.master_pid, app, None, a.uid, a.master_start_ticks,
+                            a.master_sockets))
         workers += [Proc(w.pid, app, w.slot, a.uid) for w in a.workers]
     procs = masters + workers
     return ProcMap(generation, procs, {p.pid: p for p in procs},
@@ -182,12 +187,19 @@ class Resolver:
         return out
 
     def _master_sockets(self, pmap: ProcMap | None) -> dict[int, tuple[Proc, int]]:
-        """inode -> (master, its start time) of every socket the masters hold."""
+        """inode -> (master, its start time) of every socket the masters hold: as the
+        gunicorn collector's last fd scan of each found them (the pid still naming the
+        same process), or from a scan of its own when the map has no such scan."""
         out: dict[int, tuple[Proc, int]] = {}
         for p in (pmap.procs if pmap else ()):
             if p.slot is not None:
                 continue
             start = self._start(p.pid)
+            if p.start is not None:
+                if start == p.start:
+                    for ino in p.sockets:
+                        out[ino] = (p, start)
+                continue
             try:
                 scan = self.procfs.scan_fds(p.pid, limit=4096)
             except OSError:
