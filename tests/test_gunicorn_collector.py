@@ -253,6 +253,40 @@ def test_control_socket_is_preferred_and_never_changed(gunicorn_factory):
     assert "shutdown" not in g.log_text()
 
 
+def test_control_socket_is_asked_again_only_when_workers_change(gunicorn_factory, monkeypatch):
+    """A proven answer is reused while the master's workers are the same processes (what
+    `show config|stats` says changes only when workers come or go); a replaced worker
+    makes the next collection ask again, and workers_spawned then matches gunicorn's own
+    log. The real query runs; the test only counts the calls."""
+    from exporter.collectors import gunicorn as gunicorn_collector
+    from exporter.gunicorn import control
+    calls = []
+    real = control.query
+
+    async def counting(*args, **kwargs):
+        calls.append(args[1])
+        return await real(*args, **kwargs)
+    monkeypatch.setattr(control, "query", counting)
+    g = gunicorn_factory(bind="unix", workers=2, name="ctl-reuse")
+    collector = GunicornCollector()
+    a = wait_control(collector, g)
+    assert a.workers_spawned == len(g.booted_pids()) == 2
+    calls.clear()
+    for _ in range(3):
+        a = app_for(collector, g)
+        assert a.control_socket and a.workers_spawned == 2
+    assert calls == []
+    os.kill(g.worker_pids()[0], signal.SIGKILL)
+    a = poll(lambda: (a := app_for(collector, g)) and len(a.workers) == 2 and
+             {w.pid for w in a.workers} == set(g.worker_pids()) and a.workers_spawned == 3
+             and a, 20, message="the replaced worker's spawn was not seen")
+    assert g.pid in calls and len(g.booted_pids()) == 3
+    monkeypatch.setattr(gunicorn_collector, "CONTROL_REFRESH", 0.0)
+    calls.clear()
+    app_for(collector, g)
+    assert calls == [g.pid]                     # too old: asked again
+
+
 def test_dirty_arbiter_and_unrelated_children_are_not_workers(gunicorn_factory):
     g = gunicorn_factory(bind="unix", workers=2, name="dirty", setproctitle=False,
                          private_tmpdir=True,

@@ -47,6 +47,10 @@ MAX_LOGGED_ERRORS = 1024
 MAX_ORPHAN_APPS = 256
 
 
+# Seconds a master's proven control socket answer is used again while its workers stay
+# the same ones (see GunicornCollector._ask_control).
+CONTROL_REFRESH = 60.0
+
 @dataclass
 class GunicornOptions:
     """The gunicorn collector's settings; defaults are the options' (exporter/options.py)."""
@@ -77,6 +81,8 @@ class GunicornCollector(Collector):
         # Last proven control socket answer per master: the socket is closed while the
         # master forks a worker, and a failed query must not flip settings to defaults.
         self._ctl_cache: dict[tuple[int, int], dict[str, dict]] = {}
+        # when each master was last asked, and its workers then (see _ask_control)
+        self._ctl_asked: dict[tuple[int, int], tuple[float, frozenset[int]]] = {}
         self._measurer = Measurer(self.procfs, users=self.options.users,
                                   max_masters=self.options.max_masters,
                                   read_sockets=read_sockets, control_answers=self._ctl_cache)
@@ -104,9 +110,10 @@ class GunicornCollector(Collector):
         live = {r.key for r in raws}
         self._usr2_masters &= live
         self._measurer.forget(live)
-        for key in list(self._ctl_cache):
-            if key not in live:
-                del self._ctl_cache[key]
+        for cache in (self._ctl_cache, self._ctl_asked):
+            for key in list(cache):
+                if key not in live:
+                    del cache[key]
         now = time.time()
         apps = [self._build_app_guarded(r, a) for r, a in zip(raws, answers)]
         apps = [a for a in apps if self._watched(a.app)]
@@ -147,13 +154,26 @@ class GunicornCollector(Collector):
         pid = proc.pid
         if proc.status is None:
             return {}
+        # What `show config|stats` says changes only when workers come or go (a reload
+        # with HUP replaces them all, TTIN/TTOU and `worker add|remove` spawn or stop
+        # one, workers_spawned counts spawns): a proven answer is used again while this
+        # master's workers are the same ones, for up to CONTROL_REFRESH seconds.
+        workers = frozenset(w.pid for w in raw.master.workers)
+        now = time.monotonic()
+        asked = self._ctl_asked.get(raw.key)
+        cached = self._ctl_cache.get(raw.key)
+        if cached and asked is not None and asked[1] == workers \
+                and 0 <= now - asked[0] < CONTROL_REFRESH:
+            return cached
         try:
             answer = await control.query(self.procfs, pid, proc.status, ctl.name, pid, ctl.vfs,
                                          ("config", "stats"), self.options.control_timeout)
         except Exception as e:  # noqa: BLE001 - any answer at all costs this master only
             log.debug("control socket %s of master %d: %r", ctl.name[:200], pid, e)
+            self._ctl_asked.pop(raw.key, None)
             return self._ctl_cache.get(raw.key, {})
         self._ctl_cache[raw.key] = answer
+        self._ctl_asked[raw.key] = (now, workers)
         return answer
 
     # --- step 3: merge -------------------------------------------------------
