@@ -29,6 +29,19 @@ non-empty accept queue also means no worker was free. Worker classes that serve 
 requests at once (gthread, gevent, ...) are not sampled for busyness: their fds count
 idle keep-alive connections too.
 
+On a host with many unix sockets, reading a unix listener's queue is the one costly
+part of a sample: the kernel finds the socket by walking every unix socket of the
+namespace (sock_diag has no index by inode for unix sockets; a LISTEN-state dump walks
+them all too). So when such a read costs more than CHEAP_UNIX_READ (0.2 ms, a few
+thousand unix sockets), the unix listeners of a sync app are skipped, and taken as
+empty, while one of its workers is idle by its fd count (it would be accepting) and the
+last read found the queue empty; they are read every UNIX_RECHECK (1 s) whatever the
+workers look like, and at every sample once a read finds the queue non-empty or every
+worker busy. The cost: a queue that fills while a worker looks idle (workers stuck
+outside any request) is seen up to 1 s late. TCP listeners (a LISTEN dump walks only
+the listening hash) and other worker classes are read at every sample. Workers' fd
+counts stop at the first idle worker: one is enough to say not all are busy.
+
 Accounting holds each sample's value until the next one (left Riemann sum). A gap longer
 than MAX_GAP (the thread was starved) is not credited to anything: it is counted in
 `skipped_seconds` instead of guessed.
@@ -51,6 +64,13 @@ MAX_GAP = 1.0          # seconds; longer gaps between samples are not credited
 KEEP = 600.0           # seconds a listener or app's counters outlive its last scrape
 MAX_LISTENERS = 4096   # bounded state whatever the host runs
 MAX_WORKERS = 16384
+# A unix listener's queue costs the kernel a walk of every unix socket of the namespace,
+# even by exact inode (0.6 ms at 12k unix sockets, 11 ms at 60k): when a read that
+# includes unix listeners costs more than CHEAP_UNIX_READ, the unix listeners of a sync
+# app with an idle worker and an empty queue last time are read only every UNIX_RECHECK
+# seconds (see the module docstring).
+CHEAP_UNIX_READ = 0.0002
+UNIX_RECHECK = 1.0
 
 
 class SlidingMax:
@@ -155,6 +175,9 @@ class Sampler:
         self._lock = threading.Lock()
         self._listeners: dict[tuple[str, str], QueueStats] = {}
         self._inodes: dict[int, tuple[str, str]] = {}       # inode -> (app, listener)
+        self._unix: dict[int, str] = {}                     # unix listener inode -> app
+        self._unix_cost = 0.0          # seconds the last read with unix listeners took
+        self._unix_read_at: float | None = None
         self._where: dict[int, tuple[int | None, int]] = {}  # inode -> (netns, master pid)
         self._apps: dict[str, BusyStats] = {}
         self._seen: dict[object, float] = {}                # stats key -> last scrape with it
@@ -175,6 +198,7 @@ class Sampler:
         does not reset them."""
         now = time.monotonic() if now is None else now
         inodes: dict[int, tuple[str, str]] = {}
+        unix: dict[int, str] = {}
         where: dict[int, tuple[int | None, int]] = {}
         sync: dict[str, dict[int, int]] = {}
         for a in snap.apps:
@@ -184,6 +208,8 @@ class Sampler:
                 if lst.inode and len(inodes) < MAX_LISTENERS:
                     inodes[lst.inode] = (a.app, lst.label)
                     where[lst.inode] = (a.netns, a.master_pid or 0)
+                    if lst.kind == "unix":
+                        unix[lst.inode] = a.app
             if a.worker_class == "sync" and a.workers:
                 idle = {}
                 for w in a.workers:
@@ -195,6 +221,7 @@ class Sampler:
                     sync[a.app] = idle
         with self._lock:
             self._inodes = inodes
+            self._unix = unix
             self._where = where
             for key in set(inodes.values()):
                 self._seen[key] = now
@@ -221,18 +248,34 @@ class Sampler:
         start = time.monotonic()
         now = start if now is None else now
         with self._lock:
-            wanted: dict[int | None, tuple[int, set[int]]] = {}
-            for ino, (netns, pid) in self._where.items():
+            where = dict(self._where)
+            unix = dict(self._unix)
+            empty = {ino for ino, key in self._inodes.items()
+                     if (s := self._listeners.get(key)) is not None and s.last == 0}
+            workers = {app: dict(b.idle_fds) for app, b in self._apps.items() if b.idle_fds}
+        fds, all_busy = self._count_fds(workers)
+        skipped: set[int] = set()
+        if self._unix_cost > CHEAP_UNIX_READ and self._unix_read_at is not None \
+                and now - self._unix_read_at < UNIX_RECHECK:
+            skipped = {ino for ino, app in unix.items()
+                       if ino in empty and all_busy.get(app) is False}
+        wanted: dict[int | None, tuple[int, set[int]]] = {}
+        for ino, (netns, pid) in where.items():
+            if ino not in skipped:
                 wanted.setdefault(netns, (pid, set()))[1].add(ino)
-            workers = {app: dict(b.idle_fds) for app, b in self._apps.items()}
+        read_start = time.monotonic()
         try:
             queues = self.read_queues(wanted) if wanted else {}
         except OSError as e:
             queues = None
             self.errors += 1
             log.debug("sampler: reading listen queues failed: %r", e)
-        fds = {app: {pid: count_fds(pid, self.proc, self._by_size) for pid in idle}
-               for app, idle in workers.items()}
+        if any(ino in unix for ino in where if ino not in skipped):
+            self._unix_cost = time.monotonic() - read_start
+            self._unix_read_at = now
+        if queues is not None:
+            for ino in skipped:
+                queues[ino] = 0          # a worker is free to accept: nothing waits
         with self._lock:
             dt = None if self._last_t is None else now - self._last_t
             if dt is not None and (dt > MAX_GAP or dt < 0):
@@ -252,19 +295,30 @@ class Sampler:
                 stats = self._apps.get(app)
                 if stats is None or not stats.idle_fds:
                     continue
-                busy = True
-                for pid, n in counts.items():
+                for pid, n in counts.items():    # a worker idle below its known count
                     idle = stats.idle_fds.get(pid)
-                    if n is None or idle is None:
-                        busy = False            # gone: a worker is being replaced
-                        continue
-                    if n < idle:
-                        stats.idle_fds[pid] = idle = n
-                    if n <= idle:
-                        busy = False
-                stats.sample(dt, busy or waiting.get(app, False))
+                    if n is not None and idle is not None and n < idle:
+                        stats.idle_fds[pid] = n
+                stats.sample(dt, all_busy[app] or waiting.get(app, False))
             self.samples += 1
             self.busy_seconds += time.monotonic() - start
+
+    def _count_fds(self, workers: dict[str, dict[int, int]]
+                   ) -> tuple[dict[str, dict[int, int | None]], dict[str, bool]]:
+        """Per sync app: the fd counts read, and whether every worker is busy (more fds
+        than when idle). Stops at the first worker that is not: one is enough."""
+        fds: dict[str, dict[int, int | None]] = {}
+        all_busy: dict[str, bool] = {}
+        for app, idle in workers.items():
+            counts = fds[app] = {}
+            busy = True
+            for pid, base in idle.items():
+                n = counts[pid] = count_fds(pid, self.proc, self._by_size)
+                if n is None or n <= base:   # idle, or gone (a worker being replaced)
+                    busy = False
+                    break
+            all_busy[app] = busy
+        return fds, all_busy
 
     # --- the thread --------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from exporter import sampler as sampler_mod
 from exporter.sampler import QueueStats, Sampler, SlidingMax
 from exporter.snapshot import AppSnapshot, GunicornSnapshot, ListenerSnapshot, WorkerSnapshot
 from tests.exposition import scrape, value
@@ -112,6 +113,59 @@ def test_a_worker_that_opened_a_file_for_good_looks_idle_again_at_its_lowest(tmp
     sampler.tick(0.2)
     sampler.tick(0.3)
     assert sampler.snapshot().all_busy_seconds["shop"] == pytest.approx(0.1)
+
+
+def test_costly_unix_reads_wait_while_a_worker_is_free(tmp_path, monkeypatch):
+    """On a host where reading a unix listener costs a walk of every unix socket, a sync
+    app's unix listener is read only every UNIX_RECHECK while one of its workers is idle
+    and the queue was empty; at every sample once every worker is busy or a read finds
+    connections waiting. Its TCP listener is read at every sample."""
+    monkeypatch.setattr(sampler_mod, "CHEAP_UNIX_READ", -1.0)   # every read is costly
+    queue = {77: 0, 78: 0}
+    asked: list[set[int]] = []
+
+    def reader(wanted):
+        inodes = {i for _pid, ws in wanted.values() for i in ws}
+        asked.append(inodes)
+        return {i: queue[i] for i in inodes}
+    sampler = Sampler(0.1, 15, reader, proc=str(tmp_path))
+    snap = _snapshot({10: (6, 0), 11: (6, 0)})
+    snap.apps[0].listeners.append(ListenerSnapshot("127.0.0.1:8000", "tcp", 0, 128, inode=78))
+    _fake_proc(tmp_path, {10: 6, 11: 6})
+    sampler.retarget(snap, now=0)
+    for t in (0.0, 0.1, 0.5, 0.9, 1.0, 1.1):
+        sampler.tick(t)
+    assert asked == [{77, 78}, {78}, {78}, {78}, {77, 78}, {78}]
+    _fake_proc(tmp_path, {10: 7, 11: 7})        # every worker busy: read at every sample
+    asked.clear()
+    sampler.tick(1.2)
+    sampler.tick(1.3)
+    assert asked == [{77, 78}, {77, 78}]
+    _fake_proc(tmp_path, {10: 6, 11: 6})        # workers look free but connections wait
+    queue[77] = 3                               # (workers stuck outside any request)
+    asked.clear()
+    sampler.tick(1.4)                           # the last read (1.3) found it empty
+    sampler.tick(2.3)
+    sampler.tick(2.4)                           # 1 s after the last read: seen
+    sampler.tick(2.5)                           # and read again while not empty
+    assert asked == [{78}, {78}, {77, 78}, {77, 78}]
+    [lst] = [x for x in sampler.snapshot().listeners if x.listener.startswith("unix:")]
+    assert (lst.queued_seconds, lst.length_seconds) == (pytest.approx(0.1), pytest.approx(0.3))
+
+
+def test_cheap_unix_reads_happen_at_every_sample(tmp_path):
+    asked: list[set[int]] = []
+
+    def reader(wanted):
+        inodes = {i for _pid, ws in wanted.values() for i in ws}
+        asked.append(inodes)
+        return {i: 0 for i in inodes}
+    sampler = Sampler(0.1, 15, reader, proc=str(tmp_path))
+    _fake_proc(tmp_path, {10: 6})
+    sampler.retarget(_snapshot({10: (6, 0)}), now=0)
+    for t in (0.0, 0.1, 0.2):
+        sampler.tick(t)
+    assert asked == [{77}, {77}, {77}]          # a literal reader costs microseconds
 
 
 def test_a_long_gap_is_skipped_not_guessed():
