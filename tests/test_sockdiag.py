@@ -562,3 +562,71 @@ def test_listen_queues_match_ss_by_lookup_and_by_dump(tmp_path):
     finally:
         for s in (*clients, u, t):
             s.close()
+
+
+def test_listen_queues_look_up_known_tcp_listeners_and_dump_only_for_new_ones(monkeypatch):
+    """A TCP listener found by a LISTEN dump is looked up by address next time (no
+    dump); a --reuse-port group, whose lookups the kernel answers with one socket of the
+    group, and a listener re-bound on the same port (a new inode) fall back to the
+    dump. Every answer equals `ss -l`; the dumps are counted by a spy on the real one."""
+    from tests.harness import ss_listen_queue
+    dumps = []
+    real = sockdiag.dump
+
+    def counting(sock, request, deadline, decode):
+        dumps.append(request)
+        return real(sock, request, deadline, decode)
+    monkeypatch.setattr(sockdiag, "dump", counting)
+    socks: list[socket.socket] = []
+    try:
+        v4 = tcp_listener("127.0.0.1", socket.AF_INET, socks)
+        v6 = tcp_listener("::1", socket.AF_INET6, socks)
+        for _ in range(2):
+            tcp_connect(v4, "127.0.0.1", socket.AF_INET, socks)
+        tcp_connect(v6, "::1", socket.AF_INET6, socks)
+        want = {ino(v4): 2, ino(v6): 1}
+        assert ss_listen_queue(v4.getsockname()[1])[0] == 2
+        reader = sockdiag.ListenQueues()
+        assert reader.read(set(want)) == want and len(dumps) == 2       # first: dumped
+        dumps.clear()
+        for _ in range(3):
+            assert reader.read(set(want)) == want
+        assert dumps == []                                              # then looked up
+        tcp_connect(v4, "127.0.0.1", socket.AF_INET, socks)
+        assert reader.read(set(want))[ino(v4)] == 3 and dumps == []     # live values
+        # the port re-bound by a new listener: the old inode is gone, the new one dumped
+        port = v4.getsockname()[1]
+        v4.close()
+        new = socket.socket()
+        socks.append(new)
+        new.bind(("127.0.0.1", port))
+        new.listen(3)
+        assert reader.read({ino(new), ino(v6)}) == {ino(new): 0, ino(v6): 1} and dumps
+        # a reuse-port group: each member's own queue, whichever one the kernel answers
+        group = []
+        for _ in range(3):
+            s = socket.socket()
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(("127.0.0.1", group[0].getsockname()[1] if group else 0))
+            s.listen(5)
+            group.append(s)
+        tcp_connect(group[0], "127.0.0.1", socket.AF_INET, socks)
+        queued = {ino(s): _ss_one(s) for s in group}
+        assert sum(queued.values()) == 1
+        for _ in range(3):
+            assert reader.read(set(queued)) == queued
+        reader.close()
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _ss_one(lst: socket.socket) -> int | None:
+    """This listener's accept queue per `ss` (matched by inode), or None."""
+    import subprocess
+    out = subprocess.run(["ss", "-ltneH"], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        if f"ino:{ino(lst)} " in line + " ":
+            return int(line.split()[1])
+    return None

@@ -195,10 +195,12 @@ def sockid(s: InetSocket) -> bytes:
     return struct.pack(">HH", s.local_port, s.remote_port) + src + dst + b"\0" * 4 + b"\xff" * 8
 
 
-def lookup_requests(sockets: list[InetSocket], seq: int) -> bytes:
-    """One exact lookup with INET_DIAG_INFO (tcp_info) per socket, sequence numbers
-    ``seq``, ``seq + 1``, ...; each is answered by one message or an NLMSG_ERROR."""
-    ext = 1 << (INET_DIAG_INFO - 1)
+def lookup_requests(sockets: list[InetSocket], seq: int,
+                    ext: int = 1 << (INET_DIAG_INFO - 1)) -> bytes:
+    """One exact lookup per socket (by its addresses and ports; with INET_DIAG_INFO,
+    tcp_info, by default; ``ext=0``: the bare message), sequence numbers ``seq``,
+    ``seq + 1``, ...; each is answered by one message or an NLMSG_ERROR. The kernel
+    finds each in its hash tables, a listener by its local address and port."""
     return b"".join(
         frame(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq + i,
               _INET_DIAG_REQ_V2.pack(s.family, socket.IPPROTO_TCP, ext, 0,
@@ -434,6 +436,18 @@ def parse_tcp_idle(buf, off: int, length: int) -> tuple[int, bool] | None:
                 return inode, answered and recv >= sent
             return inode, recv > sent  # kernels before 4.1: only a strict order tells
     return None
+
+
+def decode_inet_lookups(buf, n: int, seq: int, nseq: int, out: dict[int, InetSocket]) -> int:
+    """One datagram of answers to ``lookup_requests(..., seq, ext=0)`` into ``out``
+    (inode: InetSocket, whatever socket the kernel found); returns how many answers it
+    held."""
+    answers, messages = _lookup_answers(buf, n, seq, nseq)
+    for off, length in messages:
+        s = parse_inet(buf, off, length)
+        if s is not None:
+            out[s.inode] = s
+    return answers
 
 
 def decode_lookups(buf, n: int, seq: int, nseq: int, out: dict[int, bool]) -> int:
