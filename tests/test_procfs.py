@@ -92,3 +92,22 @@ def test_status_a_name_cannot_forge_a_line():
 def test_status_without_groups_or_cpu_list():
     s = parse_status("Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n")
     assert (s.uid, s.groups, s.sig_caught, s.cpus_allowed) == (0, frozenset(), 0, None)
+
+
+def test_read_bytes_whole_files_and_the_limit(tmp_path):
+    from exporter.linux.procfs import ProcFS
+    with open("/proc/self/mountinfo", "rb") as f:
+        whole = f.read()
+    assert ProcFS().read_bytes("self", "mountinfo", limit=1 << 20) == whole
+    assert ProcFS().read_bytes("self", "mountinfo", limit=100) == whole[:100]
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "big").write_bytes(b"x" * 9000 + b"end")
+    fake = ProcFS(str(tmp_path))
+    assert fake.read_bytes(7, "big") == b"x" * 9000 + b"end"
+    assert fake.read_bytes(7, "big", limit=9001) == b"x" * 9000 + b"e"
+    # a seq_file of many records, read past its pages (kallsyms: large and stable)
+    with open("/proc/kallsyms", "rb") as f:
+        head = f.read(50_000)
+    assert len(head) == 50_000 and ProcFS().read_bytes("kallsyms", limit=50_000) == head
+    assert fake.path(7, "fd", 3) == f"{tmp_path}/7/fd/3"
+    assert ProcFS("/").path("self") == "/self"

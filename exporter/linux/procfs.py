@@ -48,7 +48,9 @@ class ProcFS:
 
     def read_bytes(self, *parts: object, limit: int = MAX_SMALL_FILE) -> bytes:
         """At most `limit` bytes of a file, with plain read(2) calls (no buffered file
-        object: a scrape reads a few dozen small /proc files, and this is half the cost)."""
+        object: a scrape reads a few dozen small /proc files, and this is half the cost).
+        Read until end of file: a short read is not the end (some seq_files, such as
+        /proc/kallsyms, answer a page per read whatever was asked)."""
         fd = os.open(self.path(*parts), os.O_RDONLY | os.O_CLOEXEC)
         try:
             data = os.read(fd, limit)
