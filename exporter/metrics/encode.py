@@ -26,7 +26,6 @@ _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 # Names already checked (metric, sample and label names of our own families: a few hundred)
 _valid_names: set[str] = set()
-_valid_labels: set[str] = set()
 _VALID_CACHE_MAX = 10_000
 
 # Samples the text format moves into a gauge family of their own after the family.
@@ -128,18 +127,31 @@ def _name(name: str) -> str:
 def _labels(labels: dict[str, str]) -> str:
     if not labels:
         return ""
+    names = tuple(labels)
+    order = _orders.get(names)
+    if order is None:
+        order = _order(names)
     parts = []
-    for k, v in sorted(labels.items()):
-        if k not in _valid_labels:
-            if not _LABEL.match(k):
-                raise _Unsupported
-            if len(_valid_labels) >= _VALID_CACHE_MAX:
-                _valid_labels.clear()
-            _valid_labels.add(k)
+    for k in order:
+        v = labels[k]
         if "\\" in v or "\n" in v or '"' in v:
             v = _escape(v)
         parts.append(f'{k}="{v}"')
     return "{" + ",".join(parts) + "}"
+
+
+# label names in the order a sample's dict holds them -> checked and sorted (a family's
+# samples share one order: a few dozen entries)
+_orders: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _order(names: tuple[str, ...]) -> tuple[str, ...]:
+    if not all(_LABEL.match(k) for k in names):
+        raise _Unsupported
+    if len(_orders) >= _VALID_CACHE_MAX:
+        _orders.clear()
+    order = _orders[names] = tuple(sorted(names))
+    return order
 
 
 def _escape(text: str) -> str:
