@@ -287,6 +287,26 @@ def test_control_socket_is_asked_again_only_when_workers_change(gunicorn_factory
     assert calls == [g.pid]                     # too old: asked again
 
 
+def test_worker_fd_limit_is_the_kernels_and_read_again_after_its_refresh(gunicorn_factory,
+                                                                        monkeypatch):
+    """gunicorn_worker_max_fds is the soft RLIMIT_NOFILE the kernel reports for the
+    worker (resource.prlimit is the oracle); a change made from outside with prlimit
+    shows once the cached value is older than FD_LIMIT_REFRESH."""
+    import resource
+    from exporter.gunicorn import measure
+    g = gunicorn_factory(bind="unix", workers=1, name="fdlimit")
+    collector = GunicornCollector()
+    [pid] = g.worker_pids()
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    assert by_pid(app_for(collector, g))[pid].fd_limit == soft
+    new = min(soft, hard) - 7
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (new, hard))
+    assert by_pid(app_for(collector, g))[pid].fd_limit == soft     # cached for a while
+    monkeypatch.setattr(measure, "FD_LIMIT_REFRESH", 0.0)
+    assert by_pid(app_for(collector, g))[pid].fd_limit == new == \
+        resource.prlimit(pid, resource.RLIMIT_NOFILE)[0]
+
+
 def test_dirty_arbiter_and_unrelated_children_are_not_workers(gunicorn_factory):
     g = gunicorn_factory(bind="unix", workers=2, name="dirty", setproctitle=False,
                          private_tmpdir=True,

@@ -79,6 +79,9 @@ def class_path(value: str) -> str:
     return normalise_worker_class(m.group(1) if m else value)
 
 
+# Seconds a worker's soft fd limit is used before /proc/PID/limits is read again.
+FD_LIMIT_REFRESH = 60.0
+MAX_FD_LIMITS = 65536
 # Reads that may skip the TCP established hash on the strength of one complete read.
 NOT_INET_READS = 8
 
@@ -97,6 +100,8 @@ class Measurer:
         self._versions: dict[tuple[int, int], str] = {}
         # master -> {(dev, ino, mtime, size) of its config file: evaluation}
         self._configs: dict[tuple[int, int], dict[tuple, object]] = {}
+        # worker (pid, start time) -> (soft fd limit, when read)
+        self._fd_limits: dict[tuple[int, int], tuple[int | None, float]] = {}
         self._own_netns = self.procfs.netns("self")
         self._facts: dict[int | None, tuple] = {}
         # per network namespace: socket inodes held by gunicorn processes that the last
@@ -166,6 +171,8 @@ class Measurer:
                 raw.errors.append(f"joining sockets: {type(e).__name__}: {str(e)[:120]}")
             raws.append(raw)
         self.netns_sockets.keep_only({ns for ns in tables if ns is not None})
+        workers = {w.key for m in found.masters for w in m.workers}
+        self._fd_limits = {k: v for k, v in self._fd_limits.items() if k in workers}
         for ns in list(self._not_inet):
             if ns not in tables:
                 del self._not_inet[ns]
@@ -321,12 +328,10 @@ class Measurer:
             except OSError:
                 self._versions[raw.key] = "unknown"
         raw.version = self._versions[raw.key]
+        now = time.monotonic()
         for w in m.workers:
             scan = m.worker_fds.get(w.pid)
-            try:
-                limit = self.procfs.fd_limit(w.pid)
-            except (OSError, ValueError):
-                limit = None
+            limit = self._fd_limit(w, now)
             mtime = ctime = None
             if scan is not None and scan.heartbeats:
                 try:
@@ -335,6 +340,22 @@ class Measurer:
                 except OSError:
                     pass
             raw.workers.append(WorkerRaw(w.pid, w.stat, scan, limit, mtime, ctime))
+
+    def _fd_limit(self, w, now: float) -> int | None:
+        """A worker's soft fd limit, read again every FD_LIMIT_REFRESH seconds (it changes
+        only by prlimit(1) from outside; /proc/PID/limits is the largest file read per
+        worker)."""
+        known = self._fd_limits.get(w.key)
+        if known is not None and 0 <= now - known[1] < FD_LIMIT_REFRESH:
+            return known[0]
+        try:
+            limit = self.procfs.fd_limit(w.pid)
+        except (OSError, ValueError):
+            return None
+        if len(self._fd_limits) >= MAX_FD_LIMITS:
+            self._fd_limits.clear()
+        self._fd_limits[w.key] = (limit, now)
+        return limit
 
     def _config_reader(self, m: Master):
         """read_file for `resolve`: the file as the master sees it, with its own user's
