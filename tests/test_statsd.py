@@ -265,6 +265,15 @@ def test_decode_udp_dump_on_literal_messages():
     decode_udp([(data, len(data))], 7, out, ports={41361}, inodes={222})
     assert out == {111: UdpSocket(111, socket.AF_INET, "127.0.0.1", 41361, "127.0.0.1", 8125, 1000, 0),
                    222: UdpSocket(222, socket.AF_INET, "127.0.0.1", 8125, "0.0.0.0", 0, 1000, 17)}
+    # the raw-bytes prefilter (port at offset 4, inode at 68) against the full decode
+    every: dict = {}
+    decode_udp([(data, len(data))], 7, every)
+    assert set(every) == {111, 222, 333}
+    for ports, inodes, want in [({53}, None, {333}), ({8125}, {333}, {222, 333}),
+                                (set(), {111}, {111}), ({1}, None, set())]:
+        got: dict = {}
+        decode_udp([(data, len(data))], 7, got, ports=ports, inodes=inodes)
+        assert got == {i: every[i] for i in want}, (ports, inodes)
 
 
 def test_proc_net_udp_and_address_matching():

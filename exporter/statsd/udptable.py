@@ -30,6 +30,8 @@ from exporter.linux.procnet import parse_proc_net_tcp
 _REQ = struct.Struct("=BBBBI48s")            # inet_diag_req_v2
 _NOCOOKIE = bytes(40) + b"\xff" * 8
 _ALL_STATES = (1 << 13) - 1
+_MSG_LEN = 72                                # struct inet_diag_msg; the inode at 68
+_U32 = struct.Struct("=I")
 
 
 @dataclass(slots=True)
@@ -62,6 +64,12 @@ def decode_udp(chunks, seq: int, out: dict[int, UdpSocket], ports: set[int] | No
             step = align(mlen)
             for i in range(count):
                 p = off + i * step + HDR_LEN
+                if ports is not None and mlen - HDR_LEN >= _MSG_LEN:
+                    # the local port and inode from the raw message: most of a crowded
+                    # table is skipped before anything is decoded
+                    if (buf[p + 4] << 8 | buf[p + 5]) not in ports and \
+                            (inodes is None or _U32.unpack_from(buf, p + 68)[0] not in inodes):
+                        continue
                 s = parse_inet(buf, p, mlen - HDR_LEN)
                 if s is None:
                     continue
