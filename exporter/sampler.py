@@ -177,7 +177,7 @@ class Sampler:
         self._inodes: dict[int, tuple[str, str]] = {}       # inode -> (app, listener)
         self._unix: dict[int, str] = {}                     # unix listener inode -> app
         self._unix_cost = 0.0          # seconds the last read with unix listeners took
-        self._unix_read_at: float | None = None
+        self._unix_read_at: dict[int, float] = {}   # unix listener inode -> last read
         self._where: dict[int, tuple[int | None, int]] = {}  # inode -> (netns, master pid)
         self._apps: dict[str, BusyStats] = {}
         self._seen: dict[object, float] = {}                # stats key -> last scrape with it
@@ -255,10 +255,11 @@ class Sampler:
             workers = {app: dict(b.idle_fds) for app, b in self._apps.items() if b.idle_fds}
         fds, all_busy = self._count_fds(workers)
         skipped: set[int] = set()
-        if self._unix_cost > CHEAP_UNIX_READ and self._unix_read_at is not None \
-                and now - self._unix_read_at < UNIX_RECHECK:
+        read_at = self._unix_read_at = {i: t for i, t in self._unix_read_at.items() if i in unix}
+        if self._unix_cost > CHEAP_UNIX_READ:
             skipped = {ino for ino, app in unix.items()
-                       if ino in empty and all_busy.get(app) is False}
+                       if ino in empty and all_busy.get(app) is False
+                       and ino in read_at and 0 <= now - read_at[ino] < UNIX_RECHECK}
         wanted: dict[int | None, tuple[int, set[int]]] = {}
         for ino, (netns, pid) in where.items():
             if ino not in skipped:
@@ -270,9 +271,11 @@ class Sampler:
             queues = None
             self.errors += 1
             log.debug("sampler: reading listen queues failed: %r", e)
-        if any(ino in unix for ino in where if ino not in skipped):
+        asked_unix = [ino for ino in unix if ino in where and ino not in skipped]
+        if asked_unix and queues is not None:
             self._unix_cost = time.monotonic() - read_start
-            self._unix_read_at = now
+            for ino in asked_unix:          # each listener's own clock: one app read at
+                read_at[ino] = now          # every sample cannot delay another's recheck
         if queues is not None:
             for ino in skipped:
                 queues[ino] = 0          # a worker is free to accept: nothing waits

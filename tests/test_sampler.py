@@ -153,6 +153,38 @@ def test_costly_unix_reads_wait_while_a_worker_is_free(tmp_path, monkeypatch):
     assert (lst.queued_seconds, lst.length_seconds) == (pytest.approx(0.1), pytest.approx(0.3))
 
 
+def test_one_apps_busy_listener_does_not_delay_anothers_recheck(tmp_path, monkeypatch):
+    """Each unix listener has its own recheck clock (review: one app read at every
+    sample kept another app's queue, filling behind workers that looked idle, unread)."""
+    monkeypatch.setattr(sampler_mod, "CHEAP_UNIX_READ", -1.0)
+    queue = {90: 0, 91: 0}
+    reads = {90: 0, 91: 0}
+
+    def reader(wanted):
+        inodes = {i for _pid, ws in wanted.values() for i in ws}
+        for i in inodes:
+            reads[i] += 1
+        return {i: queue[i] for i in inodes}
+
+    def app(name, pid, inode):
+        snap = _snapshot({pid: (6, 0)}, inode=inode)
+        a = snap.apps[0]
+        a.app = name
+        a.listeners[0] = ListenerSnapshot(f"unix:/run/{name}.sock", "unix", 0, 128, inode=inode)
+        return a
+    sampler = Sampler(0.1, 15, reader, proc=str(tmp_path))
+    _fake_proc(tmp_path, {10: 6, 20: 6})
+    sampler.retarget(GunicornSnapshot(apps=[app("busy", 10, 90), app("stuck", 20, 91)]), now=0)
+    sampler.tick(0.0)
+    _fake_proc(tmp_path, {10: 7, 20: 6})        # busy's worker busy; stuck's looks idle
+    queue[91] = 5                               # while 5 connections wait at stuck
+    for k in range(1, 31):
+        sampler.tick(round(k * 0.1, 1))
+    stuck = [x for x in sampler.snapshot().listeners if x.app == "stuck"][0]
+    assert reads[90] == 31 and reads[91] >= 21
+    assert stuck.queued_seconds == pytest.approx(2.0)   # seen from t=1.0 on
+
+
 def test_cheap_unix_reads_happen_at_every_sample(tmp_path):
     asked: list[set[int]] = []
 
