@@ -33,6 +33,12 @@ ACCEPTS = [
     "escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1",
     "application/openmetrics-text",
     "text/plain;version=1.0.0;escaping=underscores",
+    # Prometheus 3 with metric_name_escaping_scheme: the library's bytes too
+    "application/openmetrics-text;version=1.0.0;escaping=dots",
+    "application/openmetrics-text;version=1.0.0;escaping=values",
+    "application/openmetrics-text;version=2.0.0;escaping=dots",
+    "text/plain;version=1.0.0;escaping=dots",
+    "text/plain;version=1.0.0;escaping=values",
 ]
 
 
@@ -131,7 +137,8 @@ def _one(sample_name="g", labels=None, **sample):
     _one(sample_name="g.dotted"),                           # a metric name outside the set
     _one(timestamp=1_700_000_000.25),
     [GaugeMetricFamily("bad.name", "help", value=1)],
-], ids=["label-dash", "label-digit", "sample-dot", "timestamp", "family-dot"])
+    [GaugeMetricFamily("rv:ratio", "help", value=1)],       # ':' rewritten in OpenMetrics
+], ids=["label-dash", "label-digit", "sample-dot", "timestamp", "family-dot", "colon"])
 def test_what_the_fast_path_does_not_write_goes_to_the_library(families):
     _assert_same(families)
     with pytest.raises(Exception):
@@ -168,6 +175,8 @@ def test_samples_that_cannot_be_written_are_dropped_before_encoding():
     f.add_metric(["nan-text"], "not a number")
     f.add_metric(["none"], None)
     f.samples.append(Sample("g", {"app": 7}, 1.0, None, None))
+    f.samples.append(Sample("g", {"app": b"bytes"}, 1.0, None, None))
+    f.add_metric(["huge-int"], 10 ** 400)
     kept = _checked(f)
     assert [s.labels["app"] for s in kept.samples] == ["ok", "ok2", "ünï"]
     encode([kept], openmetrics=True)      # and the rest encodes

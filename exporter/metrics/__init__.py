@@ -84,10 +84,12 @@ def _checked(family: Metric) -> Metric:
 
 def _writable(sample) -> bool:
     try:
-        if type(sample.value) not in (float, int):
-            float(sample.value)
+        if type(sample.value) is not float:
+            float(sample.value)      # ints too: one above 1.8e308 does not convert
         for v in sample.labels.values():
-            if not v.isascii():       # (ASCII text always encodes; a non-str fails here)
+            if type(v) is not str:
+                return False
+            if not v.isascii():      # (ASCII text always encodes)
                 v.encode("utf-8")
         return True
     except (TypeError, ValueError, OverflowError, UnicodeError, AttributeError):

@@ -8,9 +8,10 @@ character by character in Python for every sample (about 7 µs a series; 5.7 ms 
 once per process with a regular expression, and a label value is escaped only when it
 holds one of the three characters that need it.
 
-Anything this fast path does not write (a name outside the legacy character set,
-exemplars, timestamps, native histograms: the exporter makes none of them) goes to the
-library's encoder for the whole answer, so the output stays the library's in every case.
+Anything this fast path does not write (a name outside [a-zA-Z_][a-zA-Z0-9_]*,
+exemplars, timestamps, native histograms, an `escaping=dots|values` scrape: the exporter
+makes none of them, Prometheus asks for none by default) goes to the library's encoder
+for the whole answer, so the output stays the library's in every case.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from collections.abc import Callable, Iterable
 from prometheus_client import exposition
 from prometheus_client.core import Metric
 
-_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+# No ':' (legal in a metric name): prometheus_client's OpenMetrics encoder rewrites it in
+# sample names; the exporter makes none, and such a name goes to the library.
+_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 # Names already checked (metric, sample and label names of our own families: a few hundred)
 _valid_names: set[str] = set()
@@ -43,9 +46,16 @@ def choose(accept: str) -> tuple[Callable[[Iterable[Metric]], bytes], str]:
     chooses them (OpenMetrics when asked for, else the text format)."""
     library, content_type = exposition.choose_encoder(accept)
     openmetrics = content_type.startswith("application/openmetrics-text")
+    # names are written as they are: right for the default escaping (underscores) and
+    # allow-utf-8, whose escaping leaves legacy names alone; `dots` and `values` rewrite
+    # even those (Prometheus 3's metric_name_escaping_scheme): the library's job
+    escaping = content_type.partition("escaping=")[2].split(";")[0].strip()
+    plain = escaping in ("", "underscores", "allow-utf-8")
 
     def encoder(families: Iterable[Metric]) -> bytes:
         families = list(families)
+        if not plain:
+            return library(_Families(families))
         try:
             return encode(families, openmetrics)
         except _Unsupported:
