@@ -18,6 +18,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from exporter.linux.procfs import read_small
+
 MAX_SMALL_FILE = 64 * 1024
 MAX_MOUNTINFO = 1024 * 1024
 
@@ -138,8 +140,7 @@ class CgroupFS:
 
     @staticmethod
     def _read(path: str, limit: int = MAX_SMALL_FILE) -> str:
-        with open(path, "rb") as f:
-            return f.read(limit).decode("utf-8", "replace")
+        return read_small(path, limit).decode("utf-8", "replace")
 
     @property
     def mounts(self) -> CgroupMounts:

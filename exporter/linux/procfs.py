@@ -32,6 +32,28 @@ class FdScan:
     truncated: bool = False
 
 
+def read_small(path: str, limit: int = MAX_SMALL_FILE) -> bytes:
+    """At most `limit` bytes of a file the kernel writes (/proc, cgroupfs), with plain
+    read(2) calls (no buffered file object: a scrape reads a few dozen small files, and
+    this is half the cost). Read until end of file: a short read is not the end (some
+    seq_files, such as /proc/kallsyms, answer a page per read whatever was asked)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, limit)
+        if not data or len(data) >= limit:
+            return data
+        chunks, size = [data], len(data)
+        while size < limit:          # a seq_file answers a page or so per read
+            chunk = os.read(fd, limit - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return data if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 class ProcFS:
     """Access to one proc root (normally /proc)."""
 
@@ -47,25 +69,7 @@ class ProcFS:
         return self.read_bytes(*parts, limit=limit).decode("utf-8", "replace")
 
     def read_bytes(self, *parts: object, limit: int = MAX_SMALL_FILE) -> bytes:
-        """At most `limit` bytes of a file, with plain read(2) calls (no buffered file
-        object: a scrape reads a few dozen small /proc files, and this is half the cost).
-        Read until end of file: a short read is not the end (some seq_files, such as
-        /proc/kallsyms, answer a page per read whatever was asked)."""
-        fd = os.open(self.path(*parts), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = os.read(fd, limit)
-            if not data or len(data) >= limit:
-                return data
-            chunks, size = [data], len(data)
-            while size < limit:          # a seq_file answers a page or so per read
-                chunk = os.read(fd, limit - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            return data if len(chunks) == 1 else b"".join(chunks)
-        finally:
-            os.close(fd)
+        return read_small(self.path(*parts), limit)
 
     # --- per process -------------------------------------------------------
 
