@@ -157,15 +157,18 @@ def _lookup_answers(buf, n: int, seq: int, nseq: int):
     return len(errors) + len(messages), messages
 
 
-def decode_unix_lookups(buf, n: int, seq: int, nseq: int, out: dict[int, UnixSocket]) -> int:
-    """One datagram of answers to ``unix_lookup_requests(..., seq)`` into ``out``;
-    returns how many answers it held."""
-    answers, messages = _lookup_answers(buf, n, seq, nseq)
-    for off, length in messages:
-        s = parse_unix(buf, off, length)
-        if s is not None:
-            out[s.inode] = s
-    return answers
+def _socket_lookups(parse):
+    """A decoder of one datagram of exact-lookup answers (``nseq`` of them from ``seq``)
+    into ``out``, inode: the socket ``parse`` makes of each; it returns how many answers
+    the datagram held (a socket that is gone answers with an NLMSG_ERROR, which counts)."""
+    def decode(buf, n: int, seq: int, nseq: int, out: dict) -> int:
+        answers, messages = _lookup_answers(buf, n, seq, nseq)
+        for off, length in messages:
+            s = parse(buf, off, length)
+            if s is not None:
+                out[s.inode] = s
+        return answers
+    return decode
 
 
 def inet_request(family: int, states: int, seq: int) -> bytes:
@@ -438,16 +441,10 @@ def parse_tcp_idle(buf, off: int, length: int) -> tuple[int, bool] | None:
     return None
 
 
-def decode_inet_lookups(buf, n: int, seq: int, nseq: int, out: dict[int, InetSocket]) -> int:
-    """One datagram of answers to ``lookup_requests(..., seq, ext=0)`` into ``out``
-    (inode: InetSocket, whatever socket the kernel found); returns how many answers it
-    held."""
-    answers, messages = _lookup_answers(buf, n, seq, nseq)
-    for off, length in messages:
-        s = parse_inet(buf, off, length)
-        if s is not None:
-            out[s.inode] = s
-    return answers
+# answers to unix_lookup_requests(...) -> UnixSocket; to lookup_requests(..., ext=0) ->
+# InetSocket (whatever socket the kernel found at that address)
+decode_unix_lookups = _socket_lookups(parse_unix)
+decode_inet_lookups = _socket_lookups(parse_inet)
 
 
 def decode_lookups(buf, n: int, seq: int, nseq: int, out: dict[int, bool]) -> int:
