@@ -13,6 +13,7 @@ Rules this module follows (project rules):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import resource
@@ -991,12 +992,41 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             proc.wait(timeout)
 
 
-def _healthy(base: str) -> bool:
+@contextlib.contextmanager
+def running_server(argv: list[str], log_path: Path, ready: Callable[[], bool], what: str):
+    """Start a server (Prometheus, Alertmanager, nginx, ...) with its output in
+    ``log_path``, wait until ``ready()``, stop it by PID at exit."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        try:
+            def up():
+                if proc.poll() is not None:
+                    raise AssertionError("%s exited (rc %s): %s"
+                                         % (what, proc.returncode, log_path.read_text()[-3000:]))
+                return ready()
+            poll(up, 30, interval=0.1, message="%s not ready" % what)
+            yield proc
+        finally:
+            stop_process(proc, 15)
+
+
+def url_ready(url: str, timeout: float = 2.0) -> bool:
+    """``url`` answers 200."""
     try:
-        with urllib.request.urlopen(base + "/-/healthy", timeout=5) as r:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.status == 200
     except OSError:
         return False
+
+
+def get_json(url: str, timeout: float = 5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read().decode())
+
+
+def _healthy(base: str) -> bool:
+    return url_ready(base + "/-/healthy", timeout=5)
 
 
 @contextlib.contextmanager

@@ -232,14 +232,6 @@ def rule_metric_names() -> set[str]:
     return {n for n in used if ":" not in n}
 
 
-class _Families:
-    def __init__(self, families):
-        self._families = families
-
-    def collect(self):
-        return iter(self._families)
-
-
 def _sample_names(text: str) -> set[str]:
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
 
@@ -275,6 +267,7 @@ def test_rules_read_only_metrics_the_exporter_exports(gunicorn_factory, tmp_path
         % sorted(n for n in not_live if not NEEDS_POSTGRES.match(n)))
     # The Postgres families: the exporter's own renderer with every optional field set.
     from exporter.metrics import render
+    from exporter.metrics.encode import _Families
     from tests.test_docs import full_snapshot
     rendered = _sample_names(generate_latest(_Families(list(render(full_snapshot())))).decode())
     assert not_live <= rendered, "not exported at all: %s" % sorted(not_live - rendered)

@@ -16,18 +16,15 @@ by PID. Without them the test skips (fails with CI=true).
 from __future__ import annotations
 
 import contextlib
-import json
 import secrets
 import shutil
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import require
-from tests.harness import SlowClients, free_port, poll, stop_process
+from tests.harness import SlowClients, free_port, get_json, poll, running_server, url_ready
 from tests.test_alerts import build, running_exporter
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -42,39 +39,8 @@ def _binary(name: str) -> str:
     return path
 
 
-def _get_json(url: str, timeout: float = 5):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read().decode())
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _server(argv: list[str], log_path: Path, ready_url: str, what: str):
-    """Start a server, wait until ``ready_url`` answers 200, stop it by PID at exit."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-        try:
-            def up():
-                if proc.poll() is not None:
-                    raise AssertionError("%s exited (rc %s): %s"
-                                         % (what, proc.returncode, log_path.read_text()[-3000:]))
-                return _ready(ready_url)
-            poll(up, 30, interval=0.1, message="%s not ready" % what)
-            yield proc
-        finally:
-            stop_process(proc, 15)
-
-
 def _am_alerts(am: str) -> list[dict]:
-    return _get_json(am + "/api/v2/alerts?active=true&silenced=false&inhibited=false")
+    return get_json(am + "/api/v2/alerts?active=true&silenced=false&inhibited=false")
 
 
 def _find(alerts: list[dict], name: str, app: str) -> dict | None:
@@ -127,23 +93,23 @@ def test_pool_exhaustion_and_dead_master_reach_alertmanager(gunicorn_factory, tm
             "    static_configs:\n"
             "      - targets: ['%s']\n"
             % (tmp_path / "rules.yml", am_port, exporter_target))
-        stack.enter_context(_server(
+        stack.enter_context(running_server(
             [alertmanager, "--config.file=%s" % (tmp_path / "alertmanager.yml"),
              "--storage.path=%s" % (tmp_path / "am-data"),
              "--web.listen-address=127.0.0.1:%d" % am_port,
              "--cluster.listen-address="],
-            tmp_path / "alertmanager.log", am + "/-/ready", "alertmanager"))
-        stack.enter_context(_server(
+            tmp_path / "alertmanager.log", lambda: url_ready(am + "/-/ready"), "alertmanager"))
+        stack.enter_context(running_server(
             [prometheus, "--config.file=%s" % (tmp_path / "prometheus.yml"),
              "--storage.tsdb.path=%s" % (tmp_path / "prom-data"),
              "--web.listen-address=127.0.0.1:%d" % prom_port,
              "--rules.alert.resend-delay=1s"],
-            tmp_path / "prometheus.log", prom + "/-/ready", "prometheus"))
+            tmp_path / "prometheus.log", lambda: url_ready(prom + "/-/ready"), "prometheus"))
         startup = time.monotonic() - t0
 
         # Healthy and idle first: the target is scraped and nothing about C1 fires.
         poll(lambda: any(t["health"] == "up" for t in
-                         _get_json(prom + "/api/v1/targets")["data"]["activeTargets"]),
+                         get_json(prom + "/api/v1/targets")["data"]["activeTargets"]),
              20, interval=0.2, message="prometheus never scraped the exporter")
         assert _find(_am_alerts(am), "GunicornWorkerPoolExhausted", app) is None
 

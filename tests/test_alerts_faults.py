@@ -42,8 +42,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.harness import (Gunicorn, SlowClients, free_port, http_get, poll, running_exporter,
-                           stop_process)
+from tests.harness import (Gunicorn, SlowClients, free_port, get_json, http_get, poll,
+                           running_exporter, running_server, stop_process, url_ready)
 from tests.pg import PgCluster, available
 from tests.test_alerts import build, promtool
 
@@ -70,35 +70,6 @@ def _binary(path: str, package: str) -> str:
     return found
 
 
-def _get_json(url: str, timeout: float = 5):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read().decode())
-
-
-@contextlib.contextmanager
-def _server(argv: list[str], log_path: Path, ready, what: str):
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-        try:
-            def up():
-                if proc.poll() is not None:
-                    raise AssertionError(f"{what} exited: {log_path.read_text()[-3000:]}")
-                return ready()
-            poll(up, 30, interval=0.1, message=f"{what} not ready")
-            yield proc
-        finally:
-            stop_process(proc, 15)
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 # --- watching Prometheus' alerts ------------------------------------------------------
 
 class Watcher(threading.Thread):
@@ -114,7 +85,7 @@ class Watcher(threading.Thread):
     def run(self) -> None:
         while not self.stop_event.wait(0.2):
             try:
-                alerts = _get_json(self.prom + "/api/v1/alerts", timeout=2)["data"]["alerts"]
+                alerts = get_json(self.prom + "/api/v1/alerts", timeout=2)["data"]["alerts"]
             except (OSError, ValueError, KeyError):
                 continue
             now = time.monotonic()
@@ -224,9 +195,9 @@ def stack(tmp_path_factory):
             f"  upstream app {{ server unix:{apps['proxied'].unix_path}; }}\n"
             f"  server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://app; }} }}\n"
             "}\n")
-        es.enter_context(_server(
+        es.enter_context(running_server(
             [nginx, "-p", str(ndir), "-c", str(ndir / "nginx.conf"), "-g", "daemon off;"],
-            base / "nginx.out", lambda: _ready(f"http://127.0.0.1:{nginx_port}/"), "nginx"))
+            base / "nginx.out", lambda: url_ready(f"http://127.0.0.1:{nginx_port}/"), "nginx"))
 
         exporter_port = free_port()
         args = ["--postgres.dsn", pg.dsn("monitor", "postgres"), "--postgres.timeout", "500ms",
@@ -246,11 +217,11 @@ def stack(tmp_path_factory):
             "scrape_configs:\n  - job_name: gunicorn\n    static_configs:\n"
             f"      - targets: ['127.0.0.1:{exporter_port}']\n")
         (base / "prom-data").mkdir()
-        es.enter_context(_server(
+        es.enter_context(running_server(
             [prometheus, f"--config.file={base / 'prometheus.yml'}",
              f"--storage.tsdb.path={base / 'prom-data'}",
              f"--web.listen-address=127.0.0.1:{prom_port}"],
-            base / "prometheus.log", lambda: _ready(prom + "/-/ready"), "prometheus"))
+            base / "prometheus.log", lambda: url_ready(prom + "/-/ready"), "prometheus"))
         watcher = Watcher(prom)
         watcher.start()
         es.callback(watcher.stop_event.set)
@@ -283,7 +254,7 @@ def _print_results(s: Stack) -> None:
 
 def _query(prom: str, q: str) -> list[dict]:
     url = prom + "/api/v1/query?" + urllib.parse.urlencode({"query": q})
-    return _get_json(url)["data"]["result"]
+    return get_json(url)["data"]["result"]
 
 
 def _scraped(s: Stack, app: str) -> bool:
@@ -461,7 +432,7 @@ def _restart_exporter(stack: Stack) -> None:
                              f"127.0.0.1:{stack.exporter_port}", *stack.exporter_args],
                             stdout=log, stderr=subprocess.STDOUT)
     stack.restarted = proc
-    poll(lambda: _ready(stack.exporter + "/-/healthy"), 20, message="exporter did not restart")
+    poll(lambda: url_ready(stack.exporter + "/-/healthy"), 20, message="exporter did not restart")
 
 
 def _exporter_processes(port: int) -> list[int]:
@@ -493,7 +464,7 @@ def _record(s: Stack, scenario: str, app: str, t_start: float) -> None:
     query = f'{{__name__=~"{names}", job="gunicorn", app=~"{app}|"}}'
     url = s.prom + "/api/v1/query_range?" + urllib.parse.urlencode(
         {"query": query, "start": start, "end": t_end, "step": "1s"})
-    result = _get_json(url, timeout=30)["data"]["result"]
+    result = get_json(url, timeout=30)["data"]["result"]
     steps = int(t_end - start) + 1
     lines = []
     for series in sorted(result, key=lambda r: json.dumps(r["metric"], sort_keys=True)):

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.http import _PROCESS
 from exporter.metrics import render, render_web
+from exporter.metrics.encode import _Families
 from exporter.postgres.model import attribute, budgets, build_server_snapshot
 from exporter.linux.cgroup import PodIdentity
 from exporter.snapshot import PostgresSnapshot
@@ -111,14 +112,6 @@ def full_snapshot() -> Snapshot:
         "advice": CollectorResult("advice", True, 0.0, data=AdviceSnapshot(
             [("shop", "C3", "gthread-worker-connections", "warning")])),
     }, collected_at=1_700_000_200.0)
-
-
-class _Families:
-    def __init__(self, families):
-        self._families = families
-
-    def collect(self):
-        return iter(self._families)
 
 
 @pytest.fixture(scope="module")
