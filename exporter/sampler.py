@@ -13,12 +13,14 @@ The sampler keeps, per listener:
 
 and per app of sync workers, the seconds during which every worker was busy.
 
-What it reads per sample, and nothing else: one netlink dump per socket family that asks
-the kernel for LISTEN sockets only (`sockdiag.ListenQueues`: the host's connections
-are never sent), per network namespace that holds a watched listener (a pod's through a
-socket opened inside it, exporter/linux/netns.py), and for sync apps the length of each
-worker's /proc/PID/fd listing. What to watch comes from the last scrape (`retarget`):
-listener inodes and their namespaces, worker pids and each worker's idle fd count.
+What it reads per sample, and nothing else: the watched listening sockets through
+netlink (`sockdiag.ListenQueues`: TCP listeners by exact lookups of their address and
+port, unix listeners by exact lookups of their inodes, LISTEN-only dumps for new ones;
+the host's connections are never sent), per network namespace that holds a watched
+listener (a pod's through a socket opened inside it, exporter/linux/netns.py), and for
+sync apps the size of each worker's /proc/PID/fd, up to the first idle worker. What to
+watch comes from the last scrape (`retarget`): listener inodes and their namespaces,
+worker pids and each worker's idle fd count.
 
 A sync worker serves one request at a time and holds the client's socket while it does:
 it is busy when it has more fds open than when idle. The idle count is its fd count at
@@ -38,9 +40,9 @@ empty, while one of its workers is idle by its fd count (it would be accepting) 
 last read found the queue empty; they are read every UNIX_RECHECK (1 s) whatever the
 workers look like, and at every sample once a read finds the queue non-empty or every
 worker busy. The cost: a queue that fills while a worker looks idle (workers stuck
-outside any request) is seen up to 1 s late. TCP listeners (a LISTEN dump walks only
-the listening hash) and other worker classes are read at every sample. Workers' fd
-counts stop at the first idle worker: one is enough to say not all are busy.
+outside any request) is seen up to 1 s late. TCP listeners (a hash lookup in the
+kernel) and other worker classes are read at every sample. Workers' fd counts stop at
+the first idle worker: one is enough to say not all are busy.
 
 Accounting holds each sample's value until the next one (left Riemann sum). A gap longer
 than MAX_GAP (the thread was starved) is not credited to anything: it is counted in

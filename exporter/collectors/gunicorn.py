@@ -51,6 +51,7 @@ MAX_ORPHAN_APPS = 256
 # the same ones (see GunicornCollector._ask_control).
 CONTROL_REFRESH = 60.0
 
+
 @dataclass
 class GunicornOptions:
     """The gunicorn collector's settings; defaults are the options' (exporter/options.py)."""

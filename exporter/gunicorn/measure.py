@@ -81,9 +81,9 @@ def class_path(value: str) -> str:
 
 # Seconds a worker's soft fd limit is used before /proc/PID/limits is read again.
 FD_LIMIT_REFRESH = 60.0
-MAX_FD_LIMITS = 65536
 # Reads that may skip the TCP established hash on the strength of one complete read.
 NOT_INET_READS = 8
+
 
 class Measurer:
     """Reads one collection; keeps only caches keyed by master (pid, start time)."""
@@ -352,9 +352,7 @@ class Measurer:
             limit = self.procfs.fd_limit(w.pid)
         except (OSError, ValueError):
             return None
-        if len(self._fd_limits) >= MAX_FD_LIMITS:
-            self._fd_limits.clear()
-        self._fd_limits[w.key] = (limit, now)
+        self._fd_limits[w.key] = (limit, now)     # kept for live workers only (measure())
         return limit
 
     def _config_reader(self, m: Master):
