@@ -53,6 +53,16 @@ ROOT = Path(__file__).resolve().parent.parent
 RECORDED = ROOT / "alerts" / "tests" / "recorded"
 SCALE = 15
 RECORD = os.environ.get("GUNICORN_EXPORTER_RECORD_FAULTS") == "1"
+# The latest a `for:`-gated alert can fire, in production seconds: the first scrape after
+# the onset (up to one scrape interval, 15 s), the first evaluation that sees it (up to one
+# evaluation interval, 15 s), then `for:`; plus how late the test can see it (the watcher
+# polls every 0.2 s, 3 s here, and a scrape on a loaded 2-core host takes up to 0.3 s).
+# A bound tighter than this arithmetic fails on timing luck, not on a slow rule.
+INTERVALS = 15 + 15 + 3 + 5
+
+
+def paged_by(for_seconds: float) -> float:
+    return for_seconds + INTERVALS
 TAG = secrets.token_hex(2)
 
 
@@ -371,7 +381,7 @@ def test_worker_timeouts_w5(stack):
 def test_master_killed_w4(stack):
     g = stack.apps["down"]
     stack.paused.add("down")
-    run_fault(stack, "down", {"GunicornDown": 90}, g.kill_master)
+    run_fault(stack, "down", {"GunicornDown": paged_by(60)}, g.kill_master)
 
 
 def test_gevent_connection_per_green_thread_c6(stack):
@@ -406,7 +416,7 @@ def test_nginx_502_for_a_stopped_app_w4(stack):
     g = stack.apps["proxied"]
     stack.paused.add("proxied")
     # the nginx traffic goes on: every request is answered 502
-    run_fault(stack, "proxied", {"GunicornDown": 90, "GunicornProxyCannotConnect": 180},
+    run_fault(stack, "proxied", {"GunicornDown": paged_by(60), "GunicornProxyCannotConnect": 180},
               lambda: g.stop(timeout=10))
 
 
