@@ -17,6 +17,7 @@ import json
 import os
 import re
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -280,6 +281,17 @@ def http_get(target, path: str = "/", timeout: float = 10.0) -> tuple[int, bytes
 # Gunicorn master
 # --------------------------------------------------------------------------
 
+# The exporter sees every gunicorn on the host, other runs of this suite included, and
+# two masters of one name are told apart as NAME@listener: a fixed name is not ours
+# alone. Tests name their apps unique_name("shop") (runs as `shop-1a2b`) and read the
+# name back from Gunicorn.name.
+RUN_TAG = secrets.token_hex(2)
+
+
+def unique_name(name: str) -> str:
+    return f"{name}-{RUN_TAG}"
+
+
 class GunicornStartError(AssertionError):
     pass
 
@@ -306,6 +318,7 @@ class Gunicorn:
     env: dict
     worker_class: str
     workers: int
+    name: str | None = None           # --name as passed, None without
     _sock_dir: Path | None = None
     _owns_sock_dir: bool = False
     _seen: dict = field(default_factory=dict)  # pid -> starttime (our descendants)
@@ -451,7 +464,7 @@ class Gunicorn:
                                         stderr=subprocess.STDOUT, **ids)
             g = cls(proc=proc, rundir=rundir, binds=binds, log_path=log_path,
                     stdout_path=stdout_path, ctl_path=ctl_path, argv=argv,
-                    env=penv, worker_class=worker_class, workers=workers,
+                    env=penv, worker_class=worker_class, workers=workers, name=name,
                     _sock_dir=sock_dir, _owns_sock_dir=owns)
             st = proc_stat(proc.pid)
             g._master_start = st[2] if st else None

@@ -21,7 +21,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import require
-from tests.harness import poll, running_exporter
+from tests.harness import poll, running_exporter, unique_name
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
@@ -248,8 +248,8 @@ def _get(url: str, timeout: float = 10):
 def test_rules_read_only_metrics_the_exporter_exports(gunicorn_factory, tmp_path):
     used = rule_metric_names() - PROMETHEUS_SERIES
     # gthread: the class with the most families (worker_connections_limit, threads)
-    g = gunicorn_factory(worker_class="gthread", threads=2, workers=2, bind="tcp", name="alerts")
-    with running_exporter(tmp_path, "--logs.file", "alerts=%s" % g.log_path) as base:
+    g = gunicorn_factory(worker_class="gthread", threads=2, workers=2, bind="tcp", name=unique_name("alerts"))
+    with running_exporter(tmp_path, "--logs.file", f"{g.name}={g.log_path}") as base:
         def scraped():
             status, text = _get(base + "/metrics")
             if status != 200:

@@ -13,7 +13,7 @@ from tests.harness import (GUNICORN_SCRIPT, VENV_BIN, Gunicorn, GunicornStartErr
                            SlowClients, free_port, http_get, parse_ss_line, pid_alive,
                            poll, proc_cmdline, proc_stat, ss_listen_queue,
                            ss_process_connections, ss_worker_active_connections,
-                           ss_worker_close_wait_connections)
+                           ss_worker_close_wait_connections, unique_name)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -111,10 +111,10 @@ def test_binds_listen(gunicorn_factory, bind):
 
 
 def test_setproctitle_on_and_off(gunicorn_factory):
-    on = gunicorn_factory(workers=1, setproctitle=True, name="harness-on")
-    off = gunicorn_factory(workers=1, setproctitle=False, name="harness-off")
-    assert proc_cmdline(on.pid) == "gunicorn: master [harness-on]"
-    assert [proc_cmdline(p) for p in on.worker_pids()] == ["gunicorn: worker [harness-on]"]
+    on = gunicorn_factory(workers=1, setproctitle=True, name=unique_name("harness-on"))
+    off = gunicorn_factory(workers=1, setproctitle=False, name=unique_name("harness-off"))
+    assert proc_cmdline(on.pid) == f"gunicorn: master [{on.name}]"
+    assert [proc_cmdline(p) for p in on.worker_pids()] == [f"gunicorn: worker [{on.name}]"]
     off_cmd = proc_cmdline(off.pid)
     # script invoke: the kernel runs the shebang interpreter with the script path
     assert off_cmd.startswith(str(VENV_BIN) + "/python"), off_cmd

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.collectors.base import Collector
 from exporter.scrape import Scraper
 from tests.conftest import require
-from tests.harness import free_port, poll, running_exporter, stop_process
+from tests.harness import free_port, poll, running_exporter, stop_process, unique_name
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -47,14 +47,15 @@ def samples(text):
 
 @pytest.mark.slow
 def test_metrics_of_a_real_gunicorn_pass_promtool(gunicorn_factory, exporter_process, tmp_path):
-    gunicorn_factory(worker_class="gthread", threads=2, bind="tcp", workers=2, name="e2e")
+    g = gunicorn_factory(worker_class="gthread", threads=2, bind="tcp", workers=2,
+                         name=unique_name("e2e"))
     base = exporter_process()
     status, ctype, text = _get(base + "/metrics")
     assert status == 200 and ctype.startswith("text/plain")
     got = samples(text)
-    assert got[("gunicorn_up", (("app", "e2e"),))] == 1
+    assert got[("gunicorn_up", (("app", g.name),))] == 1
     assert got[("gunicorn_exporter_collector_success", (("collector", "gunicorn"),))] == 1
-    poll(lambda: samples(_get(base + "/metrics")[2]).get(("gunicorn_workers", (("app", "e2e"),))) == 2,
+    poll(lambda: samples(_get(base + "/metrics")[2]).get(("gunicorn_workers", (("app", g.name),))) == 2,
          10, message="workers not reported")
     require(shutil.which("promtool") is not None,
             "promtool not installed (Debian package 'prometheus'); cannot lint /metrics")
@@ -203,7 +204,7 @@ def test_without_privileges_it_says_so_once_and_exports_what_it_can(gunicorn_fac
     import os
     require(os.geteuid() == 0 and shutil.which("setpriv") is not None,
             "needs root and setpriv (util-linux) to drop capabilities")
-    g = gunicorn_factory(bind="unix", workers=2, name="priv")
+    g = gunicorn_factory(bind="unix", workers=2, name=unique_name("priv"))
     fake = tmp_path / "proc"
     _fake_proc_root(fake, [g.pid] + g.worker_pids())
     port = free_port()
@@ -219,13 +220,13 @@ def test_without_privileges_it_says_so_once_and_exports_what_it_can(gunicorn_fac
         poll(lambda: _get(base + "/-/healthy")[0] == 200, 15, message="exporter not up")
         for _ in range(3):
             got = samples(_get(base + "/metrics")[2])
-        assert got[("gunicorn_up", (("app", "priv"),))] == 1
+        assert got[("gunicorn_up", (("app", g.name),))] == 1
         # workers are still found (by title); their fd-based series are absent, not zero
-        assert got[("gunicorn_workers", (("app", "priv"),))] == 2
+        assert got[("gunicorn_workers", (("app", g.name),))] == 2
         assert got[("gunicorn_exporter_permission_denied_processes", ())] == 3
         assert not any(k[0] in ("gunicorn_worker_open_fds", "gunicorn_worker_connections")
-                       and ("app", "priv") in k[1] for k in got)
-        assert got[("gunicorn_worker_resident_memory_bytes", (("app", "priv"), ("worker", "0")))] > 0
+                       and ("app", g.name) in k[1] for k in got)
+        assert got[("gunicorn_worker_resident_memory_bytes", (("app", g.name), ("worker", "0")))] > 0
         assert got[("gunicorn_exporter_collector_success", (("collector", "gunicorn"),))] == 1
     finally:
         stop_process(p)

@@ -25,6 +25,7 @@ from exporter.parsing import parse_line_length, parse_log_files, parse_signature
 from exporter.scrape import Scraper
 from exporter.snapshot import (AppSnapshot, CollectorResult, GunicornSnapshot, ListenerSnapshot,
                                Snapshot)
+from tests.harness import unique_name
 
 
 def tailer(path, **kw):
@@ -330,7 +331,7 @@ def test_collector_attributes_lines_to_apps():
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_real_worker_timeout_is_counted_once(gunicorn_factory):
-    g = gunicorn_factory(workers=1, timeout=2, name="timeoutapp")
+    g = gunicorn_factory(workers=1, timeout=2, name=unique_name("timeoutapp"))
     (worker,) = g.worker_pids()
 
     async def scenario():

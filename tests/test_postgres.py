@@ -24,7 +24,7 @@ from exporter.metrics import render_postgres
 from exporter.scrape import Scraper
 from exporter.snapshot import (AppSnapshot, PostgresBackend, PostgresSnapshot, WorkerSnapshot)
 from tests.conftest import require
-from tests.harness import free_port, http_get, poll, ss_process_sockets
+from tests.harness import free_port, http_get, poll, ss_process_sockets, unique_name
 from tests.pg import PASSWORD
 
 pytestmark = [pytest.mark.timeout(90)]
@@ -246,9 +246,9 @@ def test_sqlalchemy_pool_attributed_per_worker(pg, gunicorn_factory, scrapes, wo
     pool_size, overflow = pool
     limit = pool_size + overflow
     g = gunicorn_factory(worker_class=worker_class, workers=workers, threads=threads, bind="tcp",
-                         app="db_app:app", name=f"pg-{worker_class}",
+                         app="db_app:app", name=unique_name(f"pg-{worker_class}"),
                          env=_app_env(pg, pool_size, overflow))
-    coll = _collector(pg, budgets={f"pg-{worker_class}": limit})
+    coll = _collector(pg, budgets={g.name: limit})
     scrape = scrapes(coll, pg.port)
     assert scrape().results["postgres"].data.servers[0].up
 
@@ -259,11 +259,10 @@ def test_sqlalchemy_pool_attributed_per_worker(pg, gunicorn_factory, scrapes, wo
                 message="attributed connections never matched pg_stat_activity")
     assert max(held.values()) == limit and all(v <= limit for v in held.values())
     snap = scrape()
-    app_name = f"pg-{worker_class}"
-    budget = {b.app: b for b in snap.results["postgres"].data.budgets}[app_name]
+    budget = {b.app: b for b in snap.results["postgres"].data.budgets}[g.name]
     assert (budget.total, budget.source) == (workers * limit, "declared")
     srv = snap.results["postgres"].data.servers[0]
-    assert srv.attribution.apps[app_name] == requests * n
+    assert srv.attribution.apps[g.name] == requests * n
     assert srv.max_connections == 40 and srv.monitor_privilege is True
     _join(ts)
     assert all(status == 200 for status, _ in out), out
@@ -284,7 +283,7 @@ def test_sqlalchemy_pool_attributed_per_worker(pg, gunicorn_factory, scrapes, wo
 def test_unix_socket_attributed_by_peer(pg, gunicorn_factory, scrapes):
     url = f"postgresql+psycopg://app@/appdb?host={pg.sockdir}&port={pg.port}"
     g = gunicorn_factory(worker_class="sync", workers=1, bind="tcp", app="db_app:app",
-                         name="pg-unix", env=_app_env(pg, 3, 0, url=url))
+                         name=unique_name("pg-unix"), env=_app_env(pg, 3, 0, url=url))
     scrape = scrapes(_collector(pg), pg.port)
     out, ts = _in_threads(g, ["/db/hold?n=3&seconds=4"])
 
@@ -295,7 +294,7 @@ def test_unix_socket_attributed_by_peer(pg, gunicorn_factory, scrapes):
     view = poll(_agree(scrape, oracle, g, lambda v: list(v.values()) == [3]), 15,
                 message="unix-socket backends not attributed")
     srv = scrape().results["postgres"].data.servers[0]
-    assert srv.local and srv.attribution.apps["pg-unix"] == 3, (view, srv.attribution)
+    assert srv.local and srv.attribution.apps[g.name] == 3, (view, srv.attribution)
     _join(ts)
 
 
@@ -303,7 +302,7 @@ def test_unix_socket_attributed_by_peer(pg, gunicorn_factory, scrapes):
 def test_gevent_connection_per_green_thread(pg, gunicorn_factory, scrapes):
     require(_has("gevent"), "gevent is not installed")
     g = gunicorn_factory(worker_class="gevent", workers=1, worker_connections=100, bind="tcp",
-                         app="db_app:app", name="pg-gevent", env=_app_env(pg, 2, 1))
+                         app="db_app:app", name=unique_name("pg-gevent"), env=_app_env(pg, 2, 1))
     scrape = scrapes(_collector(pg), pg.port)
     clients = 28
     out, ts = _in_threads(g, ["/gevent/hold?seconds=6"] * clients)
@@ -313,10 +312,10 @@ def test_gevent_connection_per_green_thread(pg, gunicorn_factory, scrapes):
     snap = scrape()
     app = next(a for a in snap.results["gunicorn"].data.apps if a.master_pid == g.pid)
     srv = snap.results["postgres"].data.servers[0]
-    budget = {b.app: b for b in snap.results["postgres"].data.budgets}["pg-gevent"]
+    budget = {b.app: b for b in snap.results["postgres"].data.budgets}[g.name]
     # C6: one worker, one thread, a connection per green thread, the server near its limit
     assert app.threads == 1 and budget.total == 1 and budget.source == "threads"
-    assert srv.attribution.workers[("pg-gevent", 0)] == clients > 10 * app.threads
+    assert srv.attribution.workers[(g.name, 0)] == clients > 10 * app.threads
     used = sum(srv.connections.values())
     usable = srv.max_connections - srv.superuser_reserved_connections
     assert used >= clients + 1 and used / usable > 0.75, (used, usable, view)
@@ -366,7 +365,7 @@ def test_privileges_ages_and_secrets(pg, scrapes):
 
 @pytest.mark.slow
 def test_hung_server_sigstop(pg, gunicorn_factory, scrapes):
-    g = gunicorn_factory(worker_class="sync", workers=1, bind="tcp", name="pg-hang")
+    g = gunicorn_factory(worker_class="sync", workers=1, bind="tcp", name=unique_name("pg-hang"))
     live = scrapes(_collector(pg), pg.port)
     srv = live.server()
     assert srv.up

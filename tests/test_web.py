@@ -234,9 +234,9 @@ def test_sighup_reloads_and_a_broken_file_keeps_the_old_config(tmp_path, pki):
         pid = _exporter_pid(port)
         import os
         os.kill(pid, signal.SIGHUP)
-        series = poll(lambda: (s := parse_strict(get(base + "/metrics", ctx=ctx)[2].decode())) and
-                      value(s, "gunicorn_exporter_web_config_last_reload_successful") == 0 and s,
-                      10, message="the broken reload was not reported")
+        poll(lambda: (s := parse_strict(get(base + "/metrics", ctx=ctx)[2].decode())) and
+             value(s, "gunicorn_exporter_web_config_last_reload_successful") == 0 and s,
+             10, message="the broken reload was not reported")
         assert get(base + "/metrics", ctx=ctx)[0] == 200   # the old config still in force
         cfg.write_text(good)
         os.kill(pid, signal.SIGHUP)
