@@ -33,7 +33,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import parse_qs
 
-APP_NAME = "demo"
+APP_NAME = "demo"  # + "-PORT": two demos on one host are two apps, not demo@listener
 MAX_SLOW_SECONDS = 60.0
 DEFAULT_EXPORTER_PORT = 10188
 
@@ -102,14 +102,14 @@ def _get(url: str, timeout: float = 3.0) -> tuple[int | None, str]:
         return None, ""
 
 
-def demo_values(text: str) -> dict[str, float]:
-    """The demo app's headline numbers from a /metrics text."""
+def demo_values(text: str, app: str) -> dict[str, float]:
+    """The headline numbers of app `app` from a /metrics text."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            if s.labels.get("app") != APP_NAME:
+            if s.labels.get("app") != app:
                 continue
             if s.name in ("gunicorn_up", "gunicorn_workers", "gunicorn_workers_busy"):
                 out[s.name] = s.value
@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         app_port = _port_or_free(args.app_port)
+        app_name = f"{APP_NAME}-{app_port}"
         exp_port = _port_or_free(args.port)
         error_log = workdir / "gunicorn-error.log"
         # The package's parent directory first on the path: the workers import
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         env.pop("GUNICORN_CMD_ARGS", None)
         env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         gunicorn_argv = [sys.executable, "-m", "gunicorn",
-                         "--name", APP_NAME, "--bind", f"127.0.0.1:{app_port}",
+                         "--name", app_name, "--bind", f"127.0.0.1:{app_port}",
                          "--workers", str(args.workers), "--worker-class", "sync",
                          "--timeout", "30", "--graceful-timeout", "2",
                          "--chdir", str(workdir), "--worker-tmp-dir", str(workdir),
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                                         start_new_session=True)
         exporter_argv = [sys.executable, "-m", "exporter",
                          "--web.listen-address", f"127.0.0.1:{exp_port}",
-                         "--logs.file", f"{APP_NAME}={error_log}"]
+                         "--logs.file", f"{app_name}={error_log}"]
         with open(workdir / "exporter.log", "wb") as out:
             exporter = subprocess.Popen(exporter_argv, env=env, stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=subprocess.STDOUT,
@@ -306,10 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         load.start()
         print(f"""gunicorn-exporter demo (everything below stops on Ctrl-C{
               f' or after {args.duration:g}s' if args.duration else ''})
-  sample app:  {app_url}/   gunicorn master pid {gunicorn.pid}, {args.workers} sync workers, app="{APP_NAME}"
+  sample app:  {app_url}/   gunicorn master pid {gunicorn.pid}, {args.workers} sync workers, app="{app_name}"
   load:        {clients} clients sending {app_url}/slow?seconds={args.slow:g} in a loop
   exporter:    {exp_url}/metrics   pid {exporter.pid}
-  look:        curl -s {exp_url}/metrics | grep 'app="{APP_NAME}"'
+  look:        curl -s {exp_url}/metrics | grep 'app="{app_name}"'
   Prometheus:  scrape {exp_url}; in a clone of the repository: deploy/prometheus/, grafana/dashboards/
   files:       {workdir} (gunicorn error log, exporter log; removed on exit)""", flush=True)
 
@@ -326,9 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                 break
             if now >= next_status:
                 next_status = now + args.interval
-                v = demo_values(_get(exp_url + "/metrics", 5)[1])
+                v = demo_values(_get(exp_url + "/metrics", 5)[1], app_name)
                 if v:
-                    print(f"[{time.strftime('%H:%M:%S')}] app={APP_NAME}: "
+                    print(f"[{time.strftime('%H:%M:%S')}] app={app_name}: "
                           f"busy workers {v.get('gunicorn_workers_busy', 0):g}/"
                           f"{v.get('gunicorn_workers', 0):g}, "
                           f"accept queue {v.get('gunicorn_listener_queue_length', 0):g}, "

@@ -17,7 +17,7 @@ from tests.harness import pid_alive, poll, stop_process
 pytestmark = [pytest.mark.timeout(90)]
 
 URL_RE = re.compile(r"exporter:\s+(http://127\.0\.0\.1:\d+)/metrics\s+pid (\d+)")
-MASTER_RE = re.compile(r"gunicorn master pid (\d+)")
+MASTER_RE = re.compile(r"gunicorn master pid (\d+).*app=\"(demo-\d+)\"")
 
 
 def _scrape(base: str) -> str:
@@ -64,13 +64,14 @@ def test_demo_shows_busy_workers_and_stops_everything_on_sigterm(tmp_path):
                  pytest.fail("demo exited early:\n" + _text(tmp_path)),
                  40, message="demo did not print the exporter's address")
         base, exporter_pid = m.group(1), int(m.group(2))
-        master_pid = int(MASTER_RE.search(_text(tmp_path)).group(1))
+        master = MASTER_RE.search(_text(tmp_path))
+        master_pid, app_name = int(master.group(1)), master.group(2)
         # 2 sync workers, 3 clients sending 2 s requests: the exporter must see the
         # demo app saturated (a busy worker or a connection waiting in the queue).
         values = poll(lambda: (lambda v: v if v.get("gunicorn_workers_busy", 0) > 0
                                or v.get("gunicorn_listener_queue_length", 0) > 0 else None)(
-                          demo_values(_scrape(base))),
-                      30, interval=0.2, message="no busy worker or queued request for app=demo")
+                          demo_values(_scrape(base), app_name)),
+                      30, interval=0.2, message=f"no busy worker or queued request for app={app_name}")
         assert values["gunicorn_up"] == 1
         assert values["gunicorn_workers"] == 2
         proc.send_signal(signal.SIGTERM)
