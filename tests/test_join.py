@@ -82,6 +82,7 @@ def test_capacity_is_unknown_when_a_setting_is():
 class _App:
     def __init__(self, app, pid, listener=None, uid=1000):
         self.app, self.master_pid, self.master_start_time, self.uid = app, pid, 1.0 * pid, uid
+        self.pod = None
         self.listeners = [type("L", (), {"address": listener})()] if listener else []
 
 

@@ -197,8 +197,9 @@ def assign_names(apps: list, owners: dict[str, tuple], remembered_uid) -> set[st
     name; else, to a master that is alone with its name and whose name is not another
     user's. Every other master gets its Kubernetes pod appended (`NAME@pod:1f6c7e5a`, the
     start of its pod UID) when it is the only master of that name in its pod, else its
-    first listener (`NAME@unix:/a.sock`), or `@pid<N>` if that is shared too. So another user's process that calls itself
-    `shop` cannot take `shop` from its owner, nor make a stopped `shop` look alive.
+    first listener (`NAME@unix:/a.sock`), or `@pid<N>` if that is shared too. So another
+    user's process that calls itself `shop` cannot take `shop` from its owner, nor make a
+    stopped `shop` look alive.
     Returns the suffixed names (transient: never remembered); updates `owners`.
     """
     by_name: dict[str, list] = {}
@@ -207,12 +208,11 @@ def assign_names(apps: list, owners: dict[str, tuple], remembered_uid) -> set[st
     renamed: set[str] = set()
     for name, group in by_name.items():
         keep = _owner(name, group, owners.get(name), remembered_uid(name))
-        pods = [a.pod.pod_uid for a in group if getattr(a, "pod", None) and a.pod.pod_uid]
-        for a in group:
+        pods = [a.pod.pod_uid if a.pod else "" for a in group]
+        for a, uid in zip(group, pods):
             if a is keep:
                 owners[name] = (a.master_pid, a.master_start_time)
                 continue
-            uid = a.pod.pod_uid if getattr(a, "pod", None) else ""
             if uid and pods.count(uid) == 1:
                 where = f"pod:{uid[:8]}"
             else:

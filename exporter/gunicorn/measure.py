@@ -103,7 +103,7 @@ class Measurer:
         # worker (pid, start time) -> (soft fd limit, when read)
         self._fd_limits: dict[tuple[int, int], tuple[int | None, float]] = {}
         self._own_netns = self.procfs.netns("self")
-        self._facts: dict[int | None, tuple] = {}
+        self._facts: dict[int | None, tuple] = {}   # netns -> (somaxconn, TcpExt Listen*)
         # per network namespace: socket inodes held by gunicorn processes that the last
         # complete read found to be neither unix nor TCP (UDP, netlink); while every held
         # inode is a unix socket, a TCP listener or one of these, the next reads skip the
@@ -148,7 +148,7 @@ class Measurer:
                 wanted.update(scan.socket_inodes)
         raws = []
         self.netns_denied = False
-        self._facts: dict[int | None, tuple] = {}     # per namespace, this scrape
+        self._facts = {}        # per namespace, this scrape
         for m in found.masters:
             raw = MasterRaw(m, Settings())
             try:
@@ -173,13 +173,10 @@ class Measurer:
         self.netns_sockets.keep_only({ns for ns in tables if ns is not None})
         workers = {w.key for m in found.masters for w in m.workers}
         self._fd_limits = {k: v for k, v in self._fd_limits.items() if k in workers}
-        for ns in list(self._not_inet):
-            if ns not in tables:
-                del self._not_inet[ns]
+        for per_netns in (self._not_inet, self._somaxconn):   # namespaces gone
+            for ns in [ns for ns in per_netns if ns not in tables]:
+                del per_netns[ns]
         snap.netns_denied = self.netns_denied
-        for ns in list(self._somaxconn):
-            if ns not in tables:
-                del self._somaxconn[ns]
         sources = {t.source for t in tables.values() if t is not None}
         snap.socket_source = "netlink" if sources == {"netlink"} else \
             ("+".join(sorted(sources)) if sources else "none")
