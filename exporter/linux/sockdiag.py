@@ -24,10 +24,9 @@ from exporter.linux.diagmsg import (  # re-exported: the public API
     TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2,
     TCP_LAST_ACK, TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_STATE_NAMES, TCP_SYN_RECV, TCP_SYN_SENT,
     TCP_TIME_WAIT, UDIAG_SHOW_RQLEN, InetSocket, SocketTable, UnixSocket, decode_inet,
-    decode_inet_lookups, decode_listen_drops, decode_listeners, decode_unix_lookups,
-    unix_lookup_requests,
-    decode_lookups, decode_unix, inet_request, listen_request, lookup_requests,
-    parse_listen_drops, parse_tcp_idle, unix_request)
+    decode_inet_lookups, decode_listen_drops, decode_listeners, decode_lookups, decode_unix,
+    decode_unix_lookups, inet_request, listen_request, lookup_requests, parse_listen_drops,
+    parse_tcp_idle, unix_lookup_requests, unix_request)
 from exporter.linux.netlink import NetlinkError
 
 __all__ = [
@@ -145,7 +144,7 @@ def _read_tcp(sock, states: int, first_seq: int, deadline: float, wanted=None
     out: dict[int, InetSocket] = {}
     for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), first_seq):
         dump(sock, inet_request(family, states, seq), deadline,
-              lambda c, seq=seq: decode_inet(c, seq, out, wanted))
+             lambda c, seq=seq: decode_inet(c, seq, out, wanted))
     return out
 
 
@@ -198,12 +197,12 @@ def read_all(timeout: float = _DEFAULT_TIMEOUT, wanted=None,
             if any(s.state == TCP_LISTEN for s in inet.values()):
                 for seq, family in ((4, socket.AF_INET), (5, socket.AF_INET6)):
                     dump(sock, listen_request(family, seq), deadline,
-                          lambda c, seq=seq: decode_listen_drops(c, seq, inet))
+                         lambda c, seq=seq: decode_listen_drops(c, seq, inet))
             return SocketTable(unix=unix, inet=inet, source="netlink")
         inet = {}
         for seq, family in ((2, socket.AF_INET), (3, socket.AF_INET6)):
             dump(sock, listen_request(family, seq), deadline,
-                  lambda c, seq=seq: decode_listeners(c, seq, inet, wanted))
+                 lambda c, seq=seq: decode_listeners(c, seq, inet, wanted))
         unknown = any(ino not in unix and ino not in inet and ino not in not_inet
                       for ino in wanted)
         if unknown:
