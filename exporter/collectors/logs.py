@@ -24,7 +24,7 @@ import logging
 
 from exporter.collectors.base import Collector
 from exporter.collectors.attribution import AppIndex, gunicorn_data
-from exporter.logs.access import DEFAULT_FORMATS, AccessLog, compile_format
+from exporter.logs.access import DEFAULT_COMPILED, AccessLog
 from exporter.logs.files import LogFile
 from exporter.logs.signatures import Matcher, Signature, merge
 from exporter.logs.tail import FileTailer
@@ -47,7 +47,7 @@ class LogsCollector(Collector):
         self.files = tuple(files)
         # access log lines -> requests by status and duration (exporter/logs/access.py)
         self.access = AccessLog(tuple(access_formats) if access_formats is not None else
-                                tuple(compile_format(f) for f in DEFAULT_FORMATS))
+                                DEFAULT_COMPILED)
         self.signatures = merge(signatures)
         self.matcher = Matcher(self.signatures)
         self.interval = interval

@@ -120,6 +120,10 @@ def compile_format(text: str) -> AccessFormat:
     return AccessFormat(spec, re.compile("".join(out)), needle, scale)
 
 
+# the formats used when --logs.access-format is not given, compiled once
+DEFAULT_COMPILED = tuple(compile_format(f) for f in DEFAULT_FORMATS)
+
+
 def parse_access_formats(values) -> tuple[AccessFormat, ...]:
     values = list(values or ())
     if len(values) > MAX_FORMATS:

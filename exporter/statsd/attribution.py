@@ -85,7 +85,6 @@ class Outcome:
     results: dict[object, tuple[str, Route | None]] | None   # None: no socket table
     own_drops: int | None = None
     adopted: dict[object, Route] = field(default_factory=dict)   # addr -> route
-    source: str = ""
     processes_scanned: int = 0
     fds_scanned: int = 0
     seconds: float = 0.0
@@ -131,7 +130,7 @@ class Resolver:
         ports = {a[1] for a, _r in verify} | {a[1] for a in lookup}
         held = self._master_sockets(pmap)                  # inode -> (proc, start)
         try:
-            sockets, source = read_udp(ports, set(held) | ({own_inode} if own_inode else set()),
+            sockets, _source = read_udp(ports, set(held) | ({own_inode} if own_inode else set()),
                                        proc_net=self.proc_net)
         except OSError as e:
             if not self._warned:
@@ -143,7 +142,7 @@ class Resolver:
         by_port: dict[int, list[UdpSocket]] = {}
         for s in sockets.values():
             by_port.setdefault(s.local_port, []).append(s)
-        out = Outcome({}, own.drops if own else None, source=source)
+        out = Outcome({}, own.drops if own else None)
         results = out.results
         for ino, (p, start) in held.items():
             s = sockets.get(ino)

@@ -84,7 +84,6 @@ class Receiver:
         self.inode: int | None = None
         self.buffer_size: int | None = None   # SO_RCVBUF in force (the kernel doubles it)
         self.bind_error: OSError | None = None
-        self.wakeups = 0
         self._transport = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -117,7 +116,6 @@ class Receiver:
     def _drain(self) -> None:
         """Read what is there, at most `batch` datagrams and DRAIN_SECONDS of work (on
         the event loop: a flood of heavy datagrams must not hold up a scrape)."""
-        self.wakeups += 1
         recv = self.sock.recvfrom
         handle = self.protocol.datagram_received
         deadline = time.monotonic() + DRAIN_SECONDS

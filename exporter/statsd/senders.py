@@ -61,6 +61,10 @@ class Route:
     app: str
     slot: int | None = None
 
+    def same_socket(self, other: "Route") -> bool:
+        """The same socket held by the same process (the app and slot may be renamed)."""
+        return (self.inode, self.pid, self.start) == (other.inode, other.pid, other.start)
+
 
 class Sender:
     __slots__ = ("addr", "state", "route", "by_prefix", "planned", "packets", "seen",
@@ -87,7 +91,6 @@ class SenderTable:
         self.senders: dict[object, Sender] = {}
         self.overflow = Sender(OVERFLOW_ADDR, OVERFLOW, 0)
         self.apps = RequestTable("statsd")
-        self.generation = 0              # collections so far
         self.map_generation = 0          # process maps seen so far (set by the collector)
         self._names: dict[bytes, tuple[int, bytes, str]] = {}
         # counters
@@ -215,8 +218,7 @@ class SenderTable:
             s.gone = outcome == "gone"
             if outcome == "kernel":
                 verified = s.state == KERNEL and s.route is not None and \
-                    (s.route.inode, s.route.pid, s.route.start) == \
-                    (route.inode, route.pid, route.start)
+                    s.route.same_socket(route)
                 if not verified:
                     # received before the table read that proved it: whose, unknown
                     self._unattributed(s, "unknown_sender")
@@ -236,7 +238,6 @@ class SenderTable:
                 else:
                     s.state = PENDING
                 s.route = None
-        self.generation += 1
         for addr, s in list(self.senders.items()):
             self._fold(s)
             if s.seen:
@@ -253,8 +254,7 @@ class SenderTable:
             s = self.senders.get(addr)
             if s is None:
                 s = self.senders[addr] = Sender(addr, KERNEL, self.map_generation)
-            elif s.state == KERNEL and s.route is not None and \
-                    (s.route.inode, s.route.pid, s.route.start) == (route.inode, route.pid, route.start):
+            elif s.state == KERNEL and s.route is not None and s.route.same_socket(route):
                 s.route = route
                 continue
             else:

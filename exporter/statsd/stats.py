@@ -43,9 +43,6 @@ class Stats:
     def status(self, label: str, n: float = 1.0) -> None:
         self.statuses[label] = self.statuses.get(label, 0.0) + n
 
-    def level(self, level: str, n: float = 1.0) -> None:
-        self.levels[level] = self.levels.get(level, 0.0) + n
-
     def merge(self, other: "Stats") -> None:
         for k, v in other.statuses.items():
             self.statuses[k] = self.statuses.get(k, 0.0) + v
@@ -58,9 +55,6 @@ class Stats:
             self.sum += other.sum
             self.count += other.count
         self.lines += other.lines
-
-    def empty(self) -> bool:
-        return not (self.statuses or self.levels or self.count)
 
     def snapshot(self) -> AppRequests:
         return AppRequests(statuses=dict(self.statuses), buckets=list(self.buckets),
