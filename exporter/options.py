@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporter.parsing import (DEFAULT_ACCESS_FORMATS, DEFAULT_PORT, _log_level, _max_names,
+from exporter.logs.access import DEFAULT_COMPILED as DEFAULT_ACCESS_FORMATS
+from exporter.parsing import (DEFAULT_PORT, _log_level, _max_names,
                               parse_access_formats, parse_app_budgets, parse_app_names,
                               parse_bool, parse_dsn_files, parse_dsns, parse_duration,
-                              parse_kmsg_path, parse_line_length, parse_listen_address,
+                              parse_line_length, parse_listen_address,
                               parse_log_files, parse_max_masters, parse_ports,
                               parse_receive_buffer, parse_regex, parse_signatures,
-                              parse_statsd_prefixes, parse_users, _path, _path_or_none,
+                              parse_optional_path, parse_statsd_prefixes, parse_users, _path,
                               _positive_duration, _positive_int, _ratio, _strings,
                               _telemetry_path)
 
@@ -110,7 +111,7 @@ OPTIONS: tuple[Option, ...] = (
       "the sampler off", shown="100ms"),
     O("sampler.peak-window", "sampler_peak_window", _positive_duration, 15.0,
       "gunicorn_listener_queue_peak is the largest queue length seen in this window"),
-    O("oom.kmsg-path", "kmsg_path", parse_kmsg_path, "/dev/kmsg",
+    O("oom.kmsg-path", "kmsg_path", parse_optional_path, "/dev/kmsg",
       "kernel log device read for OOM kill records; 'none' = use cgroup and /proc/vmstat counters only"),
     O("logs.file", "log_files", parse_log_files, (),
       "[APP=]PATH: follow this log file (gunicorn error log, application log, nginx error/access "
@@ -158,7 +159,7 @@ OPTIONS: tuple[Option, ...] = (
       "collection, without that rule"),
     O("doctor.proxy-timeout", "doctor_proxy_timeout", _positive_duration, 60.0,
       "timeout of the proxy in front of the apps (W8), for apps no nginx location proxies to"),
-    O("doctor.nginx-config", "doctor_nginx_config", _path_or_none, "/etc/nginx/nginx.conf",
+    O("doctor.nginx-config", "doctor_nginx_config", parse_optional_path, "/etc/nginx/nginx.conf",
       "nginx config read statically for proxy_read_timeout (and its includes); 'none' = do not read"),
     O("doctor.gthread-connections-per-thread", "doctor_gthread_ratio", _ratio, 4.0,
       "gthread --worker-connections above this many per thread is advised against (C3, W9)",

@@ -9,14 +9,12 @@ import os
 import pwd
 import re
 
-from exporter.logs.access import DEFAULT_FORMATS as _ACCESS_PRESETS, compile_format
 from exporter.logs.access import parse_access_formats as _access_formats
 from exporter.logs.files import LogFile, parse_log_file
 from exporter.logs.signatures import Signature, SignatureError, merge, parse_user_signature
 from exporter.statsd.parse import parse_prefix_map
 
 DEFAULT_PORT = 10188
-DEFAULT_ACCESS_FORMATS = tuple(compile_format(f) for f in _ACCESS_PRESETS)
 
 
 class ConfigError(ValueError):
@@ -182,7 +180,8 @@ def parse_signatures(values) -> tuple[Signature, ...]:
     return sigs
 
 
-def parse_kmsg_path(value) -> str:
+def parse_optional_path(value) -> str:
+    """A path, or "" for none/off/false/empty (the feature that reads it is off)."""
     text = str(value).strip()
     if text.lower() in ("", "none", "off", "false"):
         return ""
@@ -316,8 +315,3 @@ def _ratio(value) -> float:
     if not 0 <= n <= 1e6:  # also refuses NaN
         raise ConfigError(f"{value!r} must be a number from 0 to 1000000")
     return n
-
-
-def _path_or_none(value) -> str:
-    text = str(value).strip()
-    return "" if text.lower() in ("", "none", "off", "false") else _path(text)

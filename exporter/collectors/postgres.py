@@ -283,9 +283,9 @@ class PostgresCollector(Collector):
                         "state, client address or query times (%d hidden now); "
                         "GRANT pg_monitor TO <role> (see docs/postgres.md)",
                         s.label, snap.hidden_connections)
-        own_start = next((r.backend_start for r in map(ActivityRow._make, rows)
-                          if r.pid == snap.own_pid), None)
-        if s.local is None:
+        if s.local is None:     # once per connection
+            own_start = next((r.backend_start for r in map(ActivityRow._make, rows)
+                              if r.pid == snap.own_pid), None)
             s.local = await asyncio.to_thread(self._is_local, snap.own_pid, own_start)
         snap.local = bool(s.local)
         if s.local:

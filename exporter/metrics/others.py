@@ -3,7 +3,6 @@ request families that statsd and access logs share."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
@@ -13,8 +12,6 @@ from prometheus_client.utils import floatToGoString
 from exporter.metrics.family import _g, _maybe
 from exporter.snapshot import (AdviceSnapshot, HostSnapshot, LogsSnapshot, OomSnapshot,
                                PostgresSnapshot, RequestsSnapshot, StatsdSnapshot)
-
-log = logging.getLogger(__name__)
 
 
 def render_host(snap: HostSnapshot) -> Iterator[Metric]:
