@@ -30,10 +30,8 @@ FACTS_TTL = 60.0
 
 @dataclass
 class AdviceContext:
-    thresholds: Thresholds
+    """What collect() read for finish(), where the other collectors' results are known."""
     facts: Facts
-    previous: GunicornSnapshot | None = None
-    interval: float | None = None
 
 
 class AdviceCollector(Collector):
@@ -61,7 +59,7 @@ class AdviceCollector(Collector):
             self._facts = await asyncio.to_thread(read_facts, self.procfs, masters,
                                                   self.nginx_config)
             self._facts_key, self._facts_at = key, time.monotonic()
-        return AdviceContext(self.thresholds, self._facts)
+        return AdviceContext(self._facts)
 
     def finish(self, snapshot: Snapshot) -> None:
         result = snapshot.results.get(self.name)
@@ -72,10 +70,8 @@ class AdviceCollector(Collector):
             self._previous, self._previous_at = self._seen, self._seen_at
             self._seen, self._seen_at = g, snapshot.collected_at
             self._masters = [a for a in g.apps if a.up and a.master_pid]
-        ctx = result.data
-        ctx.previous = self._previous
-        ctx.interval = self._seen_at - self._previous_at if self._previous else None
-        view = view_of(snapshot, ctx.previous, ctx.interval, ctx.facts, ctx.thresholds)
+        interval = self._seen_at - self._previous_at if self._previous else None
+        view = view_of(snapshot, self._previous, interval, result.data.facts, self.thresholds)
         findings = [] if view is None else evaluate(view)
         result.data = AdviceSnapshot(sorted({(f.app, f.id, f.rule, f.severity)
                                              for f in findings}))

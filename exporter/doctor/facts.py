@@ -94,7 +94,7 @@ def _quota(mount: tuple[str, str], path: str, v2: bool) -> tuple[float, str] | N
             cpus = None
         if cpus is not None and (best is None or cpus < best[0]):
             best = (cpus, where)
-        if d == point or not d.startswith(point):
+        if d == point:          # (a d outside point ended the loop above)
             break
         d = os.path.dirname(d)
     return best

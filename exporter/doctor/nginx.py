@@ -210,8 +210,9 @@ def proxy_passes(top: list[Directive]) -> list[ProxyPass]:
 
     def walk(block: list[Directive], timeout: float, where: str | None) -> None:
         here = [d for d in block if d.name == "proxy_read_timeout" and d.args]
-        if here and parse_time(here[-1].args[0]) is not None:
-            timeout, where = parse_time(here[-1].args[0]), here[-1].where
+        seconds = parse_time(here[-1].args[0]) if here else None
+        if seconds is not None:
+            timeout, where = seconds, here[-1].where
         for d in block:
             if d.name == "upstream" and d.args and d.block is not None:
                 upstreams[d.args[0]] = [_server_target(s.args[0]) for s in d.block
@@ -224,8 +225,8 @@ def proxy_passes(top: list[Directive]) -> list[ProxyPass]:
                 walk(d.block, timeout, where)
 
     walk(top, DEFAULT_TIMEOUT, None)
-    return [ProxyPass(pass_targets(url, upstreams), t, src) for url, t, src in found
-            if pass_targets(url, upstreams)]
+    return [ProxyPass(targets, t, src) for url, t, src in found
+            if (targets := pass_targets(url, upstreams))]
 
 
 def load(path: str) -> NginxConfig:

@@ -26,10 +26,10 @@ def _known(app: AppSnapshot, setting: str, value) -> int | float | None:
 def _somaxconn(v: View, a: AppSnapshot) -> tuple[int | None, str]:
     """somaxconn of the master's network namespace: its own when the collector read it,
     else the exporter's, unless the master is known to live in another namespace."""
-    own = getattr(a, "somaxconn", None)
+    own = a.somaxconn
     if own is not None:
         return own, "net.core.somaxconn of the master's network namespace"
-    if getattr(a, "netns", None) is not None or v.host is None:
+    if a.netns is not None or v.host is None:
         return None, ""
     return v.host.somaxconn, "/proc/sys/net/core/somaxconn"
 

@@ -282,8 +282,6 @@ class _Evaluator(_Expressions):
             if not _same(a, b):
                 self.assign(name, UNKNOWN)
 
-    # -- expressions ----------------------------------------------------------------
-
 
 def _failed(problem: str) -> ConfigResult:
     return ConfigResult({}, set(), [problem[:200]], False)
