@@ -112,9 +112,8 @@ def section_b(idle: dict) -> list[str]:
 
 def slopes(idle: dict) -> dict:
     lat, cpu = idle["lat"], idle["cpu"]
-    k = {n: (n[0] if n != ("w8", "nosampler") else "w8") for n in lat}
-    c = {k[n]: cpu[n] for n in lat if n[1] == "nosampler"}
-    m = {k[n]: med(lat[n]) for n in lat if n[1] == "nosampler"}
+    c = {label: cpu[(label, t)] for label, t in lat if t == "nosampler"}
+    m = {label: med(lat[(label, t)]) for label, t in lat if t == "nosampler"}
     w_cpu, w_lat = (c["w64"] - c["w8"]) / 56, (m["w64"] - m["w8"]) / 56
     return {"worker_cpu": w_cpu, "worker_lat": w_lat,
             "master_cpu": (c["m8"] - c["m1"]) / 7 - w_cpu,

@@ -256,8 +256,13 @@ async def attribution(n_apps: int) -> list[str]:
         await c.collect()
         verify = time.perf_counter() - t0
         alien = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        before = c.table.packets
         alien.sendto(b"gunicorn.request.status.200:1|c", ("127.0.0.1", port))
-        await asyncio.sleep(0.2)
+        end = time.monotonic() + 10   # received before the collection that must look it up
+        while c.table.packets == before and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        if c.table.packets == before:
+            raise RuntimeError("the unknown sender's datagram never arrived")
         await c.collect()
         worst = c.last_cost
         alien.close()

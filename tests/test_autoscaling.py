@@ -5,7 +5,6 @@ two pods of one Deployment on two nodes, watched by the DaemonSet exporter)."""
 from __future__ import annotations
 
 import copy
-import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -15,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.conftest import require
+from tests.test_alerts import promtool
 from tests.test_deploy import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,7 +147,7 @@ def test_the_queries_compute_the_busy_ratio_per_pod(tmp_path):
     The per-pod ratio is 0.75 and 0.5; KEDA's query is 5 busy workers (ceil(5 / 2.8) = 2
     replicas); the adapter serves 0.75 for the first pod. A third pod of another
     namespace and an app outside Kubernetes stay out."""
-    require(shutil.which("promtool"), "promtool not installed (Debian package 'prometheus')")
+    tool = promtool()
     keda = load("keda-scaledobject.yaml")["spec"]["triggers"][0]["metadata"]["query"]
     ours = yaml.safe_load(RULES.read_text())
     auto = load("rules.yaml")["spec"]
@@ -189,6 +188,6 @@ def test_the_queries_compute_the_busy_ratio_per_pod(tmp_path):
                         "exp_samples": [{"labels": 'probe:adapter{pod="shop-7d9f-abcde"}', "value": 0.75}]}]}],
     }
     (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
-    r = subprocess.run(["promtool", "test", "rules", "test.yml"], cwd=tmp_path,
+    r = subprocess.run([tool, "test", "rules", "test.yml"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, textwrap.shorten(r.stdout + r.stderr, 3000)

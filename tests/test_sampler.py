@@ -252,11 +252,6 @@ def _concurrent_requests(target, n: int, seconds: float) -> tuple[float, list[fl
     return t0, sorted(ends)
 
 
-def _listener(g) -> str:
-    """The `listener` label of g's one listener."""
-    return "unix:" + g.unix_path if g.unix_path else g.bind
-
-
 def _counters(base, app, listener):
     got = scrape(base)
     lv = {"app": app, "listener": listener}
@@ -274,7 +269,7 @@ def test_five_requests_on_one_sync_worker(tmp_path, bind):
     name = f"samp5-{uuid.uuid4().hex[:8]}"
     with Gunicorn.start(tmp_path, workers=1, bind=bind, name=name) as g, \
             running_exporter(tmp_path, "--no-collector.postgres", "--no-collector.logs") as base:
-        app, listener = name, _listener(g)
+        app, listener = name, g.bind   # the listener label is the bind as passed
         poll(lambda: _counters(base, app, listener)[0] is not None, 20,
              message="the sampler never reported the listener")
         q0, i0, b0, _ = _counters(base, app, listener)
@@ -300,7 +295,7 @@ def test_all_busy_only_while_every_worker_is(tmp_path):
     name = f"sampbusy-{uuid.uuid4().hex[:8]}"
     with Gunicorn.start(tmp_path, workers=2, bind="tcp", name=name) as g, \
             running_exporter(tmp_path, "--no-collector.postgres", "--no-collector.logs") as base:
-        app, listener = name, _listener(g)
+        app, listener = name, g.bind   # the listener label is the bind as passed
         poll(lambda: _counters(base, app, listener)[2] is not None, 20,
              message="the sampler never reported the app")
         busy0 = _counters(base, app, listener)[2]
