@@ -190,6 +190,15 @@ def listen_request(family: int, seq: int) -> bytes:
                                         1 << TCP_LISTEN, _NOCOOKIE_SOCKID))
 
 
+def udp_request(family: int, seq: int) -> bytes:
+    """Dump every UDP socket of ``family`` with its memory info (sk_drops: datagrams
+    dropped on a full receive buffer)."""
+    return frame(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq,
+                 _INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_UDP,
+                                        1 << (INET_DIAG_SKMEMINFO - 1), 0,
+                                        ALL_STATES_MASK, _NOCOOKIE_SOCKID))
+
+
 def sockid(s: InetSocket) -> bytes:
     """struct inet_diag_sockid of a connection (ports and addresses big-endian)."""
     size = 4 if s.family == socket.AF_INET else 16
@@ -300,7 +309,7 @@ def decode_unix(chunks, seq: int, wanted=None) -> dict[int, UnixSocket]:
 
 # ------------------------------------------------------------------ inet answers
 
-_INET_DIAG_MSG_LEN = 72
+INET_DIAG_MSG_LEN = 72
 # inet_diag_msg: family state timer retrans | sockid: ports(be) src dst if cookie |
 # expires rqueue wqueue uid inode.  Ports are big-endian: kept raw, read with _PORTS.
 _INET_MSG = "BB2x4s16s16s12x4xIIII"
@@ -318,7 +327,7 @@ def _address(family: int, raw16: bytes) -> str:
 def parse_inet(buf, off: int, length: int) -> InetSocket | None:
     """One inet_diag_msg at ``buf[off:off + length]`` (after the netlink header);
     attributes ignored.  None for inode 0 (TIME_WAIT, request sockets)."""
-    if length < _INET_DIAG_MSG_LEN:
+    if length < INET_DIAG_MSG_LEN:
         raise malformed("inet_diag_msg shorter than its struct")
     fam, state, ports, src, dst, rq, wq, uid, ino = _INET.unpack_from(buf, off)
     if not ino:
@@ -337,7 +346,7 @@ def decode_inet(chunks, seq: int, out: dict[int, InetSocket], wanted=None) -> No
     for buf, n in chunks:
         runs, done = walk(buf, n, SOCK_DIAG_BY_FAMILY, seq)
         for off, mlen, count in runs:
-            if mlen < HDR_LEN + _INET_DIAG_MSG_LEN:
+            if mlen < HDR_LEN + INET_DIAG_MSG_LEN:
                 raise malformed("inet_diag_msg shorter than its struct")
             step = align(mlen)
             whole = min(count, (n - off) // step)   # the last may lack its padding
@@ -346,7 +355,7 @@ def decode_inet(chunks, seq: int, out: dict[int, InetSocket], wanted=None) -> No
                 if len(_inet_runs) >= 16:   # one or two strides per kernel; bounded
                     _inet_runs.clear()
                 rec = _inet_runs[step] = struct.Struct(
-                    f"=16x{_INET_MSG}{step - HDR_LEN - _INET_DIAG_MSG_LEN}x")
+                    f"=16x{_INET_MSG}{step - HDR_LEN - INET_DIAG_MSG_LEN}x")
             for fam, state, ports, src, dst, rq, wq, uid, ino in \
                     rec.iter_unpack(buf[off:off + whole * step]):
                 if ino and (wanted is None or ino in wanted):
@@ -378,10 +387,10 @@ def _messages(buf, runs):
 def parse_listen_drops(buf, off: int, length: int) -> tuple[int, int] | None:
     """(inode, sk_drops) from one inet_diag_msg with INET_DIAG_SKMEMINFO; None
     without that attribute."""
-    if length < _INET_DIAG_MSG_LEN:
+    if length < INET_DIAG_MSG_LEN:
         raise malformed("inet_diag_msg shorter than its struct")
     inode = _U32.unpack_from(buf, off + 68)[0]
-    for atype, p, vlen in attributes(buf, off + _INET_DIAG_MSG_LEN, off + length):
+    for atype, p, vlen in attributes(buf, off + INET_DIAG_MSG_LEN, off + length):
         if atype == INET_DIAG_SKMEMINFO and vlen >= 4 * (SK_MEMINFO_DROPS + 1):
             return inode, _U32.unpack_from(buf, p + 4 * SK_MEMINFO_DROPS)[0]
     return None
@@ -427,10 +436,10 @@ def parse_tcp_idle(buf, off: int, length: int) -> tuple[int, bool] | None:
     when the answer left in the same clock tick as the request came in): a keep-alive
     connection waiting for its next request. A request that came in after the last
     answer makes last_data_recv smaller: in flight."""
-    if length < _INET_DIAG_MSG_LEN:
+    if length < INET_DIAG_MSG_LEN:
         raise malformed("inet_diag_msg shorter than its struct")
     inode = _U32.unpack_from(buf, off + 68)[0]
-    for atype, p, vlen in attributes(buf, off + _INET_DIAG_MSG_LEN, off + length):
+    for atype, p, vlen in attributes(buf, off + INET_DIAG_MSG_LEN, off + length):
         if atype == INET_DIAG_INFO and vlen >= TCPI_LAST_DATA_RECV + 4:
             sent = _U32.unpack_from(buf, p + TCPI_LAST_DATA_SENT)[0]
             recv = _U32.unpack_from(buf, p + TCPI_LAST_DATA_RECV)[0]

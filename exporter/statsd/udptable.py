@@ -8,8 +8,9 @@ fallback (the same columns as /proc/net/tcp, plus `drops` last). Only sockets on
 ports asked for (and the exporter's own inode) are kept, so a host's DNS traffic costs
 the kernel's dump and a port comparison per socket, nothing more.
 
-Pure functions (`udp_request`, `decode_udp`, `parse_proc_net_udp`) are tested on
-literal input; `read_udp` is the I/O. Knows nothing of gunicorn or Prometheus.
+Pure functions (`decode_udp`, `parse_proc_net_udp`; the request is diagmsg's
+`udp_request`) are tested on literal input; `read_udp` is the I/O. Knows nothing of
+gunicorn or Prometheus.
 """
 
 from __future__ import annotations
@@ -21,17 +22,12 @@ import time
 from dataclasses import dataclass
 
 from exporter.linux import sockdiag
-from exporter.linux.diagmsg import (INET_DIAG_SKMEMINFO, SOCK_DIAG_BY_FAMILY, parse_inet,
-                                    parse_listen_drops)
-from exporter.linux.netlink import (HDR_LEN, NLM_F_DUMP, NLM_F_REQUEST, NetlinkError, align,
-                                    frame, walk)
+from exporter.linux.diagmsg import (INET_DIAG_MSG_LEN, SOCK_DIAG_BY_FAMILY, parse_inet,
+                                    parse_listen_drops, udp_request)
+from exporter.linux.netlink import HDR_LEN, NetlinkError, align, walk
 from exporter.linux.procnet import parse_proc_net_tcp
 
-_REQ = struct.Struct("=BBBBI48s")            # inet_diag_req_v2
-_NOCOOKIE = bytes(40) + b"\xff" * 8
-_ALL_STATES = (1 << 13) - 1
-_MSG_LEN = 72                                # struct inet_diag_msg; the inode at 68
-_U32 = struct.Struct("=I")
+_U32 = struct.Struct("=I")                   # the inode, at offset 68 of inet_diag_msg
 
 
 @dataclass(slots=True)
@@ -46,13 +42,6 @@ class UdpSocket:
     drops: int | None = None
 
 
-def udp_request(family: int, seq: int) -> bytes:
-    """Dump every UDP socket of `family` with its memory info (sk_drops)."""
-    return frame(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq,
-                 _REQ.pack(family, socket.IPPROTO_UDP, 1 << (INET_DIAG_SKMEMINFO - 1), 0,
-                           _ALL_STATES, _NOCOOKIE))
-
-
 def decode_udp(chunks, seq: int, out: dict[int, UdpSocket], ports: set[int] | None = None,
                inodes: set[int] | None = None) -> None:
     """A UDP dump answer into `out` (inode -> UdpSocket), from `(buffer, length)`
@@ -64,17 +53,14 @@ def decode_udp(chunks, seq: int, out: dict[int, UdpSocket], ports: set[int] | No
             step = align(mlen)
             for i in range(count):
                 p = off + i * step + HDR_LEN
-                if ports is not None and mlen - HDR_LEN >= _MSG_LEN:
+                if ports is not None and mlen - HDR_LEN >= INET_DIAG_MSG_LEN:
                     # the local port and inode from the raw message: most of a crowded
                     # table is skipped before anything is decoded
                     if (buf[p + 4] << 8 | buf[p + 5]) not in ports and \
                             (inodes is None or _U32.unpack_from(buf, p + 68)[0] not in inodes):
                         continue
-                s = parse_inet(buf, p, mlen - HDR_LEN)
+                s = parse_inet(buf, p, mlen - HDR_LEN)   # (raises when shorter)
                 if s is None:
-                    continue
-                if ports is not None and s.local_port not in ports and \
-                        (inodes is None or s.inode not in inodes):
                     continue
                 d = parse_listen_drops(buf, p, mlen - HDR_LEN)
                 out[s.inode] = UdpSocket(s.inode, s.family, s.local_addr, s.local_port,
