@@ -39,6 +39,12 @@ def requires_root() -> None:
     require(os.geteuid() == 0, "needs root")
 
 
+def require_module(name: str) -> None:
+    """Skip (strict mode: fail) unless Python module ``name`` is installed."""
+    import importlib.util
+    require(importlib.util.find_spec(name) is not None, f"{name} is not installed")
+
+
 @pytest.fixture
 def gunicorn_factory(tmp_path):
     """Yields ``start(**kwargs) -> Gunicorn`` (kwargs of Gunicorn.start;

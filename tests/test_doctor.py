@@ -35,9 +35,9 @@ from exporter.doctor.model import (CATALOGUE, CpuFact, Facts, NginxConfig, Proxy
 from exporter.snapshot import (AppSnapshot, CollectorResult, DbBudget, HostSnapshot,
                                ListenerSnapshot, PostgresAttribution, PostgresServerSnapshot,
                                PostgresSnapshot, WorkerSnapshot)
-from tests.conftest import require
+from tests.conftest import require_module
 from tests.harness import (SlowClients, http_get, poll, running_exporter, ss_listen_queue,
-                           ss_worker_active_connections)
+                           ss_sockets, ss_worker_active_connections)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "doctor.schema.json").read_text())
@@ -514,7 +514,7 @@ def test_c3_w9_gthread_worker_connections(gunicorn_factory):
 
 @pytest.mark.slow
 def test_w10_fd_limit_below_worker_connections(gunicorn_factory):
-    require(_has("gevent"), "gevent is not installed")
+    require_module("gevent")
     name = _name("w10")
     with inherited(nofile=512):
         g = gunicorn_factory(worker_class="gevent", workers=1, worker_connections=1000, name=name)
@@ -570,23 +570,13 @@ def test_control_socket_shared_by_two_masters(gunicorn_factory, tmp_path):
                          env={"HOME": str(home)})
     path = str(home / ".gunicorn" / "gunicorn.ctl")
     # oracle: ss -xl (each master binds it from a thread of its own, once it runs)
-    poll(lambda: sum(1 for s in _ss_unix_listeners() if s == path) == 2, 15,
+    poll(lambda: sum(1 for s in ss_sockets(("-xlnH",)) if s.local == path) == 2, 15,
          message=f"two masters did not both listen on {path}")
     _rc, findings, _ = doctor(a, b)
     for me, other in ((a, b), (b, a)):
         f = _find(findings, me, "control-socket-shared")
         assert f and f["evidence"]["control_socket"]["value"] == path, findings
         assert f["evidence"]["other_apps"]["value"] == [other]
-
-
-def _ss_unix_listeners() -> list[str]:
-    out = subprocess.run(["ss", "-xlnH"], capture_output=True, text=True, timeout=20).stdout
-    return [line.split()[4] for line in out.splitlines() if len(line.split()) > 4]
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-    return importlib.util.find_spec(module) is not None
 
 
 @pytest.mark.slow
@@ -621,7 +611,7 @@ def _db_env(pg, pool_size=2, overflow=1):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_c6_green_threads_with_a_connection_each(pg, gunicorn_factory):
-    require(_has("gevent"), "gevent is not installed")
+    require_module("gevent")
     name = _name("c6")
     g = gunicorn_factory(worker_class="gevent", workers=1, worker_connections=100, bind="tcp",
                          app="db_app:app", name=name, env=_db_env(pg))

@@ -20,7 +20,7 @@ from exporter.linux.cgroup import PodIdentity, parse_pod_identity
 from tests.conftest import require
 from tests.exposition import scrape, value
 from tests.harness import (Gunicorn, SlowClients, _local_matches, _norm_listener,
-                           parse_ss_line, poll, running_exporter)
+                           free_port, parse_ss_line, poll, running_exporter)
 
 ID = "0123456789abcdef" * 4
 UID = "1f6c7e5a-8a7b-4b7e-9a0a-2d3c4e5f6a7b"
@@ -203,7 +203,7 @@ def test_without_cap_sys_admin_it_falls_back_and_says_so(tmp_path):
         env = dict(os.environ)
         script = ("import sys, runpy; sys.argv = ['exporter'] + sys.argv[1:]; "
                   "runpy.run_module('exporter', run_name='__main__')")
-        port = _free_port()
+        port = free_port()
         log = tmp_path / "exporter.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
@@ -233,12 +233,6 @@ def test_without_cap_sys_admin_it_falls_back_and_says_so(tmp_path):
         finally:
             proc.terminate()
             proc.wait(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_sockets_of_namespaces_no_longer_seen_are_closed():

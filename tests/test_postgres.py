@@ -23,7 +23,7 @@ from exporter.postgres.model import attribute, budgets, build_server_snapshot
 from exporter.metrics import render_postgres
 from exporter.scrape import Scraper
 from exporter.snapshot import (AppSnapshot, PostgresBackend, PostgresSnapshot, WorkerSnapshot)
-from tests.conftest import require
+from tests.conftest import require_module
 from tests.harness import free_port, http_get, poll, ss_process_sockets, unique_name
 from tests.pg import PASSWORD
 
@@ -300,7 +300,7 @@ def test_unix_socket_attributed_by_peer(pg, gunicorn_factory, scrapes):
 
 @pytest.mark.slow
 def test_gevent_connection_per_green_thread(pg, gunicorn_factory, scrapes):
-    require(_has("gevent"), "gevent is not installed")
+    require_module("gevent")
     g = gunicorn_factory(worker_class="gevent", workers=1, worker_connections=100, bind="tcp",
                          app="db_app:app", name=unique_name("pg-gevent"), env=_app_env(pg, 2, 1))
     scrape = scrapes(_collector(pg), pg.port)
@@ -321,11 +321,6 @@ def test_gevent_connection_per_green_thread(pg, gunicorn_factory, scrapes):
     assert used >= clients + 1 and used / usable > 0.75, (used, usable, view)
     _join(ts)
     assert all(status == 200 for status, _ in out), out[:3]
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-    return importlib.util.find_spec(module) is not None
 
 
 @pytest.mark.slow

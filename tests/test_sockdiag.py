@@ -475,17 +475,15 @@ def test_listeners_first_and_the_established_walk_only_for_unknown_inodes():
     """With `wanted`, TCP listeners come from the LISTEN dumps; the walk of the whole
     TCP table happens only when a wanted inode is neither a unix socket, nor a listener,
     nor in `not_inet`; either way every socket found equals what the full read says."""
-    import socket as _s
-    a, b = _s.socketpair()
-    lst = _s.socket(_s.AF_INET6, _s.SOCK_STREAM)
+    a, b = socket.socketpair()
+    lst = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     lst.bind(("::1", 0))
     lst.listen(3)
-    cli = _s.create_connection(lst.getsockname()[:2])
+    cli = socket.create_connection(lst.getsockname()[:2])
     srv, _ = lst.accept()
-    udp = _s.socket(_s.AF_INET, _s.SOCK_DGRAM)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     try:
-        ino = lambda s: os.fstat(s.fileno()).st_ino  # noqa: E731
         full = sockdiag.read_all()
         assert full.inet[ino(lst)].drops == 0
         held = sockdiag.read_all(wanted={ino(a), ino(lst)})
@@ -551,7 +549,7 @@ def test_listen_queues_match_ss_by_lookup_and_by_dump(tmp_path):
         c.connect(path)
     clients.append(socket.create_connection(t.getsockname()))
     try:
-        ui, ti = os.fstat(u.fileno()).st_ino, os.fstat(t.fileno()).st_ino
+        ui, ti = ino(u), ino(t)
         want = {ui: ss_listen_queue(path)[0], ti: ss_listen_queue(t.getsockname()[1])[0]}
         assert want == {ui: 3, ti: 1}
         reader = sockdiag.ListenQueues()
@@ -612,7 +610,8 @@ def test_listen_queues_look_up_known_tcp_listeners_and_dump_only_for_new_ones(mo
             s.listen(5)
             group.append(s)
         tcp_connect(group[0], "127.0.0.1", socket.AF_INET, socks)
-        queued = {ino(s): _ss_one(s) for s in group}
+        by_inode = ss_tcp_by_inode("-l")                     # one ss for the whole group
+        queued = {ino(s): int(by_inode[ino(s)][1]) for s in group}
         assert sum(queued.values()) == 1
         for _ in range(3):
             assert reader.read(set(queued)) == queued
@@ -620,13 +619,3 @@ def test_listen_queues_look_up_known_tcp_listeners_and_dump_only_for_new_ones(mo
     finally:
         for s in socks:
             s.close()
-
-
-def _ss_one(lst: socket.socket) -> int | None:
-    """This listener's accept queue per `ss` (matched by inode), or None."""
-    import subprocess
-    out = subprocess.run(["ss", "-ltneH"], capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-        if f"ino:{ino(lst)} " in line + " ":
-            return int(line.split()[1])
-    return None
