@@ -150,6 +150,13 @@ class Snapshot:
     results: dict[str, CollectorResult] = field(default_factory=dict)
     collected_at: float = 0.0
 
+    def data(self, name: str, kind: type):
+        """Collector `name`'s data when it succeeded and is a `kind`, else None."""
+        r = self.results.get(name)
+        if r is None or not r.success or not isinstance(r.data, kind):
+            return None
+        return r.data
+
 
 # --- Postgres (exporter/collectors/postgres.py) ------------------------------
 

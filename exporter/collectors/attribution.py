@@ -27,10 +27,7 @@ WILDCARD_HOSTS = ("0.0.0.0", "[::]", "", "*")
 
 
 def gunicorn_data(snapshot) -> GunicornSnapshot | None:
-    result = snapshot.results.get("gunicorn") if snapshot is not None else None
-    if result is None or not result.success or not isinstance(result.data, GunicornSnapshot):
-        return None
-    return result.data
+    return snapshot.data("gunicorn", GunicornSnapshot) if snapshot is not None else None
 
 
 class AppIndex:

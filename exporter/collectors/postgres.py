@@ -164,10 +164,10 @@ class PostgresCollector(Collector):
         mine = snapshot.results.get(self.name)
         if mine is None or not isinstance(mine.data, PostgresSnapshot):
             return
-        g = snapshot.results.get("gunicorn")
-        if g is None or not g.success or not isinstance(g.data, GunicornSnapshot):
+        g = snapshot.data("gunicorn", GunicornSnapshot)
+        if g is None:
             return
-        apps = [a for a in g.data.apps if a.up]
+        apps = [a for a in g.apps if a.up]
         for s in mine.data.servers:
             if s.up:
                 s.attribution = attribute(s.backends, apps, server_port=s.port, own_pid=s.own_pid)

@@ -64,9 +64,9 @@ class SamplerCollector(Collector):
         return self.sampler.snapshot()
 
     def finish(self, snapshot) -> None:
-        result = snapshot.results.get("gunicorn")
-        if result is not None and result.success and isinstance(result.data, GunicornSnapshot):
-            self.sampler.retarget(result.data)
+        g = snapshot.data("gunicorn", GunicornSnapshot)
+        if g is not None:
+            self.sampler.retarget(g)
 
     async def stop(self) -> None:
         self.sampler.stop()

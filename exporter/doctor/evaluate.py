@@ -16,13 +16,6 @@ log = logging.getLogger(__name__)
 _failed: set[str] = set()   # rules whose failure was logged (once each)
 
 
-def _data(snapshot: Snapshot, name: str, kind: type):
-    r = snapshot.results.get(name)
-    if r is None or not r.success or not isinstance(r.data, kind):
-        return None
-    return r.data
-
-
 def view_of(snapshot: Snapshot, previous: GunicornSnapshot | None = None,
             interval: float | None = None, facts: Facts | None = None,
             thresholds: Thresholds | None = None) -> View | None:
@@ -35,8 +28,8 @@ def view_of(snapshot: Snapshot, previous: GunicornSnapshot | None = None,
     if previous is not None and previous is not g and interval and interval > 0:
         before = {a.app: a for a in previous.apps if a.up}
     return View(apps=[a for a in g.apps if a.up and a.master_pid],
-                host=_data(snapshot, "netstat", HostSnapshot),
-                postgres=_data(snapshot, "postgres", PostgresSnapshot),
+                host=snapshot.data("netstat", HostSnapshot),
+                postgres=snapshot.data("postgres", PostgresSnapshot),
                 socket_source=g.socket_source, previous=before,
                 interval=interval if before else None,
                 facts=facts or Facts(), t=thresholds or Thresholds())

@@ -28,6 +28,7 @@ from exporter.doctor.facts import read_facts
 from exporter.doctor.model import Finding, Thresholds
 from exporter.linux.procfs import ProcFS
 from exporter.scrape import Scraper
+from exporter.snapshot import PostgresSnapshot
 
 log = logging.getLogger("exporter.doctor")
 EXIT_CANNOT_CHECK = 3
@@ -88,8 +89,8 @@ async def collect(cfg) -> tuple[list[Finding] | None, list[str]]:
         if g.permission_denied:
             notes.append(f"not allowed to read /proc entries of {g.permission_denied} gunicorn "
                          "process(es): run as root or as gunicorn's user (docs/configuration.md#privileges)")
-        pg = snap.results.get("postgres")
-        for s in getattr(pg.data, "servers", []) if pg is not None and pg.success else []:
+        pg = snap.data("postgres", PostgresSnapshot)
+        for s in pg.servers if pg is not None else []:
             if not s.up:
                 notes.append(f"postgres {s.server} is down or refused the login: no DB checks for it")
         apps = [a for a in g.apps if a.up and a.master_pid]
