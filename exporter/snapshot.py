@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exporter.gunicorn.heartbeat import HeartbeatFile
 from exporter.linux.cgroup import PodIdentity
 
 
@@ -31,6 +32,16 @@ class WorkerSnapshot:
     db_tcp: list[tuple[str, int, str, int]] = field(default_factory=list)
     db_unix: list[tuple[int, int]] = field(default_factory=list)
     connections_idle: int | None = None     # None: not measured (unix listeners, sync workers...)
+    heartbeat_file: HeartbeatFile | None = None  # for the sampler (not rendered)
+
+    @property
+    def requests(self) -> int | None:
+        """Requests the worker holds, being served or waiting for a thread: its active
+        connections and those whose client has gone (a thread still runs the app for
+        them). None when its connections could not be read."""
+        if self.connections_active is None:
+            return None
+        return self.connections_active + (self.connections_client_closed or 0)
 
 
 @dataclass
@@ -123,6 +134,8 @@ class SamplerSnapshot:
     window: float
     listeners: list[SamplerListener] = field(default_factory=list)
     all_busy_seconds: dict[str, float] = field(default_factory=dict)   # sync apps only
+    # (app, worker slot, seconds): the highest heartbeat age of the last peak window
+    heartbeat_max: list[tuple[str, int, float]] = field(default_factory=list)
     samples: int = 0
     errors: int = 0
     skipped_seconds: float = 0.0

@@ -50,7 +50,8 @@ def _worker(slot: int, pid: int, *, busy: bool) -> WorkerSnapshot:
     return WorkerSnapshot(
         slot=slot, pid=pid, start_time=1_700_000_100.0 + slot, rss_bytes=50_000_000,
         cpu_seconds=12.5, threads=3, open_fds=17, fd_limit=1024, heartbeat_age=1.5,
-        connections_active=1 if busy else 0, connections_client_closed=1, connections_idle=2,
+        connections_active=1 if busy else 0, connections_client_closed=1 if busy else 0,
+        connections_idle=2,
         db_connections=2)
 
 
@@ -107,7 +108,8 @@ def full_snapshot() -> Snapshot:
         "logs": CollectorResult("logs", True, 0.001, data=logs),
         "statsd": CollectorResult("statsd", True, 0.001, data=statsd),
         "sampler": CollectorResult("sampler", True, 0.0, data=SamplerSnapshot(
-            interval=0.1, window=15.0, all_busy_seconds={"shop": 4.5}, samples=100,
+            interval=0.1, window=15.0, all_busy_seconds={"shop": 4.5},
+            heartbeat_max=[("shop", 0, 21.5)], samples=100,
             listeners=[SamplerListener("shop", "unix:/run/shop.sock", 4, 4.0, 10.0)])),
         "advice": CollectorResult("advice", True, 0.0, data=AdviceSnapshot(
             [("shop", "C3", "gthread-worker-connections", "warning")])),

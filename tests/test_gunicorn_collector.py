@@ -470,3 +470,29 @@ def test_idle_keepalive_connections_are_not_busy(gunicorn_factory):
     finally:
         for s in idle:
             s.close()
+
+
+def test_threads_serving_gone_clients_are_busy(gunicorn_factory, tmp_path):
+    """A gthread worker keeps running requests whose clients hung up (the proxy gave
+    up): its threads are busy, whoever waits for the answer. ss counts the CLOSE-WAIT
+    connections; gunicorn's own access log shows the requests ran to their end."""
+    access = tmp_path / "access.log"
+    g = gunicorn_factory(worker_class="gthread", threads=2, workers=1, bind="tcp",
+                         name=unique_name("gone"), extra_args=["--access-logfile", str(access)])
+    collector = GunicornCollector()
+    [pid] = g.worker_pids()
+    with SlowClients(g, 5, seconds=4) as clients:
+        poll(lambda: ss_worker_active_connections(pid, g.listener) == 5, 10, message="not accepted")
+        for i in range(5):
+            clients.hangup(i)
+        poll(lambda: ss_worker_close_wait_connections(pid, g.listener) == 5, 10,
+             message="no CLOSE-WAIT in ss")
+        app = poll(lambda: (a := app_for(collector, g)) and
+                   by_pid(a)[pid].connections_client_closed == 5 and a, 10,
+                   message="the exporter did not see the 5 gone clients")
+        w = by_pid(app)[pid]
+        assert (w.connections_active, w.requests) == (0, 5)
+        from exporter.metrics.gunicorn import _busy
+        assert _busy(app) == 1        # 5 requests on 2 threads: every thread runs the app
+    poll(lambda: access.exists() and access.read_text().count("/slow?seconds=4") == 5, 30,
+         message="gunicorn did not serve the 5 requests of gone clients")

@@ -1,7 +1,10 @@
 """procfs parsers on literal text copied from a real machine."""
 
-from exporter.linux.procfs import (parse_environ, parse_limits_nofile, parse_nul_list, parse_status,
-                                   parse_snmp_table, parse_stat)
+import os
+
+from exporter.linux.procfs import (ProcFS, parse_environ, parse_fdinfo_mnt_id,
+                                   parse_limits_nofile, parse_mountinfo, parse_nul_list,
+                                   parse_snmp_table, parse_stat, parse_status)
 
 STAT = ("4055 (gunicorn: worke) S 4053 4052 4052 0 -1 4194624 2316 0 0 0 7 3 0 0 20 0 1 0 "
         "1393853 42868736 4792 18446744073709551615 94 95 96 0 0 0 0 16781312 134235655 0 0 0 "
@@ -111,3 +114,31 @@ def test_read_bytes_whole_files_and_the_limit(tmp_path):
     assert len(head) == 50_000 and ProcFS().read_bytes("kallsyms", limit=50_000) == head
     assert fake.path(7, "fd", 3) == f"{tmp_path}/7/fd/3"
     assert ProcFS("/").path("self") == "/self"
+
+
+def test_mountinfo_and_fdinfo_literals():
+    text = ("22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+            "27 22 0:25 / /tmp rw,nosuid shared:5 - tmpfs tmpfs rw,size=1024k\n"
+            "31 22 0:40 / /home/u/with\\040space rw - fuse.sshfs u@h:/ rw,user_id=1000\n"
+            "garbage line without separator\n"
+            "x 22 0:41 / /bad rw - tmpfs tmpfs rw\n")
+    mounts = parse_mountinfo(text)
+    assert [(m.mount_id, m.point, m.fstype) for m in mounts] == [
+        (22, "/", "ext4"), (27, "/tmp", "tmpfs"), (31, "/home/u/with space", "fuse.sshfs")]
+    assert mounts[1].super_options == "rw,size=1024k"
+    assert parse_fdinfo_mnt_id("pos:\t0\nflags:\t02\nmnt_id:\t27\nino:\t5\n") == 27
+    assert parse_fdinfo_mnt_id("pos:\t0\n") is None
+    assert parse_fdinfo_mnt_id("mnt_id:\t-3\n") is None
+
+
+def test_fd_fstype_of_a_real_fd_and_of_a_fixture(tmp_path):
+    """The kernel's answer for our own fd (oracle: os.statvfs of /dev/shm is tmpfs's
+    magic), and a fixture proc tree naming a FUSE mount."""
+    with open("/dev/shm/gunicorn-exporter-test-%d" % os.getpid(), "w") as f:
+        os.unlink(f.name)
+        assert ProcFS().fd_fstype(os.getpid(), f.fileno()) == "tmpfs"
+    (tmp_path / "10" / "fdinfo").mkdir(parents=True)
+    (tmp_path / "10" / "fdinfo" / "5").write_text("pos:\t0\nflags:\t02\nmnt_id:\t31\n")
+    (tmp_path / "10" / "mountinfo").write_text(
+        "22 1 0:21 / / rw - ext4 /dev/vda rw\n31 22 0:40 / /mnt rw - fuse.sshfs h:/ rw\n")
+    assert ProcFS(str(tmp_path)).fd_fstype(10, 5) == "fuse.sshfs"

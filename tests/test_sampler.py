@@ -3,6 +3,7 @@ gunicorn masters with a client's own clock as the oracle."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -10,7 +11,9 @@ import uuid
 import pytest
 
 from exporter import sampler as sampler_mod
-from exporter.sampler import QueueStats, Sampler, SlidingMax
+from exporter.gunicorn import heartbeat
+from exporter.gunicorn.heartbeat import HeartbeatFile
+from exporter.sampler import HeartbeatStats, QueueStats, Sampler, SlidingMax
 from exporter.snapshot import AppSnapshot, GunicornSnapshot, ListenerSnapshot, WorkerSnapshot
 from tests.exposition import scrape, value
 from tests.harness import Gunicorn, _connect, _read_to_eof, _request_bytes, poll, running_exporter
@@ -228,6 +231,80 @@ def test_counters_survive_a_scrape_that_missed_the_listener():
     assert sampler.snapshot().listeners[0].queued_seconds == 0
 
 
+def test_heartbeat_clock_by_version_or_by_size():
+    assert heartbeat.legacy_version("21.2.0") is True
+    assert heartbeat.legacy_version("27.0.1") is False
+    assert heartbeat.legacy_version("unknown") is None
+    assert heartbeat.is_monotonic(1000.0, None, mono_now=5000.0)          # monotonic-sized
+    assert not heartbeat.is_monotonic(1.7e9, None, mono_now=5000.0)       # an epoch time
+    assert not heartbeat.is_monotonic(1000.0, True, mono_now=5000.0)      # gunicorn 21
+    assert heartbeat.last_beat(10.0, 20.0, monotonic=True) == 10.0
+    assert heartbeat.last_beat(10.0, 20.0, monotonic=False) == 20.0
+    assert heartbeat.age(10.0, True, mono_now=35.5, wall_now=0.0) == 25.5
+    assert heartbeat.age(40.0, True, mono_now=35.5, wall_now=0.0) == 0.0   # never negative
+
+
+def _beat_file(tmp_path, pid: int = 10, fd: int = 5):
+    """A heartbeat file at PROC/PID/fd/FD (a plain file: stat() is what is read)."""
+    path = tmp_path / str(pid) / "fd" / str(fd)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    st = path.stat()
+    return path, HeartbeatFile(fd, st.st_dev, st.st_ino, monotonic=True)
+
+
+def test_heartbeat_max_recovers_the_age_just_before_an_unseen_beat(tmp_path):
+    """Read once a second: a beat between two reads ends an age nobody sampled at its
+    largest; the beat's own time stamp (mtime: gunicorn's monotonic clock) gives it."""
+    path, file = _beat_file(tmp_path)
+    stats = HeartbeatStats(window=15)
+    stats.follow(10, file, str(tmp_path))
+    mono = 1000.0
+    os.utime(path, (mono, mono))                 # a beat at 1000: a request starts
+    stats.update(mono, stats.read(), mono, 0.0)
+    for t in range(1, 25):                       # reads every second: ages 1..24
+        stats.update(mono + t, stats.read(), mono + t, 0.0)
+    os.utime(path, (mono + 24.6, mono + 24.6))   # the request ends at 24.6 s: a beat
+    stats.update(mono + 25, stats.read(), mono + 25, 0.0)
+    assert stats.peak.value(mono + 25) == pytest.approx(24.6)
+    assert stats.peak.value(mono + 39) == pytest.approx(24.6)   # kept for the window
+    assert stats.peak.value(mono + 40.5) is None                # 15 s later: forgotten
+
+
+def test_heartbeat_of_another_file_is_not_read(tmp_path):
+    """A reused pid or fd: the device and inode must still be the heartbeat's."""
+    path, file = _beat_file(tmp_path)
+    stats = HeartbeatStats(window=15)
+    stats.follow(10, file, str(tmp_path))
+    assert stats.read() is not None
+    other = path.with_name("other")
+    other.touch()
+    os.replace(other, path)                      # another file at the same place
+    assert stats.read() is None
+    stats.update(1.0, None, 1.0, 0.0)
+    assert stats.file is None                    # not read again until the next scrape
+
+
+def test_sampler_reports_heartbeat_max_per_slot_and_keeps_it_past_a_new_worker(tmp_path):
+    path, file = _beat_file(tmp_path, pid=10)
+    snap = _snapshot({10: (6, 1)})
+    snap.apps[0].workers[0].heartbeat_file = file
+    sampler = Sampler(0.1, 15, _reader({}), proc=str(tmp_path))
+    sampler.retarget(snap, now=0)
+    mono = time.monotonic()
+    os.utime(path, (mono - 20, mono - 20))       # in its request for 20 s
+    assert sampler.snapshot().heartbeat_max == [("shop", 0, pytest.approx(20, abs=0.5))]
+    new_path, new_file = _beat_file(tmp_path, pid=11)   # killed; slot 0 gets pid 11
+    os.utime(new_path, (mono, mono))
+    snap = _snapshot({11: (6, 0)})
+    snap.apps[0].workers[0].heartbeat_file = new_file
+    sampler.retarget(snap, now=1)
+    [(app, slot, seconds)] = sampler.snapshot().heartbeat_max
+    assert (app, slot) == ("shop", 0) and seconds == pytest.approx(20, abs=0.5)
+    sampler.retarget(GunicornSnapshot(apps=[]), now=2)
+    assert sampler.snapshot().heartbeat_max == []
+
+
 # --- real gunicorn, the client's clock as the oracle ------------------------------------
 
 def _concurrent_requests(target, n: int, seconds: float) -> tuple[float, list[float]]:
@@ -312,3 +389,24 @@ def test_sampler_off(tmp_path):
         got = scrape(base)
         assert not any(name.startswith("gunicorn_exporter_sampler") for name, _ in got)
         assert ("gunicorn_exporter_collector_success", (("collector", "sampler"),)) not in got
+
+
+@pytest.mark.slow
+def test_heartbeat_max_sees_a_request_between_two_scrapes(tmp_path):
+    """A 6 s request that starts and ends between two scrapes: the second scrape's
+    heartbeat age is small again, its between-scrape maximum is the request's length
+    (the client's clock bounds it from above: connect, send and read included)."""
+    name = f"sampbeat-{uuid.uuid4().hex[:8]}"
+    with Gunicorn.start(tmp_path, workers=1, bind="tcp", name=name, timeout=30) as g, \
+            running_exporter(tmp_path, "--no-collector.postgres", "--no-collector.logs") as base:
+        lv = {"app": name, "worker": "0"}
+        poll(lambda: value(scrape(base), "gunicorn_worker_heartbeat_age_max_seconds", **lv)
+             is not None, 20, message="no heartbeat maximum for the worker")
+        t0, [end] = _concurrent_requests(g.listener, 1, 6.0)
+        client = end - t0
+        got = scrape(base)
+        peak = value(got, "gunicorn_worker_heartbeat_age_max_seconds", **lv)
+        now = value(got, "gunicorn_worker_heartbeat_age_seconds", **lv)
+        print(f"client {client:.2f} s, heartbeat max {peak:.2f} s, now {now:.2f} s")
+        assert now < 2.0
+        assert 5.9 <= peak <= client + 0.05

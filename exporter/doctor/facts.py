@@ -21,8 +21,7 @@ import os
 from exporter.doctor import nginx
 from exporter.doctor.model import CpuFact, Facts
 from exporter.linux import sockdiag
-from exporter.linux.cgroup import parse_mountinfo
-from exporter.linux.procfs import ProcFS, parse_cpu_list, read_regular
+from exporter.linux.procfs import ProcFS, parse_cpu_list, parse_mountinfo, read_regular
 from exporter.snapshot import AppSnapshot
 
 MAX_CGROUP_DEPTH = 32
@@ -57,11 +56,11 @@ def parse_cgroup_paths(text: str) -> tuple[str | None, str | None]:
 def cgroup_mounts(mountinfo: str) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
     """((root, mount point) of cgroup2, (root, mount point) of the v1 cpu hierarchy)."""
     v2 = v1 = None
-    for root, point, fstype, opts in parse_mountinfo(mountinfo):
-        if fstype == "cgroup2" and v2 is None:
-            v2 = (root, point)
-        elif fstype == "cgroup" and v1 is None and "cpu" in opts.split(","):
-            v1 = (root, point)
+    for m in parse_mountinfo(mountinfo):
+        if m.fstype == "cgroup2" and v2 is None:
+            v2 = (m.root, m.point)
+        elif m.fstype == "cgroup" and v1 is None and "cpu" in m.super_options.split(","):
+            v1 = (m.root, m.point)
     return v2, v1
 
 

@@ -6,10 +6,9 @@ capacity, workers with their connections and heartbeat ages, listeners. No I/O.
 from __future__ import annotations
 
 import os
-import re
 import time
 
-from exporter.gunicorn import join
+from exporter.gunicorn import heartbeat, join
 from exporter.gunicorn.measure import CLK_TCK, MasterRaw, class_path
 from exporter.gunicorn.settings import Settings
 from exporter.labels import bounded
@@ -86,21 +85,20 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
         master_start_ticks=p.stat.starttime_ticks,
         master_sockets=frozenset(raw.master.fds.socket_inodes) if raw.master.fds else frozenset(),
     )
-    legacy = _legacy_heartbeat(raw.version)
+    legacy = heartbeat.legacy_version(raw.version)
     mono = time.monotonic()
     wall = time.time()
     joined = raw.joined
     match = join.SocketMatcher.of(joined.listeners if joined else [], db_ports, db_paths)
     for w in raw.workers:
         st = w.stat
-        age = None
-        if w.heartbeat_mtime is not None:
-            # gunicorn >= 22 stores time.monotonic() in the mtime; older releases
-            # toggle the file mode, so the ctime is the last beat (wall clock).
-            if legacy is False or (legacy is None and w.heartbeat_mtime <= mono + 60):
-                age = max(0.0, mono - w.heartbeat_mtime)
-            else:
-                age = max(0.0, wall - (w.heartbeat_ctime or w.heartbeat_mtime))
+        age = beat_file = None
+        if w.heartbeat is not None:
+            fd, hst = w.heartbeat
+            monotonic = heartbeat.is_monotonic(hst.st_mtime, legacy, mono)
+            age = heartbeat.age(heartbeat.last_beat(hst.st_mtime, hst.st_ctime, monotonic),
+                                monotonic, mono, wall)
+            beat_file = heartbeat.HeartbeatFile(fd, hst.st_dev, hst.st_ino, monotonic)
         conns = None
         if w.sockets is not None and joined is not None:
             conns = join.count_worker_sockets(w.sockets, joined.unix_peers, match, raw.idle)
@@ -113,6 +111,7 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
             open_fds=w.scan.count if w.scan is not None else None,
             fd_limit=w.fd_limit,
             heartbeat_age=age,
+            heartbeat_file=beat_file,
             connections_active=conns.active if conns else None,
             connections_client_closed=conns.client_closed if conns else None,
             connections_idle=conns.idle if conns and raw.idle_measured else None,
@@ -166,10 +165,3 @@ def _backlog_in_force(raw: MasterRaw, s: Settings) -> tuple[int | None, str]:
         return max(limits), "kernel"
     backlog = s.get("backlog")
     return backlog, s.sources.get("backlog", "unknown")
-
-
-def _legacy_heartbeat(version: str) -> bool | None:
-    m = re.match(r"(\d{1,4})\.", version)
-    if not m:
-        return None
-    return int(m.group(1)) < 22

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from exporter.gunicorn import join
+from exporter.gunicorn.heartbeat import SAFE_FSTYPES
 from exporter.gunicorn.discovery import (Discovery, Master, ProcfsProbe, discover,
                                          scan_processes)
 from exporter.gunicorn.settings import (MAX_CONFIG_BYTES, Settings, evaluate_config,
@@ -43,8 +44,7 @@ class WorkerRaw:
     stat: object
     scan: FdScan | None
     fd_limit: int | None
-    heartbeat_mtime: float | None
-    heartbeat_ctime: float | None
+    heartbeat: tuple[int, os.stat_result] | None    # (fd, stat) of its heartbeat file
     sockets: join.WorkerSockets | None = None
 
 
@@ -102,6 +102,8 @@ class Measurer:
         self._configs: dict[tuple[int, int], dict[tuple, object]] = {}
         # worker (pid, start time) -> (soft fd limit, when read)
         self._fd_limits: dict[tuple[int, int], tuple[int | None, float]] = {}
+        # (worker (pid, start time), heartbeat fd) -> its file system is safe to stat
+        self._beat_fs: dict[tuple[tuple[int, int], int], bool] = {}
         self._own_netns = self.procfs.netns("self")
         self._facts: dict[int | None, tuple] = {}   # netns -> (somaxconn, TcpExt Listen*)
         # per network namespace: socket inodes held by gunicorn processes that the last
@@ -173,6 +175,7 @@ class Measurer:
         self.netns_sockets.keep_only({ns for ns in tables if ns is not None})
         workers = {w.key for m in found.masters for w in m.workers}
         self._fd_limits = {k: v for k, v in self._fd_limits.items() if k in workers}
+        self._beat_fs = {k: v for k, v in self._beat_fs.items() if k[0] in workers}
         for per_netns in (self._not_inet, self._somaxconn):   # namespaces gone
             for ns in [ns for ns in per_netns if ns not in tables]:
                 del per_netns[ns]
@@ -329,14 +332,28 @@ class Measurer:
         for w in m.workers:
             scan = m.worker_fds.get(w.pid)
             limit = self._fd_limit(w, now)
-            mtime = ctime = None
-            if scan is not None and scan.heartbeats:
+            beat = None
+            if scan is not None and scan.heartbeats and self._beat_safe(w, scan.heartbeats[0][0]):
+                fd = scan.heartbeats[0][0]
                 try:
-                    st = self.procfs.fd_stat(w.pid, scan.heartbeats[0][0])
-                    mtime, ctime = st.st_mtime, st.st_ctime
+                    beat = (fd, self.procfs.fd_stat(w.pid, fd))
                 except OSError:
                     pass
-            raw.workers.append(WorkerRaw(w.pid, w.stat, scan, limit, mtime, ctime))
+            raw.workers.append(WorkerRaw(w.pid, w.stat, scan, limit, beat))
+
+    def _beat_safe(self, w, fd: int) -> bool:
+        """Whether the worker's heartbeat file lies on a file system whose stat() the
+        kernel answers itself (heartbeat.SAFE_FSTYPES), not a FUSE or network one that
+        could stall the reader: known per worker and fd (the file never moves)."""
+        key = (w.key, fd)
+        safe = self._beat_fs.get(key)
+        if safe is None:
+            try:
+                safe = self.procfs.fd_fstype(w.pid, fd) in SAFE_FSTYPES
+            except OSError:
+                return False
+            self._beat_fs[key] = safe
+        return safe
 
     def _fd_limit(self, w, now: float) -> int | None:
         """A worker's soft fd limit, read again every FD_LIMIT_REFRESH seconds (it changes

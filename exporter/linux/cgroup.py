@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from exporter.linux.procfs import read_small
+from exporter.linux.procfs import parse_mountinfo, read_small
 
 MAX_SMALL_FILE = 64 * 1024
 MAX_MOUNTINFO = 1024 * 1024
@@ -85,43 +85,13 @@ class CgroupMounts:
     v2_memory: bool = False        # memory controller available in the unified hierarchy
 
 
-def _unescape_mount(path: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \\ooo (octal)
-    if "\\" not in path:
-        return path
-    out, i = [], 0
-    while i < len(path):
-        if path[i] == "\\" and i + 4 <= len(path) and path[i + 1:i + 4].isdigit():
-            out.append(chr(int(path[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(path[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> list[tuple[str, str, str, str]]:
-    """mountinfo -> [(root, mount point, fs type, super options)]."""
-    out = []
-    for line in text.splitlines()[:10000]:
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        lf = left.split()
-        rf = right.split()
-        if len(lf) < 5 or len(rf) < 3:
-            continue
-        out.append((_unescape_mount(lf[3]), _unescape_mount(lf[4]), rf[0], rf[2]))
-    return out
-
-
 def find_mounts(mountinfo_text: str, read_controllers=None) -> CgroupMounts:
     v1 = v2 = None
-    for _root, point, fstype, opts in parse_mountinfo(mountinfo_text):
-        if fstype == "cgroup" and v1 is None and "memory" in opts.split(","):
-            v1 = point
-        elif fstype == "cgroup2" and v2 is None:
-            v2 = point
+    for m in parse_mountinfo(mountinfo_text):
+        if m.fstype == "cgroup" and v1 is None and "memory" in m.super_options.split(","):
+            v1 = m.point
+        elif m.fstype == "cgroup2" and v2 is None:
+            v2 = m.point
     v2_memory = False
     if v2 is not None and read_controllers is not None:
         try:

@@ -26,11 +26,10 @@ import os
 import stat
 from collections import deque
 
-from exporter.linux.procfs import ProcFS, ProcStatus
+from exporter.linux.procfs import MAX_MOUNTINFO, ProcFS, ProcStatus, parse_mountinfo
 
 MAX_SYMLINKS = 40
 MAX_COMPONENTS = 256
-MAX_MOUNTINFO = 1 << 20
 O_PATH = os.O_PATH | os.O_CLOEXEC
 
 
@@ -41,32 +40,11 @@ class WalkError(OSError):
 def fuse_mount_points(mountinfo: str) -> frozenset[str]:
     """Mount points (relative to the process's root) of FUSE file systems in a
     /proc/PID/mountinfo text."""
-    out = set()
-    for line in mountinfo.splitlines():
-        head, sep, tail = line.partition(" - ")
-        fields = head.split(" ")
-        if not sep or len(fields) < 5:
-            continue
-        fstype = tail.split(" ", 1)[0]
-        if fstype == "fuse" or fstype.startswith(("fuse.", "fuseblk")):
-            out.add(_unescape(fields[4]))
-    return frozenset(out)
+    return frozenset(m.point for m in parse_mountinfo(mountinfo) if is_fuse(m.fstype))
 
 
-def _unescape(path: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \040 \011 \012 \134
-    if "\\" not in path:
-        return path
-    out, i = [], 0
-    while i < len(path):
-        code = path[i + 1:i + 4]
-        if path[i] == "\\" and len(code) == 3 and all(ch in "01234567" for ch in code):
-            out.append(chr(int(code, 8)))
-            i += 4
-        else:
-            out.append(path[i])
-            i += 1
-    return "".join(out)
+def is_fuse(fstype: str) -> bool:
+    return fstype == "fuse" or fstype.startswith(("fuse.", "fuseblk"))
 
 
 class PathWalker:

@@ -20,6 +20,8 @@ MAX_ENVIRON = 256 * 1024
 MAX_FDS_PER_PROCESS = 200_000
 
 HEARTBEAT_PREFIX = "wgunicorn-"
+MAX_MOUNTINFO = 1 << 20
+MAX_MOUNTS = 10_000
 
 
 @dataclass(slots=True)
@@ -123,8 +125,23 @@ class ProcFS:
         return FdScan(sockets, heartbeats, count, truncated)
 
     def fd_stat(self, pid: int, fd: int) -> os.stat_result:
-        """stat() of the file behind an fd (follows the magic link, works for unlinked files)."""
+        """stat() of the file behind an fd (follows the magic link, works for unlinked files).
+        It asks the file's file system: see `fd_fstype` before calling it on a file another
+        user chose."""
         return os.stat(self.path(pid, "fd", fd))
+
+    def fd_fstype(self, pid: int, fd: int) -> str | None:
+        """The type of the file system that holds the file behind an fd (`tmpfs`,
+        `ext4`, `fuse.sshfs`, ...): fdinfo's mount id looked up in the process's own
+        mountinfo. Neither read asks that file system anything, so a FUSE daemon that
+        never answers cannot stall it. None when the mount is not found."""
+        mnt_id = parse_fdinfo_mnt_id(self.read_text(pid, "fdinfo", fd))
+        if mnt_id is None:
+            return None
+        for m in parse_mountinfo(self.read_text(pid, "mountinfo", limit=MAX_MOUNTINFO)):
+            if m.mount_id == mnt_id:
+                return m.fstype
+        return None
 
     # --- host ---------------------------------------------------------------
 
@@ -142,6 +159,55 @@ class ProcFS:
         `pid`'s (/proc/PID/net/netstat)."""
         base = ("net",) if pid is None else (pid, "net")
         return parse_snmp_table(self.read_text(*base, "netstat")).get("TcpExt", {})
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    mount_id: int
+    root: str           # the mounted directory within its file system
+    point: str          # where it is mounted, relative to the process's root
+    fstype: str
+    super_options: str
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """/proc/PID/mountinfo lines (at most MAX_MOUNTS); malformed lines are skipped."""
+    out = []
+    for line in text.splitlines()[:MAX_MOUNTS]:
+        left, sep, right = line.partition(" - ")
+        lf = left.split()
+        rf = right.split()
+        if not sep or len(lf) < 5 or len(rf) < 3 or not lf[0].isdigit():
+            continue
+        out.append(Mount(int(lf[0]), _unescape_mount(lf[3]), _unescape_mount(lf[4]),
+                         rf[0], rf[2]))
+    return out
+
+
+def _unescape_mount(path: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo (octal)
+    if "\\" not in path:
+        return path
+    out, i = [], 0
+    while i < len(path):
+        code = path[i + 1:i + 4]
+        if path[i] == "\\" and len(code) == 3 and all(ch in "01234567" for ch in code):
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(path[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_fdinfo_mnt_id(text: str) -> int | None:
+    """The `mnt_id:` of a /proc/PID/fdinfo/FD text."""
+    for line in text.splitlines()[:64]:
+        key, _, value = line.partition(":")
+        if key == "mnt_id":
+            value = value.strip()
+            return int(value) if value.isdigit() and len(value) < 12 else None
+    return None
 
 
 @dataclass(slots=True)

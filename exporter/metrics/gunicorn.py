@@ -42,7 +42,7 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
     keepalive = _g("gunicorn_keepalive_seconds", "Keep-alive timeout (--keep-alive) for idle client connections.", ["app"])
     capacity = _g("gunicorn_worker_capacity", "Concurrent requests one worker can serve: sync 1, gthread threads, gevent/eventlet worker_connections, asgi/uvicorn +Inf (no limit).", ["app"])
     conn_limit = _g("gunicorn_worker_connections_limit", "Configured --worker-connections: the most client connections one worker accepts (gthread, gevent, eventlet).", ["app"])
-    busy = _g("gunicorn_workers_busy", "Workers whose active client connections are at or above their capacity.", ["app"])
+    busy = _g("gunicorn_workers_busy", "Workers whose requests (active connections, and connections whose client has gone that a thread still serves) are at or above their capacity.", ["app"])
     backlog = _g("gunicorn_backlog", "Configured --backlog; the kernel caps it at net.core.somaxconn (see gunicorn_listener_queue_max).", ["app"])
     master_start = _g("gunicorn_master_start_time_seconds", "Start time of the master process since the epoch.", ["app"])
     spawned = CounterMetricFamily("gunicorn_workers_spawned", "Workers the master has spawned since it started (control socket only).", labels=["app"])
@@ -140,14 +140,14 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
 
 
 def _busy(a: AppSnapshot) -> int:
-    """Workers at capacity. When the capacity is not known (the worker class cannot be
-    read), a worker with a request in flight counts as busy: exact for sync workers, an
-    upper bound for the others."""
+    """Workers at capacity: their requests (active connections, and those whose client
+    has gone, which a thread still serves) fill every thread. When the capacity is not
+    known (the worker class cannot be read), a worker with a request counts as busy:
+    exact for sync workers, an upper bound for the others."""
     capacity = a.capacity if a.capacity is not None else 1
     if not capacity:
         return 0
-    return sum(1 for w in a.workers
-               if w.connections_active is not None and w.connections_active >= capacity)
+    return sum(1 for w in a.workers if w.requests is not None and w.requests >= capacity)
 
 
 def render_sampler(snap: SamplerSnapshot) -> Iterator[Metric]:
@@ -162,6 +162,9 @@ def render_sampler(snap: SamplerSnapshot) -> Iterator[Metric]:
     busy = CounterMetricFamily("gunicorn_workers_all_busy_seconds", "Seconds during which every sync worker of the app was busy, or a connection waited in its accept queue (sync worker apps only), sampled every --sampler.interval.", labels=["app"])
     for app, seconds in snap.all_busy_seconds.items():
         busy.add_metric([app], seconds)
+    beat_max = _g("gunicorn_worker_heartbeat_age_max_seconds", "Highest heartbeat age of the worker slot in the last --sampler.peak-window (read every second, and at the scrape): a request that comes close to --timeout between two scrapes.", ["app", "worker"])
+    for app, slot, seconds in snap.heartbeat_max:
+        beat_max.add_metric([app, str(slot)], seconds)
     samples = CounterMetricFamily("gunicorn_exporter_sampler_samples", "Samples the sampler took.")
     samples.add_metric([], snap.samples)
     errors = CounterMetricFamily("gunicorn_exporter_sampler_errors", "Samples whose listen queues could not be read.")
@@ -170,4 +173,4 @@ def render_sampler(snap: SamplerSnapshot) -> Iterator[Metric]:
     skipped.add_metric([], snap.skipped_seconds)
     spent = CounterMetricFamily("gunicorn_exporter_sampler_spent_seconds", "Wall-clock time the sampler spent taking samples (its cost).")
     spent.add_metric([], snap.busy_seconds)
-    yield from (peak, queued, integral, busy, samples, errors, skipped, spent)
+    yield from (peak, queued, integral, busy, beat_max, samples, errors, skipped, spent)
