@@ -52,31 +52,47 @@ RECORDING_RULES: list[tuple[str, str]] = [
     # sampler's 10 Hz samples: bursts between scrapes count. `max`: the busiest listener.
     ("app:gunicorn_listener_queued:ratio_rate5m",
      "max without (listener) (rate(gunicorn_listener_queued_seconds_total{@{selector}}[5m]))"),
-    # Requests waiting inside workers: connections a worker accepted beyond what it can
-    # serve at once (gthread parks them; the accept queue does not show them).
+    ("app:gunicorn_listener_queued:ratio_rate1m",
+     "max without (listener) (rate(gunicorn_listener_queued_seconds_total{@{selector}}[1m]))"),
+    # Requests a worker holds: in flight, or served for a client that has gone (a
+    # thread still runs the app for it: busy, whoever waits for the answer).
+    ("worker:gunicorn_worker_requests:sum",
+     "sum without (state) (gunicorn_worker_connections{@{selector}, state=~\"active|client_closed\"})"),
+    # Requests waiting inside a worker: those it accepted beyond what it can serve at
+    # once (gthread parks them; the accept queue does not show them).
+    ("worker:gunicorn_worker_requests_waiting:sum",
+     "clamp_min(\n"
+     "  worker:gunicorn_worker_requests:sum\n"
+     "    - ignoring (worker) group_left gunicorn_worker_capacity{@{selector}},\n"
+     "  0)"),
     ("app:gunicorn_worker_connections_waiting:sum",
-     "sum without (worker, state) (clamp_min(\n"
-     "  gunicorn_worker_connections{@{selector}, state=\"active\"}\n"
-     "    - ignoring (worker, state) group_left gunicorn_worker_capacity{@{selector}},\n"
-     "  0))"),
+     "sum without (worker) (worker:gunicorn_worker_requests_waiting:sum)"),
     # Either part alone when the other cannot be read (a listener in another network
     # namespace has no queue length; workers whose fds are unreadable have no connections).
     ("app:gunicorn_requests_waiting:sum",
      "app:gunicorn_listener_queue_length:sum + app:gunicorn_worker_connections_waiting:sum\n"
      "or app:gunicorn_listener_queue_length:sum\n"
      "or app:gunicorn_worker_connections_waiting:sum"),
+    # The highest heartbeat age since about the last scrape (the sampler reads it every
+    # second: a request that nears --timeout between two scrapes counts), else the age
+    # at the scrape (sampler off).
     ("worker:gunicorn_worker_heartbeat_timeout:ratio",
-     "gunicorn_worker_heartbeat_age_seconds{@{selector}}\n"
+     "(\n"
+     "  gunicorn_worker_heartbeat_age_max_seconds{@{selector}}\n"
+     "  or gunicorn_worker_heartbeat_age_seconds{@{selector}}\n"
+     ")\n"
      "  / ignoring (worker) group_left () (gunicorn_timeout_seconds{@{selector}} > 0)"),
     ("app:gunicorn_worker_heartbeat_timeout:max_ratio",
      "max without (worker) (worker:gunicorn_worker_heartbeat_timeout:ratio)"),
     # Sync workers only: the heartbeat is how long the current request has run, and only
-    # busy workers have one (an idle sync worker's heartbeat ages up to timeout/2).
+    # busy workers have one (an idle sync worker's heartbeat ages up to timeout/2). The
+    # age at the scrape: an average of where the running requests are.
     ("app:gunicorn_busy_worker_heartbeat_timeout:avg_ratio",
      "avg without (worker) (\n"
-     "  worker:gunicorn_worker_heartbeat_timeout:ratio\n"
-     "  and ignoring (state) (gunicorn_worker_connections{@{selector}, state=\"active\"}\n"
-     "    >= ignoring (worker, state) group_left gunicorn_worker_capacity{@{selector}})\n"
+     "  gunicorn_worker_heartbeat_age_seconds{@{selector}}\n"
+     "    / ignoring (worker) group_left () (gunicorn_timeout_seconds{@{selector}} > 0)\n"
+     "  and worker:gunicorn_worker_requests:sum\n"
+     "    >= ignoring (worker) group_left gunicorn_worker_capacity{@{selector}}\n"
      ")"),
     ("worker:gunicorn_worker_connections:sum",
      "sum without (state) (gunicorn_worker_connections{@{selector}})"),
@@ -165,13 +181,21 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " no series now, while the exporter answers: it restarted and the app did not"
               " come back (or the app was renamed or removed)."),
         Alert("GunicornWorkerPoolExhausted", "C1",
-              "min_over_time(app:gunicorn_requests_waiting:sum[@{window}]) > 0\n"
-              "and avg_over_time(app:gunicorn_workers_busy:ratio[@{window}]) >= @{busy_ratio}\n"
-              "and count_over_time(app:gunicorn_requests_waiting:sum[@{window}]) >= @{min_samples}",
-              "Every worker of {{ $labels.app }} is busy and requests wait",
-              "All workers of {{ $labels.app }} on {{ $labels.instance }} are busy and at"
-              " least {{ $value }} requests have been waiting (in the accept queue, or inside"
-              " gthread workers) for @{window}: requests hang until the proxy times out."),
+              "(\n"
+              "  (\n"
+              "    app:gunicorn_listener_queued:ratio_rate1m >= @{queued_ratio}\n"
+              "    or quantile_over_time(@{quantile}, app:gunicorn_listener_queue_length:sum[@{window}]) > 0\n"
+              "  )\n"
+              "  and max_over_time(app:gunicorn_workers_busy:ratio[@{window}]) >= @{busy_ratio}\n"
+              "  or quantile_over_time(@{quantile}, app:gunicorn_worker_connections_waiting:sum"
+              "[@{window}]) > 0\n"
+              ")\n"
+              "and count_over_time(app:gunicorn_workers_busy:ratio[@{window}]) >= @{min_samples}",
+              "Requests to {{ $labels.app }} wait for a worker that has no thread free",
+              "Requests to {{ $labels.app }} on {{ $labels.instance }} have been waiting for"
+              " most of the last @{window}: in the accept queue while every worker is busy,"
+              " or inside a worker whose threads are all taken (whatever the other workers"
+              " do). They hang until the proxy times out."),
         Alert("GunicornWorkerPoolSaturated", "W2 W6 C1",
               "avg_over_time(app:gunicorn_workers_busy:ratio[@{window}]) > @{busy_ratio}",
               "Workers of {{ $labels.app }} are busy most of the time",
@@ -212,7 +236,10 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " on average over @{window}, with most workers busy: a slow dependency holds"
               " them."),
         Alert("GunicornWorkerLoopBlocked", "W6 C1",
-              "gunicorn_worker_heartbeat_age_seconds{@{selector}} > @{stall_seconds}\n"
+              "(\n"
+              "  gunicorn_worker_heartbeat_age_max_seconds{@{selector}}\n"
+              "  or gunicorn_worker_heartbeat_age_seconds{@{selector}}\n"
+              ") > @{stall_seconds}\n"
               "and ignoring (worker, " + INFO + ") gunicorn_info{@{selector},"
               " worker_class=~\"gthread|gevent|eventlet|tornado\"}",
               "The main loop of a {{ $labels.app }} worker is blocked",
@@ -265,7 +292,7 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               "  and count_over_time(app:gunicorn_listener_queue_length:sum[@{window}])"
               " >= @{min_samples}\n"
               ")\n"
-              "unless avg_over_time(app:gunicorn_workers_busy:ratio[@{window}]) >= @{busy_ratio}",
+              "unless max_over_time(app:gunicorn_workers_busy:ratio[@{window}]) >= @{busy_ratio}",
               "The accept queue of {{ $labels.app }} does not drain",
               "Connections have waited in the accept queue of {{ $labels.app }} on"
               " {{ $labels.instance }} for @{window} (at least {{ $value }}) while its"
@@ -324,14 +351,14 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " holds {{ $value | humanizePercentage }} of --worker-connections (threshold"
               " @{limit_ratio_pct})."),
         Alert("GunicornGthreadConnectionsQueuedInWorker", "W9",
-              "gunicorn_worker_connections{@{selector}, state=\"active\"}\n"
-              "  > ignoring (worker, state) group_left gunicorn_worker_capacity{@{selector}}\n"
-              "and ignoring (worker, state, " + INFO + ") gunicorn_info{@{selector},"
+              "quantile_over_time(0.5, worker:gunicorn_worker_requests_waiting:sum[@{window}]) > 0\n"
+              "and ignoring (worker, " + INFO + ") gunicorn_info{@{selector},"
               " worker_class=\"gthread\"}",
               "Connections wait inside gthread workers of {{ $labels.app }}",
               "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
-              " holds {{ $value }} active connections, more than its threads: the extra"
-              " ones wait inside the worker, invisible in the accept queue."),
+              " held more requests than threads in most of the last @{window} (median"
+              " {{ $value }} waiting): the extra ones wait inside the worker, invisible in"
+              " the accept queue."),
     ]),
     ("gunicorn.database", [
         Alert("GunicornSQLAlchemyPoolExhausted", "C4",
@@ -358,14 +385,21 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               fixed={"budget_ratio": 1}),
         Alert("GunicornDBConnectionsWillExceedBudget", "C5",
               "app:gunicorn_db_connection_budget:ratio > @{budget_ratio}\n"
+              "and app:gunicorn_db_connection_budget:ratio < 1\n"
               "and\n"
               "predict_linear(app:gunicorn_worker_db_connections:sum[@{window}],"
               " @{horizon_seconds})\n"
-              "  > gunicorn_app_db_connection_budget{@{selector}}",
+              "  > gunicorn_app_db_connection_budget{@{selector}}\n"
+              "unless\n"
+              "app:gunicorn_worker_db_connections:sum\n"
+              "  <= max_over_time(app:gunicorn_worker_db_connections:sum[@{history}]"
+              " offset @{window})",
               "DB connections of {{ $labels.app }} grow towards the budget",
-              "The workers of {{ $labels.app }} on {{ $labels.instance }} already hold"
-              " {{ $value | humanizePercentage }} of their connection budget, and at the"
-              " trend of the last @{window} they pass it within @{horizon_seconds} s: a leak."),
+              "The workers of {{ $labels.app }} on {{ $labels.instance }} hold"
+              " {{ $value | humanizePercentage }} of their connection budget, more than ever"
+              " in the @{history} before, and at the trend of the last @{window} they pass it"
+              " within @{horizon_seconds} s: a leak (a pool that fills to its size, or refills"
+              " after a restart to where it was, is not one)."),
         Alert("GunicornPostgresDown", "C5 C6",
               "max without (instance) (gunicorn_postgres_up{@{selector}}) == 0",
               "Postgres {{ $labels.server }} cannot be queried",
@@ -496,7 +530,7 @@ _RANGE = re.compile(r"\[(\w+)(:\w*)?\]")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 SCALED_KEYS = {"horizon_seconds"}   # config values that are durations of observation
 _DURATION = re.compile(r"^(0|(\d+(ms|s|m|h|d|w|y))+)$")
-_META_KEYS = {"for", "severity"}
+_META_KEYS = {"for", "keep_firing_for", "severity"}
 
 
 class ConfigError(ValueError):
@@ -622,8 +656,9 @@ def build_rules(config: dict, for_override: str | None = None,
                     raise ConfigError("[%s] needs %r" % (a.name, key))
             if table["severity"] not in ("critical", "warning"):
                 raise ConfigError("[%s] severity must be critical or warning" % a.name)
-            if not _DURATION.match(str(table["for"])):
-                raise ConfigError("[%s] for = %r is not a duration" % (a.name, table["for"]))
+            for key in ("for", "keep_firing_for"):
+                if key in table and not _DURATION.match(str(table[key])):
+                    raise ConfigError("[%s] %s = %r is not a duration" % (a.name, key, table[key]))
             fixed = set(table) & set(a.fixed)
             if fixed:
                 raise ConfigError("[%s] sets %s, which its rule fixes (alerts/build.py)"
@@ -631,13 +666,17 @@ def build_rules(config: dict, for_override: str | None = None,
             used: set = set()
             expr = _substitute(a.expr, table, glob, used, a.name, a.fixed)
             for_ = for_override or table["for"]
+            keep = table.get("keep_firing_for")
             if time_scale is not None:
                 expr = scale_durations(expr, time_scale)
                 for_ = format_duration(parse_duration(for_) * time_scale)
+                if keep is not None:
+                    keep = format_duration(parse_duration(keep) * time_scale)
             rule = {
                 "alert": a.name,
                 "expr": expr,
                 "for": for_,
+                **({"keep_firing_for": keep} if keep is not None else {}),
                 "labels": {"severity": table["severity"], **a.extra_labels},
                 "annotations": {
                     "summary": _substitute(a.summary, table, glob, used, a.name, a.fixed),

@@ -102,8 +102,9 @@ def test_placeholders_are_template_ones_that_leave_prometheus_templating_alone()
 def test_for_override_changes_only_for():
     short = build.render(for_override="2s")
     normal = build.render()
-    assert re.sub(r"for: \S+", "for: X", short) == re.sub(r"for: \S+", "for: X", normal)
-    assert set(re.findall(r"for: (\S+)", short)) == {"2s"}
+    assert re.sub(r"\bfor: \S+", "for: X", short) == re.sub(r"\bfor: \S+", "for: X", normal)
+    assert set(re.findall(r"\bfor: (\S+)", short)) == {"2s"}
+    assert re.findall(r"keep_firing_for: \S+", short) == re.findall(r"keep_firing_for: \S+", normal)
 
 
 def test_promtool_check_rules():
@@ -166,13 +167,14 @@ def test_every_alert_insight_has_an_alert_and_a_row_in_the_coverage_table():
 
 def test_runbook_alert_list_matches_the_config():
     config = build.load_config()
-    rows = dict((m[0], (m[1], m[2], m[3])) for m in re.findall(
-        r"^\| (Gunicorn\w+) \| (critical|warning) \| (\w+) \| ([^|]*) \|$",
+    rows = dict((m[0], m[1:]) for m in re.findall(
+        r"^\| (Gunicorn\w+) \| (critical|warning) \| (\w+) \| (\w+|-) \| ([^|]*) \|$",
         RUNBOOKS.read_text(), re.M))
     for alert, ids in build.alerts_table():
         assert alert in rows, "docs/runbooks.md alert list misses %s" % alert
-        severity, for_, insights = rows[alert]
-        assert (severity, for_) == (config[alert]["severity"], config[alert]["for"]), alert
+        severity, for_, keep, insights = rows[alert]
+        assert (severity, for_, keep) == (config[alert]["severity"], config[alert]["for"],
+                                          config[alert].get("keep_firing_for", "-")), alert
         assert all(i in insights.split() for i in ids.split()), alert
 
 
