@@ -181,7 +181,8 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " no series now, while the exporter answers: it restarted and the app did not"
               " come back (or the app was renamed or removed)."),
         Alert("GunicornWorkerPoolExhausted", "C1",
-              "(\n"
+              "max_over_time(app:gunicorn_requests_waiting:sum[@{window}])\n"
+              "and (\n"
               "  (\n"
               "    app:gunicorn_listener_queued:ratio_rate1m >= @{queued_ratio}\n"
               "    or quantile_over_time(@{quantile}, app:gunicorn_listener_queue_length:sum[@{window}]) > 0\n"
@@ -193,9 +194,9 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               "and count_over_time(app:gunicorn_workers_busy:ratio[@{window}]) >= @{min_samples}",
               "Requests to {{ $labels.app }} wait for a worker that has no thread free",
               "Requests to {{ $labels.app }} on {{ $labels.instance }} have been waiting for"
-              " most of the last @{window}: in the accept queue while every worker is busy,"
-              " or inside a worker whose threads are all taken (whatever the other workers"
-              " do). They hang until the proxy times out."),
+              " most of the last @{window} (up to {{ $value }} at a scrape): in the accept"
+              " queue while every worker is busy, or inside a worker whose threads are all"
+              " taken (whatever the other workers do). They hang until the proxy times out."),
         Alert("GunicornWorkerPoolSaturated", "W2 W6 C1",
               "avg_over_time(app:gunicorn_workers_busy:ratio[@{window}]) > @{busy_ratio}",
               "Workers of {{ $labels.app }} are busy most of the time",
@@ -352,6 +353,8 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " @{limit_ratio_pct})."),
         Alert("GunicornGthreadConnectionsQueuedInWorker", "W9",
               "quantile_over_time(0.5, worker:gunicorn_worker_requests_waiting:sum[@{window}]) > 0\n"
+              "and count_over_time(worker:gunicorn_worker_requests_waiting:sum[@{window}])"
+              " >= @{min_samples}\n"
               "and ignoring (worker, " + INFO + ") gunicorn_info{@{selector},"
               " worker_class=\"gthread\"}",
               "Connections wait inside gthread workers of {{ $labels.app }}",

@@ -103,25 +103,36 @@ Config = dataclasses.make_dataclass(
 Config.__doc__ = "Every setting, by its Option.dest (exporter/options.py), plus config_file and collectors."
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(hidden: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The flags. Settings whose key starts with one of `hidden` ("web.", "collector.")
+    are still accepted (one config file or environment serves every command) but left out
+    of --help: a command that does not use them (the doctor) does not offer them."""
     p = argparse.ArgumentParser(
         prog="gunicorn-exporter",
         description="Prometheus exporter that watches gunicorn from outside.",
         epilog=f"Every flag can also be set with an environment variable {ENV_PREFIX}<FLAG> "
                "(upper case, dots and dashes as underscores) or a key in --config.file. "
-               "'gunicorn-exporter demo' starts a throwaway gunicorn with some load to look at.")
+               "Commands: 'gunicorn-exporter doctor' prints configuration advice for every "
+               "gunicorn on this host (doctor --help); 'gunicorn-exporter demo' starts a "
+               "throwaway gunicorn with some load to look at.")
     p.add_argument("--version", action="version", version=f"gunicorn-exporter {__version__}")
     p.add_argument("--config.file", dest="config_file", metavar="PATH",
                    help="TOML file with the same keys as the flags, e.g. [web] listen-address = ':10188'")
+
+    def shown(key: str, text: str) -> str:
+        return argparse.SUPPRESS if key.startswith(hidden) else text
     for o in OPTIONS:
-        p.add_argument(f"--{o.key}", dest=o.dest, metavar="VALUE", help=o.help_text(),
+        p.add_argument(f"--{o.key}", dest=o.dest, metavar="VALUE", help=shown(o.key, o.help_text()),
                        action="append" if o.repeatable else "store", default=None)
     for name, (on, text) in COLLECTORS.items():
-        group = p.add_mutually_exclusive_group()
+        # (argparse cannot format the usage of a hidden mutually exclusive group)
+        group = p if "collector.".startswith(hidden) else p.add_mutually_exclusive_group()
         group.add_argument(f"--collector.{name}", dest=f"collector_{name}", action="store_true",
-                           default=None, help=f"enable the {name} collector: {text}" + (" (default)" if on else ""))
+                           default=None, help=shown("collector.", f"enable the {name} collector: "
+                                                    f"{text}" + (" (default)" if on else "")))
         group.add_argument(f"--no-collector.{name}", dest=f"collector_{name}", action="store_false",
-                           default=None, help=f"disable the {name} collector" + ("" if on else " (default)"))
+                           default=None, help=shown("collector.", f"disable the {name} collector"
+                                                    + ("" if on else " (default)")))
     return p
 
 

@@ -110,7 +110,8 @@ OPTIONS: tuple[Option, ...] = (
       "how often the sampler reads the listeners' accept queues between scrapes; 0 turns "
       "the sampler off", shown="100ms"),
     O("sampler.peak-window", "sampler_peak_window", _positive_duration, 15.0,
-      "gunicorn_listener_queue_peak is the largest queue length seen in this window"),
+      "gunicorn_listener_queue_peak and gunicorn_worker_heartbeat_age_max_seconds are the "
+      "largest queue length and heartbeat age seen in this window"),
     O("oom.kmsg-path", "kmsg_path", parse_optional_path, "/dev/kmsg",
       "kernel log device read for OOM kill records; 'none' = use cgroup and /proc/vmstat counters only"),
     O("logs.file", "log_files", parse_log_files, (),

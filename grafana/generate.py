@@ -526,17 +526,25 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
                     "Seconds since each worker last notified the master: for a sync worker, how "
                     "long its current request has run. The master kills the worker at the timeout "
                     f"(WORKER TIMEOUT, W5); {_pct(t, 'heartbeat_warning')} x timeout is the alert. "
-                    "Idle sync workers reach timeout/2 normally. W5, W8, W6, C2.",
+                    "Idle sync workers reach timeout/2 normally. The highest age since about "
+                    "the last scrape (the sampler reads it every second) is what the alert "
+                    "compares: a request that nears the timeout between two scrapes. W5, W8, "
+                    "W6, C2.",
                     [(f"gunicorn_worker_heartbeat_age_seconds{{{S}}}", "{{app}} w{{worker}}"),
+                     (f"gunicorn_worker_heartbeat_age_max_seconds{{{S}}}",
+                      "{{app}} w{{worker}} highest between scrapes"),
                      (f"gunicorn_timeout_seconds{{{S}}} > 0", "{{app}} timeout (limit)"),
                      (f"{t['heartbeat_warning']:g} * gunicorn_timeout_seconds{{{S}}} > 0",
                       "{{app}} alert (threshold)")],
                     unit="s"), 12, 8))
     add((timeseries("Heartbeat age / timeout",
-                    f"Each worker's heartbeat age as a fraction of its app's timeout; dashed: the "
-                    f"alert threshold ({_pct(t, 'heartbeat_warning')}). W5.",
-                    [(f"gunicorn_worker_heartbeat_age_seconds{{{S}}} / on (job, instance, app) group_left () "
-                      f"(gunicorn_timeout_seconds{{{S}}} > 0)", "{{app}} w{{worker}}")],
+                    f"Each worker's highest heartbeat age since about the last scrape (the age at "
+                    f"the scrape when the sampler is off) as a fraction of its app's timeout: "
+                    f"what the alert reads; dashed: the alert threshold "
+                    f"({_pct(t, 'heartbeat_warning')}). W5.",
+                    [(f"(gunicorn_worker_heartbeat_age_max_seconds{{{S}}} or gunicorn_worker_heartbeat_age_seconds{{{S}}})"
+                      f" / on (job, instance, app) group_left () (gunicorn_timeout_seconds{{{S}}} > 0)",
+                      "{{app}} w{{worker}}")],
                     unit="percentunit", threshold=alert_steps(t, "heartbeat_warning"), max_=1), 12, 8))
     add((timeseries("Main loop stall (gthread, gevent, eventlet, tornado)",
                     "Heartbeat age of workers that refresh their heartbeat every second from their "
@@ -544,7 +552,8 @@ def panels(t: dict[str, float]) -> list[tuple[dict, int, int]]:
                     "lock or a blocking call holds the loop and none of the worker's connections is "
                     f"served. Dashed: the alert threshold ({_pct(t, 'loop_stall_warning')} s). "
                     "Sync workers are in the heartbeat panels above. W6, C1.",
-                    [(f"gunicorn_worker_heartbeat_age_seconds{{{S}}} and ignoring (worker, version, worker_class, user) "
+                    [(f"(gunicorn_worker_heartbeat_age_max_seconds{{{S}}} or gunicorn_worker_heartbeat_age_seconds{{{S}}})"
+                      " and ignoring (worker, version, worker_class, user) "
                       f'gunicorn_info{{{S}, worker_class=~"gthread|gevent|eventlet|tornado"}}', "{{app}} w{{worker}}")],
                     unit="s", threshold=alert_steps(t, "loop_stall_warning"),
                     no_value="No gthread, gevent, eventlet or tornado worker"), 12, 8))

@@ -81,3 +81,35 @@ def pg():
         yield c
     finally:
         c.stop()
+
+
+# --- the cadence run (tests/test_alerts_cadence.py) --------------------------------------
+# About 15 minutes of real 15 s scrapes, mostly waiting: it starts in the background as
+# soon as the session knows it will check it, and its checks run last.
+
+CADENCE_MODULE = "test_alerts_cadence.py"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.path.name == CADENCE_MODULE)   # stable: the rest keep order
+
+
+def pytest_collection_finish(session):
+    config = session.config
+    if config.option.collectonly or not any(i.path.name == CADENCE_MODULE for i in session.items):
+        return
+    from tests.test_alerts_cadence import missing_tools, start_run
+    if missing_tools() is None:
+        import time
+        config._cadence_started = time.monotonic()
+        config._cadence_run = start_run()
+
+
+def pytest_unconfigure(config):
+    run = getattr(config, "_cadence_run", None)
+    if run is not None and run[0].poll() is None:   # the session ended before its checks
+        run[0].terminate()
+        try:
+            run[0].wait(30)
+        except Exception:   # noqa: BLE001 - last resort at exit
+            run[0].kill()

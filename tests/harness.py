@@ -992,6 +992,14 @@ def ss_worker_close_wait_connections(pid: int, listener) -> int:
 ss_worker_close_wait = ss_worker_close_wait_connections
 
 
+def ss_requests_held(g: "Gunicorn") -> int:
+    """Connections an app has taken and not finished, by ss: its accept queue, and every
+    connection its workers hold on its listener, open or already left by the client."""
+    queue = ss_listen_queue(g.listener)
+    return (queue[0] if queue else 0) + sum(
+        _count_state(pid, g.listener, {"ESTAB", "CLOSE-WAIT"}) for pid in g.worker_pids())
+
+
 # ---------------------------------------------------------------- processes
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:

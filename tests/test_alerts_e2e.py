@@ -125,10 +125,10 @@ def test_pool_exhaustion_and_dead_master_reach_alertmanager(gunicorn_factory, tm
         assert exhausted["labels"]["job"] == "gunicorn"
         assert exhausted["labels"]["instance"] == exporter_target
         ann = exhausted["annotations"]
-        assert ann["summary"] == "Every worker of %s is busy and requests wait" % app
-        assert ann["description"].startswith("All workers of %s on %s are busy and at least "
-                                             % (app, exporter_target))
-        queued = int(ann["description"].split(" at least ", 1)[1].split()[0])
+        assert ann["summary"] == "Requests to %s wait for a worker that has no thread free" % app
+        assert ann["description"].startswith("Requests to %s on %s have been waiting for most "
+                                             "of the last " % (app, exporter_target))
+        queued = int(ann["description"].split("(up to ", 1)[1].split()[0])
         assert 1 <= queued <= 4, ann["description"]
         assert ann["runbook_url"].endswith("docs/runbooks.md#gunicornworkerpoolexhausted")
         assert _find(_am_alerts(am), "GunicornDown", app) is None

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.alertwatch import Watcher
 from tests.conftest import require
 from tests.harness import (Gunicorn, SlowClients, free_port, get_json, http_get, poll,
                            running_exporter, running_server, stop_process, url_ready)
@@ -78,36 +79,6 @@ def _binary(path: str, package: str) -> str:
     found = shutil.which(os.path.basename(path)) or (path if os.path.exists(path) else None)
     require(found is not None, f"{path} not installed (apt-get install -y {package})")
     return found
-
-
-# --- watching Prometheus' alerts ------------------------------------------------------
-
-class Watcher(threading.Thread):
-    """Polls /api/v1/alerts: the first time each alert was seen firing, and all seen."""
-
-    def __init__(self, prom: str):
-        super().__init__(daemon=True)
-        self.prom = prom
-        self.first: dict[tuple[str, str], float] = {}   # (alertname, app or "") -> monotonic
-        self.labels: dict[tuple[str, str], dict] = {}
-        self.stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop_event.wait(0.2):
-            try:
-                alerts = get_json(self.prom + "/api/v1/alerts", timeout=2)["data"]["alerts"]
-            except (OSError, ValueError, KeyError):
-                continue
-            now = time.monotonic()
-            for a in alerts:
-                if a.get("state") != "firing":
-                    continue
-                key = (a["labels"]["alertname"], a["labels"].get("app", ""))
-                self.first.setdefault(key, now)
-                self.labels.setdefault(key, a["labels"])
-
-    def fired(self, app: str, since: float = 0.0) -> dict[str, float]:
-        return {n: t for (n, a), t in self.first.items() if a == app and t >= since}
 
 
 @dataclass

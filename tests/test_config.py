@@ -84,6 +84,20 @@ def test_help_lists_collector_flags():
     for flag in ("--web.listen-address", "--web.telemetry-path", "--collector.gunicorn",
                  "--no-collector.gunicorn", "--log.level", "--config.file"):
         assert flag in r.stdout
+    text = " ".join(r.stdout.split())     # the epilog is wrapped
+    assert "gunicorn-exporter doctor" in text and "gunicorn-exporter demo" in text
+
+
+def test_doctor_help_offers_only_what_the_doctor_uses():
+    r = run_cli("doctor", "--help")
+    assert r.returncode == 0, r.stderr
+    assert "--gunicorn.user" in r.stdout and "--postgres.dsn" in r.stdout and "--format" in r.stdout
+    for flag in ("--web.", "--collector.", "--sampler.", "--statsd.", "--logs.", "--oom."):
+        assert flag not in r.stdout, flag
+    # still accepted: one config file or environment serves the daemon and the doctor
+    r = run_cli("doctor", "--web.listen-address", ":1", "--no-collector.oom", "--path.procfs",
+                "/nonexistent")
+    assert "unrecognized" not in r.stderr, r.stderr
 
 
 def test_configuration_doc_lists_every_setting_and_collector():

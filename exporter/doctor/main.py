@@ -36,8 +36,12 @@ EXIT_CANNOT_CHECK = 3
 DOCTOR_COLLECTORS = ("gunicorn", "netstat", "postgres")
 
 
+# settings of the daemon only: the doctor serves nothing, samples nothing, tails nothing
+DAEMON_ONLY = ("web.", "collector.", "sampler.", "oom.", "logs.", "statsd.")
+
+
 def parser():
-    p = build_parser()
+    p = build_parser(hidden=DAEMON_ONLY)
     p.prog = "gunicorn-exporter doctor"
     p.description = ("Configuration advice for every gunicorn on this host: each finding with "
                      "the failure mode it prevents, its evidence and what to change "

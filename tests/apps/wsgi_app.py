@@ -10,12 +10,16 @@ Routes:
     /pid                 -> os.getpid() as text
     /status?code=N&seconds=S -> time.sleep(S) (capped at 300), then status N (100-599,
                             default 200) with body "status N"
+    /upstream?port=P     -> a dependency call: connects to 127.0.0.1:P, sends one line
+                            and reads the answer until the peer closes (at most 300 s),
+                            then 200 "upstream N bytes pid=N"
 
 time.sleep is monkey-patched by gevent/eventlet, so /slow and /hold
 cooperate with async workers.
 """
 
 import os
+import socket
 import time
 from urllib.parse import parse_qs
 
@@ -84,6 +88,14 @@ def app(environ, start_response):
         size = len(blob)
         del blob
         return _respond(start_response, "allocated %d MiB pid=%d" % (size // MIB, pid))
+    if path == "/upstream":
+        port = _param(environ, "port", 1, 65535, conv=int)
+        with socket.create_connection(("127.0.0.1", port), timeout=MAX_SECONDS) as s:
+            s.sendall(b"GET\n")
+            got = 0
+            while chunk := s.recv(4096):   # bounded by the peer and the timeout
+                got += len(chunk)
+        return _respond(start_response, "upstream %d bytes pid=%d" % (got, pid))
     return _respond(start_response, "not found", status="404 Not Found")
 
 
