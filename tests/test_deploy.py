@@ -396,6 +396,15 @@ def test_alertmanager_config_passes_amtool():
                         assert severity[n] == "warning", f"a critical alert ({n}) is inhibited"
 
 
+def test_runbooks_show_the_inhibitions_alertmanager_yml_ships():
+    shipped = yaml.safe_load((DEPLOY / "prometheus" / "alertmanager.yml").read_text())
+    text = (ROOT / "docs" / "runbooks.md").read_text()
+    block = text.split("In Alertmanager's configuration", 1)[1].split("```yaml", 1)[1]
+    shown = yaml.safe_load(block.split("```", 1)[0])
+    assert shown["inhibit_rules"] == shipped["inhibit_rules"]
+    assert shown["route"]["group_by"] == shipped["route"]["group_by"]
+
+
 # ---------------------------------------------------------------------------------------
 # Dockerfile
 

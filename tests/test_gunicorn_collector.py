@@ -436,7 +436,12 @@ def _keepalive_request(g, path: str = "/"):
     """One HTTP/1.1 request on a connection that stays open (keep-alive): the answer is
     read whole (Content-Length), so by the client's own account the connection is idle."""
     import socket as _socket
-    s = _socket.create_connection((g.host, g.port), timeout=10)
+    if g.unix_path:
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(g.unix_path)
+    else:
+        s = _socket.create_connection((g.host, g.port), timeout=10)
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     data = b""
     while b"\r\n\r\n" not in data:
@@ -496,3 +501,28 @@ def test_threads_serving_gone_clients_are_busy(gunicorn_factory, tmp_path):
         assert _busy(app) == 1        # 5 requests on 2 threads: every thread runs the app
     poll(lambda: access.exists() and access.read_text().count("/slow?seconds=4") == 5, 30,
          message="gunicorn did not serve the 5 requests of gone clients")
+
+
+def test_gthread_keepalive_connections_on_a_unix_socket_are_idle(gunicorn_factory):
+    """A unix socket has no tcp_info, but a gthread worker says which connections no thread
+    has: those its main loop waits on, in its epoll (nginx keeps upstream connections open
+    with `keepalive`). The client's own account is the oracle: each answer read whole,
+    nothing sent since; and one request in flight beside them."""
+    g = gunicorn_factory(worker_class="gthread", threads=2, workers=1, bind="unix",
+                         name=unique_name("ka-unix"), extra_args=["--keep-alive", "60"])
+    collector = GunicornCollector()
+    [pid] = g.worker_pids()
+    idle = [_keepalive_request(g) for _ in range(3)]
+    try:
+        w = poll(lambda: (w := by_pid(app_for(collector, g))[pid]).connections_idle == 3 and w,
+                 10, message="idle keep-alive connections on the unix socket not seen")
+        assert (w.connections_active, w.requests) == (0, 0)
+        with SlowClients(g, 3, seconds=20):   # 3 requests: 2 run, 1 waits for a thread
+            w = poll(lambda: (w := by_pid(app_for(collector, g))[pid]).connections_active == 3
+                     and w, 10, message="the requests in flight were not active")
+            assert w.connections_idle == 3
+            from exporter.metrics.gunicorn import _busy
+            assert _busy(app_for(collector, g)) == 1
+    finally:
+        for s in idle:
+            s.close()

@@ -139,7 +139,8 @@ def count_worker_sockets(ws: WorkerSockets, unix_peers: dict[int, str],
                          match: SocketMatcher, idle: frozenset[int] | set[int] = frozenset()
                          ) -> WorkerConnections:
     """A worker's client connections (active / idle / client_closed) and DB connections.
-    `idle`: inodes of TCP connections known to be idle keep-alive (sock_diag tcp_info)."""
+    `idle`: inodes of connections known to be idle: waiting for the client's next request
+    (a gthread worker's epoll, or sock_diag tcp_info)."""
     out = WorkerConnections()
     for u in ws.unix:
         if u.state == TCP_LISTEN:
@@ -147,6 +148,8 @@ def count_worker_sockets(ws: WorkerSockets, unix_peers: dict[int, str],
         if u.name and u.name in match.unix_names:
             if u.shutdown is not None and u.shutdown & sockdiag.RCV_SHUTDOWN:
                 out.client_closed += 1
+            elif u.inode in idle:
+                out.idle += 1
             else:
                 out.active += 1
             continue

@@ -58,8 +58,8 @@ class MasterRaw:
     joined: join.Joined | None = None
     socket_source: str = "none"
     errors: list[str] = field(default_factory=list)
-    idle_measured: bool = False     # keep-alive connections told apart (TCP, see _find_idle)
-    idle: set[int] = field(default_factory=set)   # inodes of idle keep-alive connections
+    idle_measured: bool = False     # idle connections told apart (see _find_idle)
+    idle: set[int] = field(default_factory=set)   # inodes of idle client connections
     netns: int | None = None        # the master's network namespace (inode)
     foreign_netns: bool = False     # not the exporter's own
     somaxconn: int | None = None    # net.core.somaxconn of that namespace
@@ -187,14 +187,24 @@ class Measurer:
         return raws, found, snap
 
     def _find_idle(self, raws: list[MasterRaw]) -> None:
-        """Which TCP client connections are idle keep-alive ones (last request answered),
-        for the worker classes that keep connections open between requests; one batch of
-        exact sock_diag lookups (tcp_info), host network namespace only."""
+        """Which client connections are idle: a keep-alive connection whose last request
+        is answered, or a new one whose request has not come, for the worker classes that
+        keep connections open between requests.
+
+        gthread says it itself: a connection its main loop waits on (registered in the
+        worker's epoll, whose fdinfo lists the watched inodes) has no thread; one that is
+        not, a thread runs or is queued for (gunicorn 20 to 27). That holds for unix
+        sockets too. For the other classes, and a gthread worker whose epoll cannot be
+        read, TCP connections are told apart by tcp_info instead (one batch of exact
+        sock_diag lookups; see `diagmsg.parse_tcp_idle`)."""
         by_netns: dict[int | None, tuple[list, list[MasterRaw]]] = {}
         for raw in raws:
             if raw.socket_source != "netlink" or raw.joined is None:
                 continue
-            if self._worker_class_hint(raw) not in KEEPALIVE_CLASSES:
+            hint = self._worker_class_hint(raw)
+            if hint not in KEEPALIVE_CLASSES:
+                continue
+            if hint == "gthread" and self._epoll_idle(raw):
                 continue
             match = join.SocketMatcher.of(raw.joined.listeners, (), ())
             candidates, owners = by_netns.setdefault(raw.netns, ([], []))
@@ -226,6 +236,22 @@ class Measurer:
             for raw in owners:
                 raw.idle_measured = True
                 raw.idle = idle_inodes
+
+    def _epoll_idle(self, raw: MasterRaw) -> bool:
+        """A gthread master's idle connections from its workers' epolls; False (and
+        nothing set) when one worker's cannot be read."""
+        watched: set[int] = set()
+        for w in raw.workers:
+            if w.scan is None or not w.scan.epolls:
+                return False
+            for fd in w.scan.epolls:
+                try:
+                    watched |= self.procfs.epoll_targets(w.pid, fd)
+                except OSError:
+                    return False
+        raw.idle = watched          # listeners too: join counts only client connections
+        raw.idle_measured = True
+        return True
 
     def _worker_class_hint(self, raw: MasterRaw) -> str | None:
         cfg = self.control_answers.get(raw.key, {}).get("config") or {}

@@ -11,7 +11,7 @@ import errno
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Bound every read: a /proc file we parse is small; anything bigger is not what we expect.
 MAX_SMALL_FILE = 64 * 1024
@@ -20,6 +20,9 @@ MAX_ENVIRON = 256 * 1024
 MAX_FDS_PER_PROCESS = 200_000
 
 HEARTBEAT_PREFIX = "wgunicorn-"
+EPOLL_LINK = "anon_inode:[eventpoll]"
+MAX_EPOLLS = 4                  # per process: gthread's selector, and a few of the app's
+MAX_EPOLL_FDINFO = 256 * 1024   # one tfd line (about 70 bytes) per watched fd
 MAX_MOUNTINFO = 1 << 20
 MAX_MOUNTS = 10_000
 
@@ -32,6 +35,7 @@ class FdScan:
     heartbeats: list[tuple[int, str]]  # (fd, link target) of gunicorn heartbeat temp files
     count: int                         # number of open fds
     truncated: bool = False
+    epolls: list[int] = field(default_factory=list)   # fds of epoll instances (MAX_EPOLLS)
 
 
 def read_small(path: str, limit: int = MAX_SMALL_FILE) -> bytes:
@@ -97,7 +101,7 @@ class ProcFS:
             return None
 
     def scan_fds(self, pid: int, limit: int | None = None) -> FdScan:
-        """List a process's fds once: socket inodes and heartbeat files.
+        """List a process's fds once: socket inodes, heartbeat files, epoll instances.
 
         Raises PermissionError when we may not look (another user's process without
         CAP_SYS_PTRACE / CAP_DAC_READ_SEARCH) and FileNotFoundError when it is gone.
@@ -105,6 +109,7 @@ class ProcFS:
         fd_dir = self.path(pid, "fd")
         sockets: list[int] = []
         heartbeats: list[tuple[int, str]] = []
+        epolls: list[int] = []
         count = 0
         truncated = False
         cap = MAX_FDS_PER_PROCESS if limit is None else min(limit, MAX_FDS_PER_PROCESS)
@@ -122,7 +127,13 @@ class ProcFS:
                     sockets.append(int(target[8:-1]))
                 elif HEARTBEAT_PREFIX in target and target.endswith(" (deleted)"):
                     heartbeats.append((int(entry.name), target))
-        return FdScan(sockets, heartbeats, count, truncated)
+                elif target == EPOLL_LINK and len(epolls) < MAX_EPOLLS:
+                    epolls.append(int(entry.name))
+        return FdScan(sockets, heartbeats, count, truncated, epolls)
+
+    def epoll_targets(self, pid: int, fd: int) -> set[int]:
+        """Inodes of the files an epoll instance watches (its fdinfo's tfd lines)."""
+        return parse_epoll_targets(self.read_text(pid, "fdinfo", fd, limit=MAX_EPOLL_FDINFO))
 
     def fd_stat(self, pid: int, fd: int) -> os.stat_result:
         """stat() of the file behind an fd (follows the magic link, works for unlinked files).
@@ -198,6 +209,23 @@ def _unescape_mount(path: str) -> str:
             out.append(path[i])
             i += 1
     return "".join(out)
+
+
+def parse_epoll_targets(text: str) -> set[int]:
+    """The inodes (`ino:`, hexadecimal) of the `tfd:` lines of an epoll's fdinfo:
+    `tfd:        7 events:       19 data:                7  pos:0 ino:1c49 sdev:8`."""
+    out = set()
+    for line in text.splitlines():
+        if not line.startswith("tfd:"):
+            continue
+        _, _, rest = line.partition(" ino:")
+        value = rest.split(" ", 1)[0]
+        if 0 < len(value) <= 16:
+            try:
+                out.add(int(value, 16))
+            except ValueError:
+                continue
+    return out
 
 
 def parse_fdinfo_mnt_id(text: str) -> int | None:
