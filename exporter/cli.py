@@ -9,7 +9,6 @@ import sys
 from exporter import __version__
 from exporter.collectors import build
 from exporter.config import ConfigError, build_parser, load
-from exporter.http import serve
 from exporter.webconfig import WebConfigError, WebConfigHolder
 from exporter.scrape import Scraper
 
@@ -35,12 +34,14 @@ def main(argv: list[str] | None = None) -> int:
         web = WebConfigHolder(config.web_config_file)
     except (ConfigError, WebConfigError) as e:  # a DSN file or a web config that is bad
         build_parser().error(str(e))
+    from exporter.http import listening_sockets, serve
+    try:
+        sockets = listening_sockets(config)
+    except OSError as e:
+        log.error("%s", e)
+        return 1
     log.info("starting gunicorn-exporter %s on %s%s with collectors %s", __version__,
              config.listen_address, config.telemetry_path,
              ",".join(c.name for c in collectors) or "(none)")
-    try:
-        asyncio.run(serve(config, Scraper(collectors, config.scrape_timeout), web))
-    except OSError as e:
-        log.error("cannot listen on %s: %s", config.listen_address, e.strerror or e)
-        return 1
+    asyncio.run(serve(config, Scraper(collectors, config.scrape_timeout), web, sockets))
     return 0

@@ -22,7 +22,7 @@ from exporter.collectors.gunicorn import GunicornOptions
 from exporter.collectors.postgres import PostgresOptions
 from exporter.postgres.dsn import dsn_endpoint, read_dsn_file, server_label
 from exporter.options import BY_KEY, OPTIONS
-from exporter.parsing import ConfigError, parse_bool, parse_listen_address
+from exporter.parsing import ConfigError, parse_bool
 
 ENV_PREFIX = "GUNICORN_EXPORTER_"
 # The collectors, on or off by default (--collector.NAME / --no-collector.NAME)
@@ -42,8 +42,9 @@ class _Methods:
     """What the settings mean for the parts of the exporter that use them."""
 
     @property
-    def host_port(self) -> tuple[str | None, int]:
-        return parse_listen_address(self.listen_address)
+    def listen_address(self) -> str:
+        """Where it listens, as the log says it."""
+        return "systemd sockets" if self.web_systemd_socket else ", ".join(self.listen_addresses)
 
     def postgres_options(self) -> PostgresOptions:
         """PostgresOptions (reads the DSN files; ConfigError when one is bad)."""
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config.file", dest="config_file", metavar="PATH",
                    help="TOML file with the same keys as the flags, e.g. [web] listen-address = ':10188'")
     for o in OPTIONS:
+        if o.flag:
+            p.add_argument(f"--{o.key}", dest=o.dest, metavar="BOOL", help=o.help_text(),
+                           nargs="?", const=True, default=None)
+            continue
         p.add_argument(f"--{o.key}", dest=o.dest, metavar="VALUE", help=o.help_text(),
                        action="append" if o.repeatable else "store", default=None)
     for name, (on, text) in COLLECTORS.items():
