@@ -36,7 +36,7 @@ import logging
 import resource
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 
 from exporter.webconfig import peer_sans
 
@@ -47,6 +47,9 @@ GRACE = 1.0                     # seconds a new connection cannot be pushed out 
 MAX_UNANSWERED = 32 * 1024      # bytes a client may send while nothing of it is being answered
 SNDBUF = 64 * 1024              # SO_SNDBUF of each connection: what a client that never reads pins
 FD_RESERVE = 64                 # fds left for everything else the exporter opens
+PLAIN_CEILING = 64              # x --web.max-connections: plain connections at most
+TLS_CEILING = 2                 # x --web.max-connections: TLS connections at most
+MAX_CEILING = 4096
 BUSY_503 = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
             b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n")
 REASONS = ("evicted", "over_limit", "header_timeout", "write_timeout", "tls_handshake",
@@ -69,10 +72,6 @@ class Conn(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task | None = None
 
-    @property
-    def evictable(self) -> bool:
-        return not self.busy and self.transport is not None and not self.closed
-
     # --- asyncio protocol ------------------------------------------------------------
 
     def connection_made(self, transport) -> None:
@@ -81,6 +80,7 @@ class Conn(asyncio.Protocol):
         if self.closed:
             transport.abort()
             return
+        self._pushable()
         self._arm(g.header_timeout, "header_timeout")
         config = g.web.config
         if config.ssl is None:
@@ -94,18 +94,24 @@ class Conn(asyncio.Protocol):
         try:
             tls = await g.loop.start_tls(raw, self, config.ssl, server_side=True,
                                          ssl_handshake_timeout=g.header_timeout)
-        except (OSError, asyncio.TimeoutError, ConnectionError, ValueError, RuntimeError):
+        except (OSError, asyncio.TimeoutError, ConnectionError, ValueError, RuntimeError) as e:
+            # The error's traceback holds start_tls' frame and with it the SSLProtocol and
+            # its 256 KiB buffer in a reference cycle (error -> frame -> waiter -> error)
+            # that only the cyclic GC would free: cut it, so it is freed now.
+            e.__traceback__ = None
+            tls = None
+        finally:
+            self._task = None
+        if tls is None or self.closed:      # (None: the client went during the handshake)
             self.close("tls_handshake")
-            return
-        if self.closed:
-            tls.abort()
-            return
-        if config.allowed_sans is not None and \
-                not peer_sans(tls.get_extra_info("ssl_object")) & config.allowed_sans:
-            self.transport = tls
-            self.close("client_certificate")
+            if tls is not None:
+                tls.abort()
             return
         self.transport = tls
+        if config.allowed_sans is not None and \
+                not peer_sans(tls.get_extra_info("ssl_object")) & config.allowed_sans:
+            self.close("client_certificate")
+            return
         self._attach(tls)
 
     def _attach(self, transport) -> None:
@@ -149,19 +155,28 @@ class Conn(asyncio.Protocol):
     def serving(self) -> None:
         """A request is being answered: not pushable, no deadline but the scrape's."""
         self.busy, self.received = True, 0
+        self.guard.pushable.pop(self, None)
         self._cancel()
 
     def writing(self) -> None:
         """The answer is written: pushable, and it must be read within the write deadline."""
         if not self.closed:
-            self.busy, self.since, self.answered = False, time.monotonic(), True
+            self.busy, self.answered = False, True
+            self._pushable()
             self._arm(self.guard.write_timeout, "write_timeout")
 
     def waiting(self) -> None:
         """Answered: idle until the next request, within the idle limit."""
         if not self.closed:
-            self.busy, self.since, self.received = False, time.monotonic(), 0
+            self.busy, self.received = False, 0
+            self._pushable()
             self._arm(self.guard.keepalive_timeout, None)
+
+    def _pushable(self) -> None:
+        """Pushable since now: last in the guard's oldest-first order."""
+        self.since = time.monotonic()
+        self.guard.pushable[self] = None
+        self.guard.pushable.move_to_end(self)
 
     # --- ending it ---------------------------------------------------------------------
 
@@ -201,12 +216,15 @@ class Guard:
         self.write_timeout = write_timeout
         self.keepalive_timeout = keepalive_timeout
         self.loop = asyncio.get_running_loop()
-        self.ceiling = max(1, min(2 * max_connections, fd_limit() - FD_RESERVE))
-        self.limit = min(max_connections, self.ceiling)
+        self.max_connections = max_connections
+        self.fd_room = fd_limit() - FD_RESERVE
         self.conns: dict[Conn, None] = {}
+        # connections not being served, oldest first (by Conn.since)
+        self.pushable: OrderedDict[Conn, None] = OrderedDict()   # O(1) oldest
         self.by_transport: dict[object, Conn] = {}
         self.refused: Counter[str] = Counter({r: 0 for r in REASONS})
         self._listeners: list[socket.socket] = []
+        self._tasks: set[asyncio.Task] = set()
         self._paused: set[socket.socket] = set()
         self._noted: dict[str, tuple[float, int]] = {}
 
@@ -264,33 +282,42 @@ class Guard:
             return
         conn = Conn(self)
         self.conns[conn] = None
-        conn._task = self.loop.create_task(self._connect(conn, sock))
+        task = self.loop.create_task(self._connect(conn, sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _connect(self, conn: Conn, sock: socket.socket) -> None:
         try:
             await self.loop.connect_accepted_socket(lambda: conn, sock)
-        except OSError:
+        except OSError as e:
+            e.__traceback__ = None
             conn.closed = True
             self.forget(conn)
             sock.close()
+
+    @property
+    def ceiling(self) -> int:
+        """Connections at most, new ones included: TLS ones cost about 300 KiB each
+        (asyncio's 256 KiB read buffer, OpenSSL's state), plain ones about 4 KiB."""
+        per_cap = TLS_CEILING if self.web.config.ssl is not None else PLAIN_CEILING
+        return max(1, min(per_cap * self.max_connections, MAX_CEILING, self.fd_room))
 
     def _make_room(self) -> bool:
         """Room for one more connection: push out the oldest pushable one when over the
         cap (once it is past GRACE) or at the ceiling (whatever its age)."""
         n = len(self.conns)
-        if n < self.limit:
+        if n < self.max_connections:
             return True
-        oldest = None
-        for c in self.conns:
-            if c.evictable and (oldest is None or c.since < oldest.since):
-                oldest = c
-        if oldest is not None and (n >= self.ceiling or time.monotonic() - oldest.since >= GRACE):
+        oldest = next(iter(self.pushable), None)
+        ceiling = self.ceiling
+        if oldest is not None and (n >= ceiling or time.monotonic() - oldest.since >= GRACE):
             oldest.close("evicted")
             return True
-        return n < self.ceiling
+        return n < ceiling
 
     def forget(self, conn: Conn) -> None:
         self.conns.pop(conn, None)
+        self.pushable.pop(conn, None)
         if conn.transport is not None:
             self.by_transport.pop(conn.transport, None)
 
