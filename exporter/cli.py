@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         log.error("%s", e)
         return 1
-    log.info("starting gunicorn-exporter %s on %s%s with collectors %s", __version__,
-             config.listen_address, config.telemetry_path,
+    log.info("starting gunicorn-exporter %s with collectors %s", __version__,
              ",".join(c.name for c in collectors) or "(none)")
     asyncio.run(serve(config, Scraper(collectors, config.scrape_timeout), web, sockets))
     return 0

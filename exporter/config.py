@@ -41,11 +41,6 @@ def _field(o):
 class _Methods:
     """What the settings mean for the parts of the exporter that use them."""
 
-    @property
-    def listen_address(self) -> str:
-        """Where it listens, as the log says it."""
-        return "systemd sockets" if self.web_systemd_socket else ", ".join(self.listen_addresses)
-
     def postgres_options(self) -> PostgresOptions:
         """PostgresOptions (reads the DSN files; ConfigError when one is bad)."""
         dsns = list(self.postgres_dsns)

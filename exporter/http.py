@@ -275,8 +275,8 @@ async def serve(config, scraper: Scraper, web_config: WebConfigHolder, sockets) 
     loop.add_signal_handler(signal.SIGHUP, web_config.reload)
     loop.set_exception_handler(app.logs.loop_error)
     await app.start(sockets)
-    log.info("listening on %s%s (%s)", ", ".join(describe(s) for s in sockets),
-             config.telemetry_path, describe_tls(web_config.config.ssl))
+    log.info("listening on %s (%s), metrics at %s", ", ".join(describe(s) for s in sockets),
+             describe_tls(web_config.config.ssl), config.telemetry_path)
     try:
         await stop.wait()
     finally:
