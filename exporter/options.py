@@ -122,6 +122,10 @@ OPTIONS: tuple[Option, ...] = (
     O("gunicorn.exclude", "exclude", parse_regex, None,
       "do not report apps whose whole name matches this regular expression", comma_split=False,
       shown="none"),
+    O("gunicorn.memory-detail-interval", "memory_detail_interval", parse_duration, 60.0,
+      "how often each worker's unique and proportional memory (USS, PSS: psutil, "
+      "/proc/PID/smaps_rollup) is read, in a thread, off the scrape's path; 0 = never",
+      shown="60s"),
     O("gunicorn.max-masters", "max_masters", parse_max_masters, 256,
       "masters measured per scrape, shared out between their users; the rest are counted in "
       "gunicorn_exporter_dropped_masters"),
