@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         from exporter.doctor.main import main as doctor_main
         return doctor_main(args[1:])
     config = load(argv)
+    config.use_procfs()
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",

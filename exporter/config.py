@@ -41,6 +41,13 @@ def _field(o):
 class _Methods:
     """What the settings mean for the parts of the exporter that use them."""
 
+    def use_procfs(self) -> None:
+        """psutil (worker USS/PSS, the doctor's facts) reads the same proc root as the
+        rest: process-wide, so only the entry points call this."""
+        if self.procfs != "/proc":
+            import psutil
+            psutil.PROCFS_PATH = self.procfs
+
     def postgres_options(self) -> PostgresOptions:
         """PostgresOptions (reads the DSN files; ConfigError when one is bad)."""
         dsns = list(self.postgres_dsns)

@@ -93,7 +93,7 @@ class GunicornCollector(Collector):
         self._known = KnownApps(forget_after=self.options.forget_after,
                                 expected=self.options.expected_apps)
         self._workers = WorkerMemory()
-        self._memory = MemoryDetail(self.options.memory_detail_interval, self.procfs.root)
+        self._memory = MemoryDetail(self.options.memory_detail_interval)
         self._previous_masters: set[tuple[int, int]] = set()
         self._owners: dict[str, tuple] = {}      # app name -> master that holds it
         # masters seen started by a USR2 upgrade: they keep calling themselves NAME.2

@@ -217,7 +217,7 @@ def workers_uss(procfs: ProcFS, app: AppSnapshot) -> list[int]:
     """USS of a few of the app's workers, read now (the collection had none yet)."""
     out = []
     for w in app.workers[:USS_SAMPLE]:
-        got = read_memory(w.pid, w.start_time, procfs.root)
+        got = read_memory(w.pid, w.start_time)
         if got is not None:
             out.append(got[0])
     return out

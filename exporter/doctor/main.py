@@ -146,6 +146,7 @@ def exit_code(findings: list[Finding]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, fmt = parse(sys.argv[1:] if argv is None else argv)
+    cfg.use_procfs()
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), stream=sys.stderr,
                         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r")
     findings, notes = asyncio.run(collect(cfg))

@@ -25,12 +25,11 @@ PASS_BUDGET = 2.0           # seconds of reading per pass
 MAX_BYTES = 1 << 50         # a value above this (1 PiB) is not believed
 
 
-def read_memory(pid: int, start_time: float, procfs: str = "/proc") -> tuple[int, int] | None:
+def read_memory(pid: int, start_time: float) -> tuple[int, int] | None:
     """(USS, PSS) in bytes of process `pid` if it is still the one that started at
-    `start_time` (seconds since the epoch); None if it is gone, another one, or unreadable."""
+    `start_time` (seconds since the epoch); None if it is gone, another one, or unreadable.
+    psutil reads psutil.PROCFS_PATH, which the command line sets from --path.procfs."""
     import psutil
-    if procfs != psutil.PROCFS_PATH:
-        psutil.PROCFS_PATH = procfs
     try:
         p = psutil.Process(pid)
         if abs(p.create_time() - start_time) > 1.0:
@@ -48,9 +47,8 @@ def read_memory(pid: int, start_time: float, procfs: str = "/proc") -> tuple[int
 class MemoryDetail:
     """The last USS and PSS of each worker, keyed by (pid, start time)."""
 
-    def __init__(self, interval: float, procfs: str = "/proc"):
+    def __init__(self, interval: float):
         self.interval = interval            # 0: never read
-        self.procfs = procfs
         self.values: dict[tuple[int, float], tuple[int, int]] = {}
         self._queue: list[tuple[int, float]] = []
         self._next = 0.0
@@ -86,7 +84,7 @@ class MemoryDetail:
             if time.monotonic() >= deadline:
                 break
             try:
-                got[key] = read_memory(key[0], key[1], self.procfs)
+                got[key] = read_memory(key[0], key[1])
             except Exception as e:  # noqa: BLE001 - one process costs itself only
                 log.debug("memory of %d: %r", key[0], e)
                 got[key] = None
