@@ -41,6 +41,8 @@ CASES = [
      "9112 2.2: MUST reject or replace"),
     ("NUL in a field", b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", False, True,
      "9110 5.5: MUST reject or replace"),
+    ("obs-fold", b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", False, False,
+     "9112 5.2: MUST reject (400) or replace with SP; h11 replaces"),
     ("space before the colon", b"GET /-/healthy HTTP/1.1\r\nHost : x\r\n\r\n", False, True,
      "9112 5.1: MUST 400"),
     ("space in a field name", b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n",
