@@ -38,7 +38,7 @@ import socket
 import time
 from collections import Counter, OrderedDict
 
-from exporter.webconfig import peer_sans
+from exporter.webtls import peer_sans
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ from exporter.metrics import render, render_web
 from exporter.metrics.encode import choose
 from exporter.scrape import Scraper
 from exporter.webauth import BasicAuth, RateLimit
-from exporter.webconfig import WebConfigHolder, describe_tls
+from exporter.webconfig import WebConfigHolder
+from exporter.webtls import describe_tls
 
 log = logging.getLogger(__name__)
 

@@ -54,9 +54,11 @@ class BasicAuth:
     async def check(self, users: dict[str, bytes], header: str) -> bool | None:
         """True: let in; False: wrong or missing credentials; None: too many checks
         waiting, not checked."""
+        if not users:
+            return True
         creds = parse_basic(header)
-        if creds is None or not users:
-            return creds is not None or not users
+        if creds is None:
+            return False
         user, password = creds
         hashed = users.get(user)
         key = hashlib.sha256(b"\0".join((user.encode(), hashed or b"", password.encode())))\

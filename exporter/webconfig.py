@@ -15,13 +15,12 @@ the exporter exits 2 at start. Values exporter-toolkit accepts but that make eve
 handshake fail (a CA file without a certificate, `min_version` above `max_version`) are
 accepted too, with a warning in the log.
 
-Every file is opened only if it is a regular file and read up to 1 MiB; inline
-certificates and keys reach OpenSSL through a memfd, never a file on disk.
+Every file is opened only if it is a regular file and read up to 1 MiB. The TLS context
+is built in exporter/webtls.py; bcrypt and the rate limit are exporter/webauth.py.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -29,43 +28,14 @@ import ssl
 import stat
 from dataclasses import dataclass, field
 
+from exporter import webtls
+from exporter.webtls import describe_tls
+
 log = logging.getLogger(__name__)
 
 MAX_FILE = 1 << 20
 MAX_NODES = 100_000         # YAML nodes visited, aliases included (no billion laughs)
 MAX_DEPTH = 16              # the format nests 3 deep; a recursive alias ends here
-TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
-                "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-CLIENT_AUTH = {"": ssl.CERT_NONE, "NoClientCert": ssl.CERT_NONE,
-               # requested but never verified nor required: for access, the same as not
-               # asking (nothing here reads an unverified certificate)
-               "RequestClientCert": ssl.CERT_NONE,
-               "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-               "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
-UNVERIFIED_REQUIRED = {"RequireAnyClientCert", "RequireClientCert"}
-# The names Go's tls.CipherSuites() knows, to OpenSSL's; TLS 1.3 suites (None) cannot be
-# chosen in Go either: listing them changes nothing for TLS 1.3.
-CIPHERS = {
-    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
-    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
-    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
-    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "TLS_AES_128_GCM_SHA256": None,
-    "TLS_AES_256_GCM_SHA384": None,
-    "TLS_CHACHA20_POLY1305_SHA256": None,
-}
-CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1",
-          "X25519": "X25519"}
 # The only headers exporter-toolkit lets a file set, and the values it allows (None: any)
 HEADERS = {"Strict-Transport-Security": None, "X-Content-Type-Options": ("nosniff",),
            "X-Frame-Options": ("deny", "sameorigin"), "X-XSS-Protection": None,
@@ -80,7 +50,7 @@ KEYS = {
     "rate_limit": {"interval", "burst"},
 }
 TLS_ON = ("cert_file", "cert", "key_file", "key", "client_ca_file", "client_ca",
-          "client_auth_type")
+          "client_auth_type")     # any of these set: TLS (as exporter-toolkit decides)
 _GO_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
           "h": 3600.0}
@@ -311,9 +281,10 @@ def _rate_limit(rate: dict, warnings: list[str]) -> tuple[float, int] | None:
     return seconds, burst
 
 
-# --- TLS -------------------------------------------------------------------------------
+# --- TLS: the values, read here; the context, built in exporter/webtls.py ----------------
 
 def _one_of(tls: dict, inline: str, file: str, base: str, files: list[str]) -> bytes | None:
+    """PEM given inline or as a file (relative to the config file), not both."""
     text = _text(tls.get(inline), f"tls_server_config.{inline}")
     name = _text(tls.get(file), f"tls_server_config.{file}")
     if text and name:
@@ -323,25 +294,6 @@ def _one_of(tls: dict, inline: str, file: str, base: str, files: list[str]) -> b
         files.append(path)
         return read_regular(path, f"tls_server_config.{file}")
     return text.encode() if text else None
-
-
-def _memfd(data: bytes) -> int:
-    fd = os.memfd_create("gunicorn-exporter-tls", os.MFD_CLOEXEC)
-    os.write(fd, data)
-    return fd
-
-
-def _load_chain(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
-    fds = [_memfd(cert), _memfd(key)]
-    try:
-        ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}",
-                            password=lambda: b"")
-    except (OSError, ssl.SSLError) as e:
-        raise WebConfigError("tls_server_config: cannot load cert_file/key_file (or cert/key): "
-                             f"{e}") from None
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def _tls(tls: dict, base: str, files: list[str], warnings: list[str]):
@@ -354,120 +306,21 @@ def _tls(tls: dict, base: str, files: list[str], warnings: list[str]):
         raise WebConfigError("tls_server_config: cert_file (or cert) is missing")
     if key is None:
         raise WebConfigError("tls_server_config: key_file (or key) is missing")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _load_chain(ctx, cert, key)
-    versions = {}
-    for k, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
-        name = _text(tls.get(k), f"tls_server_config.{k}") or default
-        if name not in TLS_VERSIONS:
-            raise WebConfigError(f"tls_server_config.{k} must be one of {', '.join(TLS_VERSIONS)}")
-        versions[k] = TLS_VERSIONS[name]
-    ctx.minimum_version, ctx.maximum_version = versions["min_version"], versions["max_version"]
-    _ciphers(ctx, _texts(tls.get("cipher_suites"), "tls_server_config.cipher_suites"))
-    if ctx.minimum_version > ctx.maximum_version:
-        warnings.append("tls_server_config: min_version is above max_version (or only TLS 1.3 "
-                        "cipher suites are listed): every TLS handshake will fail")
-    prefer = _typed(tls.get("prefer_server_cipher_suites"),
-                    "tls_server_config.prefer_server_cipher_suites", "bool", "true or false")
-    if prefer is not False:
-        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    _curves(ctx, _texts(tls.get("curve_preferences"), "tls_server_config.curve_preferences"))
-    sans = _texts(tls.get("client_allowed_sans"), "tls_server_config.client_allowed_sans")
-    _client_auth(ctx, tls, base, files, warnings, sans is not None)
-    if sans is not None and ctx.verify_mode == ssl.CERT_NONE:
-        warnings.append("client_allowed_sans without a verified client certificate: every "
-                        "client is refused")
-    if sans is not None and not sans:
-        warnings.append("client_allowed_sans is an empty list: every client is refused")
-    return ctx, None if sans is None else frozenset(normalise_san(s) for s in sans)
-
-
-def _ciphers(ctx: ssl.SSLContext, suites: list[str] | None) -> None:
-    if not suites:
-        return
-    names = []
-    for s in suites:
-        if s not in CIPHERS:
-            raise WebConfigError(f"tls_server_config.cipher_suites: unknown cipher {s[:60]!r}")
-        if CIPHERS[s]:
-            names.append(CIPHERS[s])
-    if not names:   # TLS 1.3 suites only: as in Go, nothing is left for TLS 1.2 and below
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        return
+    key_ = "tls_server_config."
+    settings = webtls.TLSSettings(
+        cert=cert, key=key, client_ca=_one_of(tls, "client_ca", "client_ca_file", base, files),
+        client_auth=_text(tls.get("client_auth_type"), key_ + "client_auth_type") or "",
+        min_version=_text(tls.get("min_version"), key_ + "min_version") or "TLS12",
+        max_version=_text(tls.get("max_version"), key_ + "max_version") or "TLS13",
+        cipher_suites=_texts(tls.get("cipher_suites"), key_ + "cipher_suites"),
+        prefer_server=_typed(tls.get("prefer_server_cipher_suites"),
+                             key_ + "prefer_server_cipher_suites", "bool", "true or false"),
+        curves=_texts(tls.get("curve_preferences"), key_ + "curve_preferences"),
+        allowed_sans=_texts(tls.get("client_allowed_sans"), key_ + "client_allowed_sans"))
     try:
-        ctx.set_ciphers(":".join(names))
-    except ssl.SSLError as e:
-        raise WebConfigError(f"tls_server_config.cipher_suites: {e}") from None
-
-
-def _curves(ctx: ssl.SSLContext, curves: list[str] | None) -> None:
-    if not curves:
-        return
-    for c in curves:
-        if c not in CURVES:
-            raise WebConfigError(f"tls_server_config.curve_preferences: unknown curve {c[:60]!r} "
-                                 f"(one of {', '.join(CURVES)})")
-    if len(curves) > 1:
-        raise WebConfigError("tls_server_config.curve_preferences: Python's ssl can limit the "
-                             "handshake to one curve but not offer a list in order; give one "
-                             "curve, or none for OpenSSL's defaults")
-    ctx.set_ecdh_curve(CURVES[curves[0]])
-
-
-def _client_auth(ctx, tls: dict, base: str, files: list[str], warnings: list[str],
-                 with_sans: bool) -> None:
-    mode = _text(tls.get("client_auth_type"), "tls_server_config.client_auth_type") or ""
-    if mode in UNVERIFIED_REQUIRED:
-        raise WebConfigError(f"tls_server_config.client_auth_type {mode}: Python's ssl cannot "
-                             "require a client certificate without verifying it; use "
-                             "RequireAndVerifyClientCert with client_ca_file")
-    if mode not in CLIENT_AUTH:
-        raise WebConfigError("tls_server_config.client_auth_type must be one of "
-                             "NoClientCert, RequestClientCert, RequireAnyClientCert, "
-                             "VerifyClientCertIfGiven, RequireAndVerifyClientCert")
-    if mode == "RequestClientCert" and with_sans:
-        raise WebConfigError("tls_server_config: client_allowed_sans with client_auth_type "
-                             "RequestClientCert would check certificates nobody verified; "
-                             "Python's ssl cannot read those: use VerifyClientCertIfGiven or "
-                             "RequireAndVerifyClientCert")
-    ctx.verify_mode = CLIENT_AUTH[mode]
-    ca = _one_of(tls, "client_ca", "client_ca_file", base, files)
-    if ca is not None and ctx.verify_mode == ssl.CERT_NONE:
-        raise WebConfigError("tls_server_config: a client CA is configured without a client "
-                             "auth policy (client_auth_type)")
-    if ctx.verify_mode == ssl.CERT_NONE:
-        return
-    if ca is None:
-        ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)   # the system's roots, as Go does
-        return
-    try:
-        ctx.load_verify_locations(cadata=ca.decode("ascii", "replace"))
-    except ssl.SSLError:
-        warnings.append("the client CA (client_ca_file/client_ca) holds no certificate: every "
-                        "client certificate will be refused")
-
-
-def describe_tls(ctx: ssl.SSLContext | None) -> str:
-    if ctx is None:
-        return "plain HTTP"
-    clients = {ssl.CERT_NONE: "no client certificate", ssl.CERT_OPTIONAL:
-               "client certificates verified if given", ssl.CERT_REQUIRED:
-               "client certificate required"}[ctx.verify_mode]
-    return f"TLS {ctx.minimum_version.name}-{ctx.maximum_version.name}, {clients}"
-
-
-def normalise_san(value: str) -> str:
-    """A SAN as Go prints it: IP addresses in their shortest form, the rest as given."""
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        return value
-
-
-def peer_sans(ssl_object) -> set[str]:
-    """Subject alternative names of a verified client certificate (empty if none)."""
-    cert = ssl_object.getpeercert() if ssl_object is not None else None
-    return {normalise_san(v) for _k, v in (cert or {}).get("subjectAltName", ())}
+        return webtls.context(settings, warnings)
+    except webtls.TLSError as e:
+        raise WebConfigError(str(e)) from None
 
 
 # --- the file in force -----------------------------------------------------------------

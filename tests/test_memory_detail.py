@@ -10,7 +10,7 @@ import pytest
 
 from exporter.gunicorn.memdetail import MemoryDetail, read_memory
 from tests.conftest import require
-from tests.exposition import scrape, value
+from tests.exposition import scrape
 from tests.harness import poll, running_exporter, unique_name
 
 MiB = 1024 * 1024

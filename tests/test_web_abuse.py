@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import socket
-import ssl
 import statistics
 import subprocess
 import time
@@ -27,7 +26,7 @@ import pytest
 
 from tests.conftest import require
 from tests.exposition import parse_strict, value
-from tests.harness import APPS_DIR, free_port, poll, running_exporter
+from tests.harness import APPS_DIR, poll, running_exporter
 from tests.hostile import throwaway_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

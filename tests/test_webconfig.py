@@ -5,20 +5,17 @@ knows, both accept the same files and refuse the same broken ones."""
 
 from __future__ import annotations
 
-import shutil
-import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from exporter.webconfig import (WebConfigError, load_web_config, normalise_san,
-                                parse_go_duration)
+from exporter.webconfig import WebConfigError, load_web_config, parse_go_duration
+from exporter.webtls import normalise_san
 from tests.conftest import require
 from tests.harness import free_port, poll, stop_process
 
@@ -242,7 +239,7 @@ def parity_files(pki: Path) -> list[tuple[str, str, bool, bool]]:
         ("tls keys without a certificate", "tls_server_config:\n  min_version: TLS13\n", False, True),
         ("unknown key", "nonsense: 1\n", False, False),
         ("misspelt tls key", "tls_server_config:\n  cert_fiel: x\n", False, False),
-        ("duplicate key", f"basic_auth_users: {{}}\nbasic_auth_users: {{}}\n", False, False),
+        ("duplicate key", "basic_auth_users: {}\nbasic_auth_users: {}\n", False, False),
         ("password not a hash", "basic_auth_users:\n  alice: secret\n", False, False),
         ("header not allowed", "http_server_config:\n  headers:\n    X-Custom: 1\n", False, False),
         ("header value not allowed", "http_server_config:\n  headers:\n"
@@ -275,3 +272,48 @@ def test_node_exporter_and_this_exporter_accept_and_refuse_the_same_files(pki, t
         if not theirs == ours == accepted:
             differ.append(f"{name}: node_exporter {theirs}, exporter {ours}, expected {accepted}")
     assert not differ, differ
+
+
+# --- basic auth and the rate limit (exporter/webauth.py) on literal values -------------
+
+def test_basic_auth_header_parsing():
+    from exporter.webauth import parse_basic
+    assert parse_basic("Basic YWxpY2U6cGE6c3M=") == ("alice", "pa:ss")
+    assert parse_basic("basic  YWxpY2U6") == ("alice", "")
+    for bad in ("", "Bearer x", "Basic !!!", "Basic YWxpY2U=", "Basic " + "A" * 5000):
+        assert parse_basic(bad) is None, bad
+
+
+def test_verified_credentials_are_remembered_failures_are_not():
+    import asyncio
+    import base64
+
+    import bcrypt
+    from exporter.webauth import BasicAuth
+    users = {"alice": bcrypt.hashpw(b"secret", bcrypt.gensalt(4))}
+
+    def header(user, pw):
+        return "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+
+    async def go():
+        auth = BasicAuth()
+        try:
+            assert await auth.check(users, header("alice", "secret")) is True
+            assert await auth.check(users, header("alice", "secret")) is True
+            assert auth.checks == 1                       # the second from the cache
+            for _ in range(2):
+                assert await auth.check(users, header("alice", "wrong")) is False
+                assert await auth.check(users, header("bob", "secret")) is False
+            assert auth.checks == 5                       # every failure checked again
+            assert await auth.check(users, "") is False
+            assert await auth.check({}, "") is True       # no users: no auth
+        finally:
+            auth.close()
+    asyncio.run(go())
+
+
+def test_rate_limit_is_a_token_bucket_that_starts_full():
+    from exporter.webauth import RateLimit
+    r = RateLimit(3600.0, 3)
+    assert [r.allow() for _ in range(5)] == [True, True, True, False, False]
+    assert not RateLimit(3600.0, 0).allow()
