@@ -180,3 +180,24 @@ def test_inline_certificates_ciphers_and_curves(tmp_path, pki):
                             str(pki / "ca.crt"), "-o", "/dev/null", "-w", "%{http_code}",
                             base + "/-/healthy"], capture_output=True, text=True, timeout=30)
         assert r.stdout == "200", r.stderr
+
+
+def test_a_stalled_handshake_meets_the_head_deadline(tmp_path, pki):
+    """A client that connects to the TLS port and sends nothing is disconnected after
+    --web.header-timeout (the client's clock), and counted."""
+    import time
+    (pki / "deadline.yml").write_text("tls_server_config:\n  cert_file: server.crt\n"
+                                      "  key_file: server.key\n")
+    with running_exporter(tmp_path, "--no-collector.postgres", "--no-collector.gunicorn",
+                          "--web.header-timeout", "2s", "--web.config.file",
+                          str(pki / "deadline.yml"), scheme="https",
+                          ready=lambda base: status(base, client(pki)) == 200) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            start = time.monotonic()
+            assert s.recv(1) == b""                # closed by the exporter, not by us
+            took = time.monotonic() - start
+        assert 1.9 <= took < 5, took
+        with urllib.request.urlopen(base + "/metrics", context=client(pki), timeout=5) as r:
+            seen = parse_strict(r.read().decode())
+        assert value(seen, "gunicorn_exporter_web_refused_total", reason="header_timeout") >= 1
