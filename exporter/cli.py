@@ -9,7 +9,6 @@ import sys
 from exporter import __version__
 from exporter.collectors import build
 from exporter.config import ConfigError, build_parser, load
-from exporter.http import serve
 from exporter.webconfig import WebConfigError, WebConfigHolder
 from exporter.scrape import Scraper
 
@@ -25,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         from exporter.doctor.main import main as doctor_main
         return doctor_main(args[1:])
     config = load(argv)
+    config.use_procfs()
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper()),
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
@@ -35,12 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         web = WebConfigHolder(config.web_config_file)
     except (ConfigError, WebConfigError) as e:  # a DSN file or a web config that is bad
         build_parser().error(str(e))
-    log.info("starting gunicorn-exporter %s on %s%s with collectors %s", __version__,
-             config.listen_address, config.telemetry_path,
-             ",".join(c.name for c in collectors) or "(none)")
+    from exporter.http import listening_sockets, serve
     try:
-        asyncio.run(serve(config, Scraper(collectors, config.scrape_timeout), web))
+        sockets = listening_sockets(config)
     except OSError as e:
-        log.error("cannot listen on %s: %s", config.listen_address, e.strerror or e)
+        log.error("%s", e)
         return 1
+    log.info("starting gunicorn-exporter %s with collectors %s", __version__,
+             ",".join(c.name for c in collectors) or "(none)")
+    asyncio.run(serve(config, Scraper(collectors, config.scrape_timeout), web, sockets))
     return 0

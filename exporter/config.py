@@ -22,7 +22,7 @@ from exporter.collectors.gunicorn import GunicornOptions
 from exporter.collectors.postgres import PostgresOptions
 from exporter.postgres.dsn import dsn_endpoint, read_dsn_file, server_label
 from exporter.options import BY_KEY, OPTIONS
-from exporter.parsing import ConfigError, parse_bool, parse_listen_address
+from exporter.parsing import ConfigError, parse_bool
 
 ENV_PREFIX = "GUNICORN_EXPORTER_"
 # The collectors, on or off by default (--collector.NAME / --no-collector.NAME)
@@ -41,9 +41,12 @@ def _field(o):
 class _Methods:
     """What the settings mean for the parts of the exporter that use them."""
 
-    @property
-    def host_port(self) -> tuple[str | None, int]:
-        return parse_listen_address(self.listen_address)
+    def use_procfs(self) -> None:
+        """psutil (worker USS/PSS, the doctor's facts) reads the same proc root as the
+        rest: process-wide, so only the entry points call this."""
+        if self.procfs != "/proc":
+            import psutil
+            psutil.PROCFS_PATH = self.procfs
 
     def postgres_options(self) -> PostgresOptions:
         """PostgresOptions (reads the DSN files; ConfigError when one is bad)."""
@@ -90,7 +93,8 @@ class _Methods:
             db_ports=ports, db_socket_paths=paths, app_names=self.app_names,
             control_socket=self.control_socket, control_timeout=self.control_timeout,
             forget_after=self.forget_after, expected_apps=self.expected_apps, users=self.users,
-            include=self.include, exclude=self.exclude, max_masters=self.max_masters)
+            include=self.include, exclude=self.exclude, max_masters=self.max_masters,
+            memory_detail_interval=self.memory_detail_interval)
 
 
 Config = dataclasses.make_dataclass(
@@ -122,6 +126,10 @@ def build_parser(hidden: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     def shown(key: str, text: str) -> str:
         return argparse.SUPPRESS if key.startswith(hidden) else text
     for o in OPTIONS:
+        if o.flag:
+            p.add_argument(f"--{o.key}", dest=o.dest, metavar="BOOL", help=shown(o.key, o.help_text()),
+                           nargs="?", const=True, default=None)
+            continue
         p.add_argument(f"--{o.key}", dest=o.dest, metavar="VALUE", help=shown(o.key, o.help_text()),
                        action="append" if o.repeatable else "store", default=None)
     for name, (on, text) in COLLECTORS.items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exporter.logs.access import DEFAULT_COMPILED as DEFAULT_ACCESS_FORMATS
-from exporter.parsing import (DEFAULT_PORT, _log_level, _max_names,
+from exporter.parsing import (DEFAULT_PORT, ConfigError, _log_level, _max_names,
                               parse_access_formats, parse_app_budgets, parse_app_names,
                               parse_bool, parse_dsn_files, parse_dsns, parse_duration,
                               parse_line_length, parse_listen_address,
@@ -34,6 +34,7 @@ class Option:
     repeatable: bool = False
     comma_split: bool = True  # repeatable: one environment variable may hold a comma list
     secret: bool = False      # never shown (DSNs may hold passwords)
+    flag: bool = False        # a switch: --key alone means true (--key=false also works)
     shown: str | None = None  # the default as the help text says it (else derived)
 
     def help_text(self) -> str:
@@ -58,18 +59,36 @@ def _listen_address(value) -> str:
     return str(value)
 
 
+def _listen_addresses(values) -> tuple[str, ...]:
+    out = []
+    for v in values if isinstance(values, (list, tuple)) else [values]:
+        for part in str(v).split(","):
+            if part.strip():
+                out.append(_listen_address(part.strip()))
+    if not out:
+        raise ConfigError("give at least one HOST:PORT")
+    return tuple(dict.fromkeys(out))
+
+
 O = Option
 OPTIONS: tuple[Option, ...] = (
-    O("web.listen-address", "listen_address", _listen_address, f":{DEFAULT_PORT}",
-      "address to serve metrics on"),
+    O("web.listen-address", "listen_addresses", _listen_addresses, (f":{DEFAULT_PORT}",),
+      "address to serve metrics on: HOST:PORT, [IPv6]:PORT, or :PORT for every address "
+      "(repeatable or comma-separated)", repeatable=True),
+    O("web.systemd-socket", "web_systemd_socket", parse_bool, False,
+      "serve on the sockets systemd passes (socket activation: LISTEN_FDS) instead of "
+      "--web.listen-address", flag=True),
     O("web.telemetry-path", "telemetry_path", _telemetry_path, "/metrics", "path of the metrics page"),
     O("web.config.file", "web_config_file", _path, None,
       "exporter-toolkit web config (YAML) with TLS, client certificates, basic auth and "
       "headers; re-read on SIGHUP and when it or a file it names changes", shown=""),
     O("web.max-connections", "web_max_connections", _positive_int, 64,
-      "connections served at once; more are answered 503 and closed"),
+      "connections kept at once: a new one pushes out the oldest that is not being served "
+      "(idle, half-sent, handshaking or not reading); 503 only when all are being served"),
     O("web.header-timeout", "web_header_timeout", _positive_duration, 10.0,
       "time a client has to send its request headers (and finish a TLS handshake)"),
+    O("web.write-timeout", "web_write_timeout", _positive_duration, 10.0,
+      "time a client has to read an answer; then the connection is closed"),
     O("web.health-auth", "web_health_auth", parse_bool, True,
       "/-/healthy needs the same credentials as /metrics; false leaves it open (for probes)"),
     O("log.level", "log_level", _log_level, "info", "debug, info, warn or error"),
@@ -103,6 +122,10 @@ OPTIONS: tuple[Option, ...] = (
     O("gunicorn.exclude", "exclude", parse_regex, None,
       "do not report apps whose whole name matches this regular expression", comma_split=False,
       shown="none"),
+    O("gunicorn.memory-detail-interval", "memory_detail_interval", parse_duration, 60.0,
+      "how often each worker's unique and proportional memory (USS, PSS: psutil, "
+      "/proc/PID/smaps_rollup) is read, in a thread, off the scrape's path; 0 = never",
+      shown="60s"),
     O("gunicorn.max-masters", "max_masters", parse_max_masters, 256,
       "masters measured per scrape, shared out between their users; the rest are counted in "
       "gunicorn_exporter_dropped_masters"),

@@ -32,6 +32,10 @@ class WorkerSnapshot:
     db_tcp: list[tuple[str, int, str, int]] = field(default_factory=list)
     db_unix: list[tuple[int, int]] = field(default_factory=list)
     connections_idle: int | None = None     # None: not measured (unix listeners, sync workers...)
+    # memory only this worker maps (USS) and its proportional share (PSS), read every
+    # --gunicorn.memory-detail-interval (exporter/gunicorn/memdetail.py); None: not yet
+    unique_memory_bytes: int | None = None
+    proportional_memory_bytes: int | None = None
     heartbeat_file: HeartbeatFile | None = None  # for the sampler (not rendered)
 
     @property

@@ -1,226 +1,344 @@
-"""`--web.config.file`: TLS, client certificates, basic auth and response headers, in
-the format every Prometheus exporter reads (prometheus/exporter-toolkit's web config):
+"""`--web.config.file`: the web configuration file every Prometheus exporter reads
+(prometheus/exporter-toolkit's format, docs/configuration.md#tls-and-basic-auth), all of
+it: `tls_server_config` (certificate and key as files or inline, the five
+`client_auth_type`s, client CA as a file or inline, `client_allowed_sans`, TLS versions,
+cipher suites, curves, server cipher preference), `http_server_config` (`headers`;
+`http2`, accepted and ignored: HTTP/1.1 is served), `basic_auth_users` and `rate_limit`.
 
-    tls_server_config:
-      cert_file: /etc/gunicorn-exporter/tls.crt
-      key_file: /etc/gunicorn-exporter/tls.key
-      client_auth_type: RequireAndVerifyClientCert   # or NoClientCert (default), VerifyClientCertIfGiven
-      client_ca_file: /etc/gunicorn-exporter/ca.crt
-      min_version: TLS12                             # TLS10 .. TLS13
-      max_version: TLS13
-      cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]   # TLS 1.2 and below
-    http_server_config:
-      headers: {X-Frame-Options: deny}
-    basic_auth_users:
-      prometheus: $2b$12$...                         # bcrypt hashes (htpasswd -nBC 12 "")
+The file is read the way exporter-toolkit reads it (Go's yaml.v2 in strict mode): an
+unknown key, a key given twice or a value of the wrong kind is refused, a scalar where a
+string is wanted is taken as its text, relative paths are relative to the file. A file
+node_exporter accepts is accepted here with the same meaning; where Python's `ssl`
+cannot do what a value asks (`RequireAnyClientCert`: a client certificate that is
+required but not verified; more than one curve), `WebConfigError` names the key, and
+the exporter exits 2 at start. Values exporter-toolkit accepts but that make every
+handshake fail (a CA file without a certificate, `min_version` above `max_version`) are
+accepted too, with a warning in the log.
 
-Unknown keys, unreadable files, a certificate that does not match its key: a
-`WebConfigError` with one readable message (exit 2 at start). The file and the files it
-names are re-read on SIGHUP and whenever one of them changes: a new TLS context takes
-the next handshake (the listener stays), and a broken new file keeps the old config in
-force (`gunicorn_exporter_web_config_last_reload_successful 0`, logged).
-
-Passwords are checked with bcrypt (constant time in the password); an unknown user costs
-a bcrypt check too, so response times do not say which users exist. A successful check
-is cached by (user, SHA-256 of the password) so scrapes do not pay bcrypt every time.
+Every file is opened only if it is a regular file and read up to 1 MiB. The TLS context
+is built in exporter/webtls.py; bcrypt and the rate limit are exporter/webauth.py.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
 import os
+import re
 import ssl
+import stat
 from dataclasses import dataclass, field
+
+from exporter import webtls
+from exporter.webtls import describe_tls
 
 log = logging.getLogger(__name__)
 
-TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
-                "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-               "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
-UNSUPPORTED_CLIENT_AUTH = {"RequestClientCert", "RequireAnyClientCert"}
-# Go's names of the TLS <= 1.2 suites it offers, and OpenSSL's (TLS 1.3 suites are fixed)
-CIPHERS = {
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
-    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
-    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
-}
-TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version",
-            "max_version", "cipher_suites", "prefer_server_cipher_suites", "curve_preferences"}
-HTTP_KEYS = {"headers", "http2"}
-TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
-RESERVED_HEADERS = {"content-length", "content-type", "content-encoding", "connection",
-                    "transfer-encoding", "www-authenticate"}
 MAX_FILE = 1 << 20
-_DUMMY_HASH = b"$2b$10$abcdefghijklmnopqrstuu5fCXwfAq7ZJVl2FhgDaE3ks4rXeMJQ1u"
+MAX_NODES = 100_000         # YAML nodes visited, aliases included (no billion laughs)
+MAX_DEPTH = 16              # the format nests 3 deep; a recursive alias ends here
+# The only headers exporter-toolkit lets a file set, and the values it allows (None: any)
+HEADERS = {"Strict-Transport-Security": None, "X-Content-Type-Options": ("nosniff",),
+           "X-Frame-Options": ("deny", "sameorigin"), "X-XSS-Protection": None,
+           "Content-Security-Policy": None}
+KEYS = {
+    "": {"tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"},
+    "tls_server_config": {"cert", "key", "client_ca", "cert_file", "key_file",
+                          "client_auth_type", "client_ca_file", "client_allowed_sans",
+                          "min_version", "max_version", "cipher_suites",
+                          "prefer_server_cipher_suites", "curve_preferences"},
+    "http_server_config": {"http2", "headers"},
+    "rate_limit": {"interval", "burst"},
+}
+TLS_ON = ("cert_file", "cert", "key_file", "key", "client_ca_file", "client_ca",
+          "client_auth_type")     # any of these set: TLS (as exporter-toolkit decides)
+_GO_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+          "h": 3600.0}
 
 
 class WebConfigError(ValueError):
     pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class WebConfig:
-    ssl: ssl.SSLContext | None = None
-    users: dict[str, bytes] = field(default_factory=dict)   # user -> bcrypt hash
+    ssl: ssl.SSLContext | None = None                     # None: plain HTTP
+    allowed_sans: frozenset[str] | None = None            # None: any verified client
+    users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
     headers: dict[str, str] = field(default_factory=dict)
-    files: tuple[str, ...] = ()                              # what a reload watches
+    rate_limit: tuple[float, int] | None = None           # (seconds per request, burst)
+    files: tuple[str, ...] = ()                           # what a reload watches
+    warnings: tuple[str, ...] = ()
 
     @property
     def auth(self) -> bool:
         return bool(self.users)
 
 
-def _read_yaml(path: str):
-    import yaml
+# --- reading -------------------------------------------------------------------------
+
+def read_regular(path: str, what: str) -> bytes:
+    """A regular file's bytes (at most MAX_FILE); anything else is a WebConfigError."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        raise WebConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise WebConfigError(f"{what} {path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(MAX_FILE + 1)
     except OSError as e:
-        raise WebConfigError(f"cannot read web config file {path}: {e.strerror or e}") from None
+        raise WebConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_FILE:
-        raise WebConfigError(f"web config file {path} is larger than {MAX_FILE} bytes")
+        raise WebConfigError(f"{what} {path} is larger than {MAX_FILE} bytes")
+    return data
+
+
+def parse_document(data: bytes, where: str):
+    """YAML -> dicts, lists and scalar nodes, refusing what yaml.v2's strict mode refuses
+    (a key twice, a non-scalar key); at most MAX_NODES nodes, MAX_DEPTH deep."""
+    import yaml
     try:
-        doc = yaml.safe_load(data)
+        root = yaml.compose(data, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
-        raise WebConfigError(f"web config file {path} is not valid YAML: {str(e)[:200]}") from None
-    if doc is None:
+        raise WebConfigError(f"{where} is not valid YAML: {str(e)[:200]}") from None
+    budget = [MAX_NODES]
+
+    def convert(node, depth=0):
+        budget[0] -= 1
+        if budget[0] < 0 or depth > MAX_DEPTH:
+            raise WebConfigError(f"{where}: more than {MAX_NODES} YAML nodes or nested "
+                                 f"deeper than {MAX_DEPTH} (a recursive alias?)")
+        if isinstance(node, yaml.MappingNode):
+            out = {}
+            for k, v in node.value:
+                if not isinstance(k, yaml.ScalarNode):
+                    raise WebConfigError(f"{where}: a key that is not a plain value")
+                if k.value in out:
+                    raise WebConfigError(f"{where}: key {k.value[:60]!r} appears twice "
+                                         f"(line {k.start_mark.line + 1})")
+                out[k.value] = convert(v, depth + 1)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [convert(v, depth + 1) for v in node.value]
+        return node
+    return {} if root is None else convert(root)
+
+
+def _null(v) -> bool:
+    return v is None or (not isinstance(v, (dict, list)) and v.tag.endswith(":null"))
+
+
+def _text(v, key: str) -> str | None:
+    """A string setting: any scalar, as written (yaml.v2 does the same)."""
+    if _null(v):
+        return None
+    if isinstance(v, (dict, list)):
+        raise WebConfigError(f"{key} must be a single value")
+    return v.value
+
+
+def _typed(v, key: str, kind: str, what: str):
+    import yaml
+    if _null(v):
+        return None
+    if isinstance(v, (dict, list)) or not v.tag.endswith(":" + kind):
+        raise WebConfigError(f"{key} must be {what}")
+    return yaml.constructor.SafeConstructor().construct_object(v)
+
+
+def _texts(v, key: str) -> list[str] | None:
+    if _null(v):
+        return None
+    if not isinstance(v, list):
+        raise WebConfigError(f"{key} must be a list")
+    return [_text(x, key) or "" for x in v]
+
+
+def _table(value, key: str) -> dict:
+    """A mapping with only the keys the format has (KEYS[key]; "" is the file itself)."""
+    if _null(value):
         return {}
-    if not isinstance(doc, dict):
-        raise WebConfigError(f"web config file {path}: expected a mapping at the top")
-    return doc
-
-
-def _table(doc: dict, key: str, allowed: set[str], where: str) -> dict:
-    value = doc.get(key) or {}
+    name = key or "the file"
     if not isinstance(value, dict):
-        raise WebConfigError(f"{where}: {key} must be a mapping")
-    unknown = sorted(set(value) - allowed)
+        raise WebConfigError(f"{name} must be a mapping")
+    unknown = sorted(set(value) - KEYS[key])
     if unknown:
-        raise WebConfigError(f"{where}: unknown key(s) in {key}: {', '.join(map(str, unknown))}")
+        raise WebConfigError(f"unknown key(s){' in ' + key if key else ''}: "
+                             f"{', '.join(u[:60] for u in unknown)}")
     return value
 
 
+def parse_go_duration(text: str) -> float:
+    """Go's time.ParseDuration ('1s', '1m30s', '500ms', '-1.5h') -> seconds."""
+    s = text.strip()
+    sign = -1.0 if s.startswith("-") else 1.0
+    s = s.lstrip("+-")
+    if s == "0":
+        return 0.0
+    total, pos = 0.0, 0
+    while pos < len(s):
+        m = _GO_DURATION.match(s, pos)
+        if not m or m.group(1) in ("", "."):
+            raise WebConfigError(f"{text!r} is not a duration (examples: 1s, 500ms, 1m30s)")
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not s:
+        raise WebConfigError(f"{text!r} is not a duration (examples: 1s, 500ms, 1m30s)")
+    return sign * total
+
+
+# --- the file --------------------------------------------------------------------------
+
 def load_web_config(path: str) -> WebConfig:
-    """Parse and check the whole file; WebConfigError with one message otherwise."""
-    doc = _read_yaml(path)
-    unknown = sorted(set(doc) - TOP_KEYS)
-    if unknown:
-        raise WebConfigError(f"web config file {path}: unknown key(s): {', '.join(map(str, unknown))}")
-    base = os.path.dirname(os.path.abspath(path))
-    tls = _table(doc, "tls_server_config", TLS_KEYS, path)
-    http = _table(doc, "http_server_config", HTTP_KEYS, path)
-    cfg = WebConfig(files=(path,))
-    if tls:
-        cfg.ssl, files = _ssl_context(tls, base, path)
-        cfg.files += files
-    if http.get("http2"):
-        log.info("web config: http2 is not served; HTTP/1.1 it is")
-    headers = http.get("headers") or {}
-    if not isinstance(headers, dict):
-        raise WebConfigError(f"{path}: http_server_config.headers must be a mapping")
-    for name, value in headers.items():
-        name, value = str(name), str(value)
-        if not name or any(c in name for c in ":\r\n ") or any(c in value for c in "\r\n"):
-            raise WebConfigError(f"{path}: header {name[:60]!r} is not a valid header")
-        if name.lower() in RESERVED_HEADERS:
-            raise WebConfigError(f"{path}: header {name!r} is set by the exporter itself")
-        cfg.headers[name] = value
-    users = doc.get("basic_auth_users") or {}
-    if not isinstance(users, dict):
-        raise WebConfigError(f"{path}: basic_auth_users must be a mapping of user: bcrypt hash")
-    for user, hashed in users.items():
-        hashed = str(hashed).encode()
-        if not hashed.startswith((b"$2a$", b"$2b$", b"$2y$")) or len(hashed) != 60:
-            raise WebConfigError(f"{path}: the password of {str(user)[:60]!r} is not a bcrypt hash")
-        if ":" in str(user):
-            raise WebConfigError(f"{path}: user {str(user)[:60]!r} contains ':'")
-        cfg.users[str(user)] = hashed
-    return cfg
-
-
-def _path(value, base: str) -> str:
-    value = str(value)
-    return value if os.path.isabs(value) else os.path.join(base, value)
-
-
-def _ssl_context(tls: dict, base: str, where: str) -> tuple[ssl.SSLContext, tuple[str, ...]]:
-    if not tls.get("cert_file") or not tls.get("key_file"):
-        raise WebConfigError(f"{where}: tls_server_config needs cert_file and key_file")
-    cert, key = _path(tls["cert_file"], base), _path(tls["key_file"], base)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = TLS_VERSIONS["TLS12"]
-    files = [cert, key]
+    """Parse and check the whole file; WebConfigError with one message naming the file
+    and the key otherwise."""
     try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as e:
-        raise WebConfigError(f"{where}: cannot load cert_file/key_file: {e}") from None
-    for field_, attr in (("min_version", "minimum_version"), ("max_version", "maximum_version")):
-        if tls.get(field_) is not None:
-            version = TLS_VERSIONS.get(str(tls[field_]))
-            if version is None:
-                raise WebConfigError(f"{where}: {field_} must be one of {', '.join(TLS_VERSIONS)}")
-            setattr(ctx, attr, version)
-    mode = str(tls.get("client_auth_type") or "NoClientCert")
-    if mode in UNSUPPORTED_CLIENT_AUTH:
-        raise WebConfigError(f"{where}: client_auth_type {mode} cannot be done without verifying "
-                             "the certificate here; use VerifyClientCertIfGiven or "
-                             "RequireAndVerifyClientCert with client_ca_file")
-    if mode not in CLIENT_AUTH:
-        raise WebConfigError(f"{where}: client_auth_type must be one of {', '.join(CLIENT_AUTH)}")
-    ctx.verify_mode = CLIENT_AUTH[mode]
-    if tls.get("client_ca_file"):
-        ca = _path(tls["client_ca_file"], base)
-        files.append(ca)
-        try:
-            ctx.load_verify_locations(ca)
-        except (OSError, ssl.SSLError) as e:
-            raise WebConfigError(f"{where}: cannot load client_ca_file: {e}") from None
-    elif ctx.verify_mode != ssl.CERT_NONE:
-        raise WebConfigError(f"{where}: client_auth_type {mode} needs client_ca_file")
-    suites = tls.get("cipher_suites")
-    if suites:
-        names = []
-        for s in suites:
-            if str(s) not in CIPHERS:
-                raise WebConfigError(f"{where}: cipher suite {str(s)[:60]!r} is unknown or cannot "
-                                     "be chosen here (TLS 1.3 suites are always on)")
-            names.append(CIPHERS[str(s)])
-        try:
-            ctx.set_ciphers(":".join(names))
-        except ssl.SSLError as e:
-            raise WebConfigError(f"{where}: cipher_suites: {e}") from None
-    if tls.get("prefer_server_cipher_suites", True):
-        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    if tls.get("curve_preferences"):
-        log.info("web config: curve_preferences are left to OpenSSL's defaults")
-    return ctx, tuple(files)
+        return _load(path)
+    except WebConfigError as e:
+        if path in str(e):
+            raise
+        raise WebConfigError(f"web config file {path}: {e}") from None
 
+
+def _load(path: str) -> WebConfig:
+    doc = parse_document(read_regular(path, "web config file"), f"web config file {path}")
+    top = _table(doc, "")
+    tls = _table(top.get("tls_server_config"), "tls_server_config")
+    http = _table(top.get("http_server_config"), "http_server_config")
+    rate = _table(top.get("rate_limit"), "rate_limit")
+    warnings: list[str] = []
+    files = [path]
+    base = os.path.dirname(os.path.abspath(path))
+    context, sans = None, None
+    if any(_text(tls.get(k), f"tls_server_config.{k}") for k in TLS_ON):
+        context, sans = _tls(tls, base, files, warnings)
+    elif tls:
+        warnings.append("tls_server_config has no certificate, key, CA or client_auth_type: "
+                        "plain HTTP is served (as exporter-toolkit does)")
+    _typed(http.get("http2"), "http_server_config.http2", "bool", "true or false")
+    return WebConfig(ssl=context, allowed_sans=sans, users=_users(top.get("basic_auth_users")),
+                     headers=_headers(http.get("headers")),
+                     rate_limit=_rate_limit(rate, warnings), files=tuple(files),
+                     warnings=tuple(warnings))
+
+
+def _headers(value) -> dict[str, str]:
+    if _null(value):
+        return {}
+    if not isinstance(value, dict):
+        raise WebConfigError("http_server_config.headers must be a mapping")
+    out = {}
+    for name, v in value.items():
+        text = _text(v, f"http_server_config.headers.{name}") or ""
+        if name not in HEADERS:
+            raise WebConfigError(f"http_server_config.headers: {name[:60]!r} can not "
+                                 f"be configured (one of {', '.join(HEADERS)})")
+        allowed = HEADERS[name]
+        if allowed is not None and text not in allowed:
+            raise WebConfigError(f"http_server_config.headers.{name} must be one of "
+                                 f"{', '.join(allowed)}, not {text[:60]!r}")
+        if any(c in text for c in "\r\n\0"):
+            raise WebConfigError(f"http_server_config.headers.{name} holds a line break")
+        if text:
+            out[name] = text
+    return out
+
+
+def _users(users) -> dict[str, bytes]:
+    if _null(users):
+        return {}
+    if not isinstance(users, dict):
+        raise WebConfigError("basic_auth_users must be a mapping of user: bcrypt hash")
+    out = {}
+    for user, hashed in users.items():
+        h = (_text(hashed, f"basic_auth_users.{user}") or "").encode("utf-8", "replace")
+        if not re.fullmatch(rb"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}", h):
+            raise WebConfigError(f"basic_auth_users: the password of {user[:60]!r} "
+                                 "is not a bcrypt hash (htpasswd -nBC 10 \"\" | tr -d ':\\n')")
+        out[user] = h
+    return out
+
+
+def _rate_limit(rate: dict, warnings: list[str]) -> tuple[float, int] | None:
+    interval = rate.get("interval")
+    if _null(interval):
+        seconds = 0.0
+    elif not isinstance(interval, (dict, list)) and interval.tag.endswith(":int"):
+        seconds = _typed(interval, "rate_limit.interval", "int", "a duration") * 1e-9  # ns
+    else:
+        seconds = parse_go_duration(_text(interval, "rate_limit.interval") or "0")
+    burst = _typed(rate.get("burst"), "rate_limit.burst", "int", "a whole number") or 0
+    if burst < 0:
+        raise WebConfigError("rate_limit.burst must be 0 or more")
+    if seconds <= 0:
+        return None
+    if burst == 0:
+        warnings.append("rate_limit.burst is 0: every request is answered 429")
+    return seconds, burst
+
+
+# --- TLS: the values, read here; the context, built in exporter/webtls.py ----------------
+
+def _one_of(tls: dict, inline: str, file: str, base: str, files: list[str]) -> bytes | None:
+    """PEM given inline or as a file (relative to the config file), not both."""
+    text = _text(tls.get(inline), f"tls_server_config.{inline}")
+    name = _text(tls.get(file), f"tls_server_config.{file}")
+    if text and name:
+        raise WebConfigError(f"tls_server_config: give {inline} or {file}, not both")
+    if name:
+        path = name if os.path.isabs(name) else os.path.join(base, name)
+        files.append(path)
+        return read_regular(path, f"tls_server_config.{file}")
+    return text.encode() if text else None
+
+
+def _tls(tls: dict, base: str, files: list[str], warnings: list[str]):
+    try:
+        cert = _one_of(tls, "cert", "cert_file", base, files)
+        key = _one_of(tls, "key", "key_file", base, files)
+    except WebConfigError as e:
+        raise WebConfigError(f"tls_server_config: cannot load cert_file/key_file: {e}") from None
+    if cert is None:
+        raise WebConfigError("tls_server_config: cert_file (or cert) is missing")
+    if key is None:
+        raise WebConfigError("tls_server_config: key_file (or key) is missing")
+    key_ = "tls_server_config."
+    settings = webtls.TLSSettings(
+        cert=cert, key=key, client_ca=_one_of(tls, "client_ca", "client_ca_file", base, files),
+        client_auth=_text(tls.get("client_auth_type"), key_ + "client_auth_type") or "",
+        min_version=_text(tls.get("min_version"), key_ + "min_version") or "TLS12",
+        max_version=_text(tls.get("max_version"), key_ + "max_version") or "TLS13",
+        cipher_suites=_texts(tls.get("cipher_suites"), key_ + "cipher_suites"),
+        prefer_server=_typed(tls.get("prefer_server_cipher_suites"),
+                             key_ + "prefer_server_cipher_suites", "bool", "true or false"),
+        curves=_texts(tls.get("curve_preferences"), key_ + "curve_preferences"),
+        allowed_sans=_texts(tls.get("client_allowed_sans"), key_ + "client_allowed_sans"))
+    try:
+        return webtls.context(settings, warnings)
+    except webtls.TLSError as e:
+        raise WebConfigError(str(e)) from None
+
+
+# --- the file in force -----------------------------------------------------------------
 
 class WebConfigHolder:
-    """The config in force; re-read on SIGHUP or when a file it names changes."""
+    """The config in force; re-read on SIGHUP or when a file it names changes. A new
+    config applies to the next connection, TLS settings included; a broken one leaves
+    the previous one in force and says so."""
 
     def __init__(self, path: str | None):
         self.path = path
         self.config = load_web_config(path) if path else WebConfig()
         self.last_reload_ok = True
         self._stamps = self._stat()
-        self._ok: dict[str, bytes] = {}    # user -> sha256 of a password bcrypt accepted
+        self._warn(self.config)
 
-    def _stat(self) -> dict[str, tuple]:
-        out = {}
+    def _stat(self) -> dict[str, tuple | None]:
+        out: dict[str, tuple | None] = {}
         for f in self.config.files:
             try:
                 st = os.stat(f)
@@ -228,6 +346,11 @@ class WebConfigHolder:
             except OSError:
                 out[f] = None
         return out
+
+    @staticmethod
+    def _warn(config: WebConfig) -> None:
+        for w in config.warnings:
+            log.warning("web config: %s", w)
 
     def changed(self) -> bool:
         return self.path is not None and self._stat() != self._stamps
@@ -239,54 +362,14 @@ class WebConfigHolder:
             new = load_web_config(self.path)
         except WebConfigError as e:
             self.last_reload_ok = False
+            self._stamps = self._stat()     # said once; the next change is tried again
             log.error("web config not reloaded, the previous one stays in force: %s", e)
-            return False
-        if bool(new.ssl) != bool(self.config.ssl):
-            self.last_reload_ok = False
-            log.error("web config not reloaded: turning TLS on or off needs a restart")
             return False
         self.config = new
         self._stamps = self._stat()
-        self._ok.clear()
         self.last_reload_ok = True
-        log.info("web config reloaded")
+        self._warn(new)
+        log.info("web config reloaded (%s, %s, %d user(s)); it applies to new connections",
+                 describe_tls(new.ssl), "rate limited" if new.rate_limit else "no rate limit",
+                 len(new.users))
         return True
-
-    def server_context(self) -> ssl.SSLContext | None:
-        """The context the listener is created with: every handshake switches to the
-        context in force (SNI callback), so certificates rotate without a restart."""
-        ctx = self.config.ssl
-        if ctx is None:
-            return None
-
-        def current(sslobj, _server_name, _ctx):
-            sslobj.context = self.config.ssl
-            return None
-        ctx.sni_callback = current
-        return ctx
-
-    def authorized(self, header: str) -> bool:
-        users = self.config.users
-        if not users:
-            return True
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            user, sep, password = base64.b64decode(token.strip(), validate=True).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        if not sep:
-            return False
-        digest = hashlib.sha256(f"{user}:{password}".encode()).digest()
-        known = self._ok.get(user)
-        if known is not None and hmac.compare_digest(known, digest):
-            return True
-        import bcrypt
-        hashed = users.get(user)
-        ok = bcrypt.checkpw(password.encode(), hashed or _DUMMY_HASH) and hashed is not None
-        if ok:
-            if len(self._ok) > 1024:
-                self._ok.clear()
-            self._ok[user] = digest
-        return ok

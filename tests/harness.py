@@ -1052,28 +1052,42 @@ def _healthy(base: str) -> bool:
 
 @contextlib.contextmanager
 def running_exporter(tmp_path, *args: str, port: int | None = None,
-                     ready_timeout: float = 20.0, fd_limit: int | None = None):
+                     ready_timeout: float = 20.0, fd_limit: int | None = None,
+                     cgroup: Path | None = None, scheme: str = "http", ready=None):
     """`python -m exporter` on 127.0.0.1 (a free port unless given); yields its base
-    URL once /-/healthy answers; stopped by PID on exit. Its log is
-    ``tmp_path/exporter-PORT.log``. `fd_limit` sets both the soft and the hard
-    RLIMIT_NOFILE of the exporter (so it cannot raise it)."""
+    URL once /-/healthy answers (or `ready(base)` is true); stopped by PID on exit. Its
+    log is ``tmp_path/exporter-PORT.log``. `fd_limit` sets both the soft and the hard
+    RLIMIT_NOFILE of the exporter (so it cannot raise it); `cgroup` is a cgroup
+    directory it starts in (its pid written to cgroup.procs before exec)."""
     port = port or free_port()
     log_path = Path(tmp_path) / ("exporter-%d.log" % port)
+
+    def preexec():
+        if fd_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+        if cgroup is not None:
+            (Path(cgroup) / "cgroup.procs").write_text(str(os.getpid()))
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "exporter",
                                  "--web.listen-address", "127.0.0.1:%d" % port, *args],
                                 stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=None if fd_limit is None else (
-                                    lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
-                                                               (fd_limit, fd_limit))))
+                                preexec_fn=None if fd_limit is None and cgroup is None
+                                else preexec)
         try:
-            base = "http://127.0.0.1:%d" % port
+            base = "%s://127.0.0.1:%d" % (scheme, port)
 
             def up():
                 if proc.poll() is not None:
                     raise AssertionError("exporter exited: " + log_path.read_text())
-                return _healthy(base)
+                return ready(base) if ready is not None else _healthy(base)
             poll(up, ready_timeout, message="exporter did not come up")
-            yield base
+            base_url = _Base(base)
+            base_url.pid = proc.pid
+            yield base_url
         finally:
             stop_process(proc)
+
+
+class _Base(str):
+    """The base URL, with the exporter's pid as `.pid`."""
+    pid: int = 0

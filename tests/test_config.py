@@ -15,8 +15,7 @@ def run_cli(*args, env=None, timeout=20):
 
 def test_defaults():
     cfg = load([], environ={})
-    assert cfg.listen_address == ":10188"
-    assert cfg.host_port == (None, 10188)
+    assert cfg.listen_addresses == (":10188",) and cfg.web_systemd_socket is False
     assert cfg.telemetry_path == "/metrics"
     assert cfg.collectors == {"gunicorn": True, "netstat": True, "oom": True, "logs": True,
                               "statsd": True, "sampler": True, "postgres": True, "advice": True}
@@ -31,14 +30,29 @@ def test_precedence_flag_over_env_over_file(tmp_path):
                  'app-name = [{match = "shop\\\\.wsgi", name = "shop"}]\n')
     env = {env_name("web.listen-address"): "127.0.0.1:2", env_name("config.file"): str(f)}
     cfg = load(["--web.listen-address", "[::1]:3"], environ=env)
-    assert cfg.listen_address == "[::1]:3" and cfg.host_port == ("::1", 3)
+    assert cfg.listen_addresses == ("[::1]:3",)
     assert cfg.telemetry_path == "/m"
     assert cfg.log_level == "debug"
     assert cfg.collectors["netstat"] is False
     assert cfg.db_ports == (5433,)
     assert cfg.app_names[0][1] == "shop" and cfg.app_names[0][0].search("shop.wsgi:app")
     cfg = load([], environ=env)
-    assert cfg.listen_address == "127.0.0.1:2"
+    assert cfg.listen_addresses == ("127.0.0.1:2",)
+
+
+def test_listen_addresses_repeat_and_systemd_socket_is_a_switch(tmp_path):
+    cfg = load(["--web.listen-address", "127.0.0.1:1", "--web.listen-address", "[::1]:1"],
+               environ={})
+    assert cfg.listen_addresses == ("127.0.0.1:1", "[::1]:1")
+    assert load([], environ={env_name("web.listen-address"): "127.0.0.1:1,[::1]:2"}) \
+        .listen_addresses == ("127.0.0.1:1", "[::1]:2")
+    f = tmp_path / "c.toml"
+    f.write_text('[web]\nlisten-address = ["127.0.0.1:1", ":2"]\nsystemd-socket = true\n')
+    cfg = load(["--config.file", str(f)], environ={})
+    assert cfg.listen_addresses == ("127.0.0.1:1", ":2") and cfg.web_systemd_socket is True
+    assert load(["--web.systemd-socket"], environ={}).web_systemd_socket is True
+    assert load(["--web.systemd-socket=false"], environ={}).web_systemd_socket is False
+    assert load([], environ={env_name("web.systemd-socket"): "true"}).web_systemd_socket is True
 
 
 def test_collector_flags_and_env():

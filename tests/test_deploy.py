@@ -102,6 +102,28 @@ def test_systemd_unit_verifies(tmp_path):
     assert "ProtectClok" in res.stdout + res.stderr
 
 
+def test_socket_unit_and_its_drop_in_verify(tmp_path):
+    """gunicorn-exporter.socket, and the service with the drop-in that turns on
+    --web.systemd-socket, in a unit directory of their own (the drop-in is read: a wrong
+    key in it is reported)."""
+    require(shutil.which("systemd-analyze") is not None,
+            "systemd-analyze not installed (Debian package 'systemd')")
+    units = tmp_path / "units"
+    (units / "gunicorn-exporter.service.d").mkdir(parents=True)
+    _test_unit(units)
+    shutil.copy(DEPLOY / "systemd" / "gunicorn-exporter.socket", units)
+    dropin = units / "gunicorn-exporter.service.d" / "socket-activation.conf"
+    shutil.copy(DEPLOY / "systemd" / "socket-activation.conf", dropin)
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"}
+    argv = ["systemd-analyze", "verify", str(units / "gunicorn-exporter.socket"),
+            str(units / "gunicorn-exporter.service")]
+    res = run(argv, env=env)
+    assert res.returncode == 0 and not (res.stdout + res.stderr).strip(), res.stdout + res.stderr
+    assert "GUNICORN_EXPORTER_WEB_SYSTEMD_SOCKET=true" in dropin.read_text()
+    dropin.write_text(dropin.read_text() + "Environmnet=X=1\n")
+    assert "Environmnet" in (lambda r: r.stdout + r.stderr)(run(argv, env=env))
+
+
 def test_systemd_unit_is_hardened(tmp_path):
     require(shutil.which("systemd-analyze") is not None,
             "systemd-analyze not installed (Debian package 'systemd')")

@@ -51,8 +51,8 @@ def _worker(slot: int, pid: int, *, busy: bool) -> WorkerSnapshot:
         slot=slot, pid=pid, start_time=1_700_000_100.0 + slot, rss_bytes=50_000_000,
         cpu_seconds=12.5, threads=3, open_fds=17, fd_limit=1024, heartbeat_age=1.5,
         connections_active=1 if busy else 0, connections_client_closed=1 if busy else 0,
-        connections_idle=2,
-        db_connections=2)
+        connections_idle=2, db_connections=2, unique_memory_bytes=3_000_000,
+        proportional_memory_bytes=20_000_000)
 
 
 def full_snapshot() -> Snapshot:
@@ -119,7 +119,7 @@ def full_snapshot() -> Snapshot:
 @pytest.fixture(scope="module")
 def rendered():
     """(metric families from render(), parsed families of the full /metrics text)."""
-    families = list(render(full_snapshot())) + list(render_web(True))
+    families = list(render(full_snapshot())) + list(render_web(True, (3, {"evicted": 1})))
     text = generate_latest(_Families(families + list(_PROCESS.collect()))).decode()
     parsed = list(text_string_to_metric_families(text))
     return families, parsed

@@ -29,13 +29,14 @@ import pytest
 
 from exporter.doctor import dbrules, nginx, rules
 from exporter.doctor.evaluate import RULES, evaluate
-from exporter.doctor.facts import cgroup_mounts, parse_cgroup_paths, parse_cpu_max, _quota
-from exporter.doctor.model import (CATALOGUE, CpuFact, Facts, NginxConfig, ProxyPass,
-                                   Thresholds, View, rule)
+from exporter.doctor.facts import (cgroup_mounts, cpu_list, parse_cgroup_paths, parse_cpu_max,
+                                   _quota)
+from exporter.doctor.model import (CATALOGUE, CpuFact, Facts, MemoryRoom, NginxConfig,
+                                   ProxyPass, Thresholds, View, rule)
 from exporter.snapshot import (AppSnapshot, CollectorResult, DbBudget, HostSnapshot,
                                ListenerSnapshot, PostgresAttribution, PostgresServerSnapshot,
                                PostgresSnapshot, WorkerSnapshot)
-from tests.conftest import require_module
+from tests.conftest import require, require_module
 from tests.harness import (SlowClients, http_get, poll, running_exporter, ss_listen_queue,
                            ss_sockets, ss_worker_active_connections)
 
@@ -181,6 +182,36 @@ def test_workers_vs_cores_literal():
     shared = _one(found, "workers-vs-cores", "a")
     assert shared.evidence["workers_on_these_cpus"].value == 4   # 4 > 4 x 0.5 + 1 = 3
     assert _run(rules.workers_vs_cores, few) == []              # no CPU fact: nothing said
+
+
+def test_w2_says_how_many_more_workers_fit_in_memory_literal():
+    MiB = 1024 * 1024
+    ws = [_w(0), _w(1), _w(2)]
+    for w, uss in zip(ws, (30, 40, 50)):
+        w.unique_memory_bytes = uss * MiB
+    few = _app("few", workers=ws)
+    cpus = {few.master_pid: CpuFact(4.0, "affinity 0-3", "0-3")}
+    room = {few.master_pid: MemoryRoom(200 * MiB, "cgroup /x/memory.max less memory.current")}
+    f = _one(_run(rules.workers_vs_cores, few, facts=Facts(cpus=cpus, memory_room=room)),
+             "workers-vs-cores")
+    assert f.id == "W2" and f.evidence["worker_memory"].value == 40 * MiB   # the median USS
+    assert f.evidence["more_workers_fit"].value == 5 and "5 more worker(s) fit" in f.advice
+    tight = {few.master_pid: MemoryRoom(10 * MiB, "the host's available memory")}
+    f = _one(_run(rules.workers_vs_cores, few, facts=Facts(cpus=cpus, memory_room=tight)),
+             "workers-vs-cores")
+    assert f.evidence["more_workers_fit"].value == 0 and "no more fit in memory" in f.advice
+    for w in ws:                    # no USS in the snapshot: the doctor's own reading
+        w.unique_memory_bytes = None
+    f = _one(_run(rules.workers_vs_cores, few, facts=Facts(
+        cpus=cpus, memory_room=room, worker_uss={few.master_pid: [100 * MiB]})), "workers-vs-cores")
+    assert f.evidence["more_workers_fit"].value == 2
+    f = _one(_run(rules.workers_vs_cores, few, facts=Facts(cpus=cpus)), "workers-vs-cores")
+    assert "more_workers_fit" not in f.evidence     # no memory facts: nothing said about it
+
+
+def test_cpu_lists_are_written_as_the_kernel_writes_them():
+    assert cpu_list([0, 1, 2, 4]) == "0-2,4" and cpu_list([3]) == "3"
+    assert cpu_list([7, 6, 0, 2, 1]) == "0-2,6-7" and cpu_list([]) == ""
 
 
 def test_control_socket_shared_literal():
@@ -426,6 +457,14 @@ def _somaxconn() -> int:
     return int(Path("/proc/sys/net/core/somaxconn").read_text())
 
 
+def _master_of(name: str) -> int:
+    import psutil
+    for p in psutil.process_iter(["cmdline"]):
+        if f"master [{name}]" in " ".join(p.info["cmdline"] or []):
+            return p.pid
+    raise AssertionError(f"no master of {name}")
+
+
 def _one_cpu() -> set[int]:
     return {min(os.sched_getaffinity(0))}
 
@@ -555,9 +594,44 @@ def test_w2_i3_workers_against_the_cpus_they_may_use(gunicorn_factory):
     f = _find(findings, many, "workers-vs-cores")
     assert f and f["id"] == "I3" and f["evidence"]["cpus"]["value"] == 1.0, findings
     assert f["evidence"]["workers"]["value"] == 7      # 7 > 4 x 1 CPU + 1
-    _rc, findings, _ = doctor(few, args=["--doctor.workers-min-per-core", "1.5"])
+    _rc, findings, stderr = doctor(few, args=["--doctor.workers-min-per-core", "1.5"])
     w = _find(findings, few, "workers-vs-cores")      # 1 < 1.5 x CPUs, on any host
     assert w and w["id"] == "W2" and w["evidence"]["cpus"]["value"] == len(cpus), findings
+    # how many more fit: the worker's USS (the oracle: its smaps_rollup) against free memory
+    import psutil
+    from tests.test_memory_detail import smaps_rollup, uss_of
+    (worker,) = [p for p in psutil.Process(_master_of(few)).children()]
+    assert abs(w["evidence"]["worker_memory"]["value"] - uss_of(smaps_rollup(worker.pid))) < 8 << 20
+    assert w["evidence"]["more_workers_fit"]["value"] >= 1
+    assert f"host (psutil): {psutil.cpu_count()} CPUs" in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_w2_counts_the_memory_its_cgroup_has_left(gunicorn_factory, tmp_path):
+    """An app in a memory cgroup limited to 256 MiB: more workers fit in what the limit
+    leaves (memory.max less memory.current, read by the test), not in the host's memory."""
+    from tests.test_oom import TestCgroup, _gunicorn_in
+    require(os.geteuid() == 0, "a memory cgroup needs root")
+    cg = TestCgroup()
+    require(cg.dir is not None, "no writable memory cgroup hierarchy")
+    cg.create(256 << 20)
+    try:
+        name = _name("w2mem")
+        g = _gunicorn_in(cg, gunicorn_factory, tmp_path, name)
+        _rc, findings, _ = doctor(name, args=["--doctor.workers-min-per-core", "4"])
+        w = _find(findings, name, "workers-vs-cores")
+        assert w and w["id"] == "W2", findings
+        names = ("memory.limit_in_bytes", "memory.usage_in_bytes") if cg.version == 1 else \
+            ("memory.max", "memory.current")
+        left = int((cg.dir / names[0]).read_text()) - int((cg.dir / names[1]).read_text())
+        free = w["evidence"]["free_memory"]
+        assert str(cg.dir) in free["source"] and abs(free["value"] - left) < 16 << 20, free
+        per = w["evidence"]["worker_memory"]["value"]
+        assert w["evidence"]["more_workers_fit"]["value"] == free["value"] // per
+        g.stop()
+    finally:
+        cg.remove()
 
 
 @pytest.mark.slow

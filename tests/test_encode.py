@@ -66,7 +66,7 @@ def _assert_same(families: list[Metric]) -> None:
 
 
 def test_full_snapshot_and_process_families_as_the_library_writes_them():
-    families = (list(render(full_snapshot())) + list(render_web(True))
+    families = (list(render(full_snapshot())) + list(render_web(True, (3, {"evicted": 1})))
                 + list(ProcessCollector(registry=None).collect()))
     assert len(families) > 50
     _assert_same(families)

@@ -34,6 +34,7 @@ from exporter.gunicorn import control, join
 from exporter.gunicorn.appsnap import build_app, name_from
 from exporter.gunicorn.discovery import Discovery
 from exporter.gunicorn.measure import MasterRaw, Measurer
+from exporter.gunicorn.memdetail import MemoryDetail
 from exporter.gunicorn.memory import KnownApps, Slots, WorkerMemory
 from exporter.gunicorn.settings import Settings, resolve
 from exporter.labels import bounded
@@ -67,6 +68,7 @@ class GunicornOptions:
     include: re.Pattern | None = None    # app names to report (default all)
     exclude: re.Pattern | None = None    # app names not to report
     max_masters: int = DEFAULTS["gunicorn.max-masters"]
+    memory_detail_interval: float = DEFAULTS["gunicorn.memory-detail-interval"]
 
 
 class GunicornCollector(Collector):
@@ -91,6 +93,7 @@ class GunicornCollector(Collector):
         self._known = KnownApps(forget_after=self.options.forget_after,
                                 expected=self.options.expected_apps)
         self._workers = WorkerMemory()
+        self._memory = MemoryDetail(self.options.memory_detail_interval)
         self._previous_masters: set[tuple[int, int]] = set()
         self._owners: dict[str, tuple] = {}      # app name -> master that holds it
         # masters seen started by a USR2 upgrade: they keep calling themselves NAME.2
@@ -134,6 +137,12 @@ class GunicornCollector(Collector):
             if not a.transient:
                 self._known.seen(a.app, a.uid, now)
         self._known.expire(now)
+        self._memory.update([(w.pid, w.start_time) for a in apps for w in a.workers])
+        for a in apps:
+            for w in a.workers:
+                got = self._memory.get(w.pid, w.start_time)
+                if got is not None:
+                    w.unique_memory_bytes, w.proportional_memory_bytes = got
         snap.orphans = self._orphans(found, apps, snap)
         live_names = {a.app for a in apps}
         snap.apps = apps + [AppSnapshot(app=name, up=False)

@@ -1,9 +1,13 @@
 """Host facts that some rules need and the collectors do not measure, read in a thread:
 
-* the CPUs each master may use: its affinity mask (`Cpus_allowed_list` in
-  /proc/PID/status, what os.sched_getaffinity gives), capped by a CPU quota of its
-  cgroup or an ancestor (v2 `cpu.max`, v1 `cpu.cfs_quota_us / cpu.cfs_period_us`) when
-  readable;
+* the host's CPUs, memory and swap (psutil);
+* the CPUs each master may use: its affinity mask (psutil's `cpu_affinity`,
+  sched_getaffinity(2)), capped by a CPU quota of its cgroup or an ancestor (v2
+  `cpu.max`, v1 `cpu.cfs_quota_us / cpu.cfs_period_us`) when readable;
+* the memory more workers of a master could use: the host's available memory, or less
+  when its memory cgroup or an ancestor has a limit (`memory.max` less `memory.current`,
+  v1 `memory.limit_in_bytes` less `memory.usage_in_bytes`); and the USS of its workers
+  (exporter/gunicorn/memdetail.py) when the collection has none yet;
 * the control socket each master listens on: a listening unix socket named `*.ctl`
   that the master holds (its fd table, the host's unix socket table through netlink
   sock_diag; only in the exporter's own network namespace);
@@ -19,12 +23,16 @@ import math
 import os
 
 from exporter.doctor import nginx
-from exporter.doctor.model import CpuFact, Facts
+from exporter.doctor.model import CpuFact, Facts, HostFact, MemoryRoom
+from exporter.gunicorn.memdetail import read_memory
 from exporter.linux import sockdiag
-from exporter.linux.procfs import ProcFS, parse_cpu_list, parse_mountinfo, read_regular
+from exporter.linux.cgroup import CgroupFS
+from exporter.linux.procfs import ProcFS, parse_mountinfo, read_regular
 from exporter.snapshot import AppSnapshot
 
 MAX_CGROUP_DEPTH = 32
+USS_SAMPLE = 8              # workers per app whose USS the doctor reads itself
+UNLIMITED = 1 << 60         # a cgroup v1 limit this large means none
 
 
 def parse_cpu_max(text: str) -> float | None:
@@ -99,15 +107,27 @@ def _quota(mount: tuple[str, str], path: str, v2: bool) -> tuple[float, str] | N
     return best
 
 
+def cpu_list(cpus: list[int]) -> str:
+    """[0, 1, 2, 4] -> '0-2,4' (as Cpus_allowed_list writes it)."""
+    runs: list[list[int]] = []
+    for c in sorted(set(cpus)):
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def cpu_fact(procfs: ProcFS, pid: int, mounts) -> CpuFact | None:
-    listed = ""
-    for line in procfs.read_text(pid, "status").splitlines():
-        if line.startswith("Cpus_allowed_list:"):
-            listed = line.split(":", 1)[1].strip()
-    cores = parse_cpu_list(listed)
-    if cores is None:
+    import psutil
+    try:
+        allowed = psutil.Process(pid).cpu_affinity()
+    except (psutil.Error, OSError):
         return None
-    fact = CpuFact(float(cores), f"affinity {listed} (/proc/{pid}/status Cpus_allowed_list)", listed)
+    if not allowed:
+        return None
+    cores, listed = len(allowed), cpu_list(allowed)
+    fact = CpuFact(float(cores), f"affinity {listed} (sched_getaffinity of {pid}, psutil)", listed)
     try:
         v2_path, v1_path = parse_cgroup_paths(procfs.read_text(pid, "cgroup"))
     except OSError:
@@ -150,10 +170,72 @@ def control_sockets(procfs: ProcFS, apps: list[AppSnapshot]) -> dict[int, str]:
     return out
 
 
+def host_fact() -> HostFact | None:
+    import psutil
+    try:
+        mem, swap = psutil.virtual_memory(), psutil.swap_memory()
+        return HostFact(psutil.cpu_count(), mem.total, mem.available, swap.total, swap.used)
+    except (psutil.Error, OSError, RuntimeError):
+        return None
+
+
+def _limit(text: str) -> int | None:
+    text = text.strip()
+    return None if text in ("", "max") or not text.isdigit() or int(text) >= UNLIMITED else int(text)
+
+
+def memory_room(cgfs: CgroupFS, pid: int, available: int) -> MemoryRoom:
+    """What more processes of `pid`'s cgroup could use: the host's available memory, or
+    the least room a limit leaves on the way up from its memory cgroup."""
+    room = MemoryRoom(available, "the host's available memory (psutil, MemAvailable)")
+    try:
+        cg = cgfs.memory_cgroup(pid)
+        d = cgfs.directory(cg) if cg is not None else None
+    except OSError:
+        return room
+    if d is None or ".." in cg.path.split("/"):
+        return room
+    top = cgfs.mounts.v1_memory if cg.version == 1 else cgfs.mounts.v2
+    names = ("memory.limit_in_bytes", "memory.usage_in_bytes") if cg.version == 1 else \
+        ("memory.max", "memory.current")
+    for _ in range(MAX_CGROUP_DEPTH):
+        try:
+            limit = _limit(_read(os.path.join(d, names[0])))
+            used = int(_read(os.path.join(d, names[1])).strip())
+        except (OSError, ValueError):
+            limit = None
+        if limit is not None and limit - used < room.free:
+            room = MemoryRoom(max(0, limit - used), f"{os.path.join(d, names[0])} less "
+                                                    f"{names[1]}")
+        if d == top or not d.startswith(top.rstrip("/") + "/"):
+            break
+        d = os.path.dirname(d)
+    return room
+
+
+def workers_uss(procfs: ProcFS, app: AppSnapshot) -> list[int]:
+    """USS of a few of the app's workers, read now (the collection had none yet)."""
+    out = []
+    for w in app.workers[:USS_SAMPLE]:
+        got = read_memory(w.pid, w.start_time)
+        if got is not None:
+            out.append(got[0])
+    return out
+
+
 def read_facts(procfs: ProcFS, apps: list[AppSnapshot], nginx_config: str) -> Facts:
     """Facts for the running masters in `apps`; never raises for what it cannot read."""
-    facts = Facts()
+    facts = Facts(host=host_fact())
     masters = [a for a in apps if a.up and a.master_pid]
+    cgfs = CgroupFS(procfs.root)
+    for a in masters:
+        if facts.host is not None:
+            facts.memory_room[a.master_pid] = memory_room(cgfs, a.master_pid,
+                                                          facts.host.memory_available)
+        if a.workers and not any(w.unique_memory_bytes for w in a.workers):
+            uss = workers_uss(procfs, a)
+            if uss:
+                facts.worker_uss[a.master_pid] = uss
     try:
         mounts = cgroup_mounts(procfs.read_text("self", "mountinfo", limit=1 << 20))
     except OSError:

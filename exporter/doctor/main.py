@@ -99,6 +99,11 @@ async def collect(cfg) -> tuple[list[Finding] | None, list[str]]:
                 notes.append(f"postgres {s.server} is down or refused the login: no DB checks for it")
         apps = [a for a in g.apps if a.up and a.master_pid]
         facts = await asyncio.to_thread(read_facts, ProcFS(cfg.procfs), apps, cfg.doctor_nginx_config)
+        if facts.host is not None:
+            h = facts.host
+            notes.append(f"host (psutil): {h.cpus} CPUs, {h.memory_total / 2**30:.1f} GiB memory "
+                         f"({h.memory_available / 2**30:.1f} GiB available), swap "
+                         f"{h.swap_used / 2**30:.1f} of {h.swap_total / 2**30:.1f} GiB used")
         if facts.nginx is not None:
             notes.extend(f"nginx config: {p}" for p in facts.nginx.problems
                          if not (p.startswith(cfg.doctor_nginx_config) and "No such file" in p))
@@ -145,6 +150,7 @@ def exit_code(findings: list[Finding]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, fmt = parse(sys.argv[1:] if argv is None else argv)
+    cfg.use_procfs()
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), stream=sys.stderr,
                         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r")
     findings, notes = asyncio.run(collect(cfg))

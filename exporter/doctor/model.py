@@ -76,6 +76,22 @@ class CpuFact:
 
 
 @dataclass(frozen=True)
+class HostFact:
+    """The host as psutil sees it (psutil.cpu_count, virtual_memory, swap_memory)."""
+    cpus: int | None
+    memory_total: int
+    memory_available: int
+    swap_total: int
+    swap_used: int
+
+
+@dataclass(frozen=True)
+class MemoryRoom:
+    free: int              # bytes more processes of a master could use
+    source: str            # the host's available memory, or its cgroup's limit less its use
+
+
+@dataclass(frozen=True)
 class ProxyPass:
     """One nginx proxy_pass and the proxy_read_timeout in force where it is."""
     targets: tuple[str, ...]   # 'unix:/run/shop.sock', '127.0.0.1:8000'
@@ -97,6 +113,10 @@ class Facts:
     cpus: dict[int, CpuFact] = field(default_factory=dict)           # master pid ->
     control_sockets: dict[int, str] = field(default_factory=dict)    # master pid -> path
     nginx: NginxConfig | None = None
+    host: HostFact | None = None
+    memory_room: dict[int, MemoryRoom] = field(default_factory=dict)  # master pid ->
+    # master pid -> USS of its workers, read here when the snapshot has none yet
+    worker_uss: dict[int, list[int]] = field(default_factory=dict)
 
 
 @dataclass

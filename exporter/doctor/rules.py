@@ -224,6 +224,30 @@ def sync_io_bound(v: View):
                       "connections, see C6); or more workers while memory allows (I1).")
 
 
+MiB = 1024 * 1024
+
+
+def _memory_fit(v: View, a: AppSnapshot) -> tuple[dict, str]:
+    """Evidence and a sentence on how many more workers fit in the memory the master's
+    host or cgroup has left, a worker costing its USS (not its RSS: after --preload most
+    of a worker's RSS is shared with the master)."""
+    uss = [w.unique_memory_bytes for w in a.workers if w.unique_memory_bytes] or \
+        v.facts.worker_uss.get(a.master_pid, [])
+    room = v.facts.memory_room.get(a.master_pid)
+    if not uss or room is None:
+        return {}, ""
+    per = max(1, sorted(uss)[len(uss) // 2])
+    n = room.free // per
+    ev = {"worker_memory": E(per, f"median USS of {len(uss)} worker(s) (psutil, "
+                                  "/proc/PID/smaps_rollup)"),
+          "free_memory": E(room.free, room.source),
+          "more_workers_fit": E(n, "free_memory / worker_memory")}
+    return ev, (f" Memory allows it: {n} more worker(s) fit in the {room.free / MiB:.0f} MiB "
+                f"this host or cgroup has free, at about {per / MiB:.0f} MiB each (USS)."
+                if n else f" But no more fit in memory: {room.free / MiB:.0f} MiB free, a worker "
+                f"adds about {per / MiB:.0f} MiB (USS); threads (gthread) cost less.")
+
+
 @rule("workers-vs-cores", "W2", "I3")
 def workers_vs_cores(v: View):
     groups: dict[str, list[AppSnapshot]] = {}
@@ -244,12 +268,13 @@ def workers_vs_cores(v: View):
             if len(apps) > 1:
                 ev["workers_on_these_cpus"] = E(total, "sum over " + ", ".join(sorted(x.app for x in apps)))
             if total < low:
-                yield Finding(a.app, "W2", "workers-vs-cores", "warning", ev,
+                memory, fits = _memory_fit(v, a)
+                yield Finding(a.app, "W2", "workers-vs-cores", "warning", {**ev, **memory},
                               f"{total} worker(s) for {cpu.cores:g} CPUs: when requests outnumber "
                               "workers they wait in the accept queue while CPUs sit idle (W2). A "
                               f"common start is 2 x CPUs + 1 = {thumb:g} for sync and gthread workers "
                               "(about one per CPU for gevent, eventlet and uvicorn, which serve many "
-                              "requests each); then follow the busy ratio.")
+                              "requests each); then follow the busy ratio." + fits)
             else:
                 yield Finding(a.app, "I3", "workers-vs-cores", "warning", ev,
                               f"{total} workers for {cpu.cores:g} CPUs: each worker is a process "

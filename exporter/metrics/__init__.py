@@ -25,7 +25,7 @@ import logging
 import platform
 from collections.abc import Iterator
 
-from prometheus_client.core import InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, InfoMetricFamily, Metric
 
 from exporter import __version__
 from exporter.metrics.family import _g
@@ -111,12 +111,27 @@ def _requests_guarded(snapshot: Snapshot) -> Iterator[Metric]:
     yield from families
 
 
-def render_web(reload_ok: bool) -> Iterator[Metric]:
+def render_web(reload_ok: bool, counts: tuple[int, dict[str, int]] = (0, {})) -> Iterator[Metric]:
     g = _g("gunicorn_exporter_web_config_last_reload_successful",
            "1 if the last reading of --web.config.file (at start, on SIGHUP or after a file it "
            "names changed) succeeded; 0 while the previous config stays in force.")
     g.add_metric([], 1 if reload_ok else 0)
     yield g
+    connections, refused = counts
+    c = _g("gunicorn_exporter_web_connections",
+           "Connections to the exporter's web server now, TLS handshakes included.")
+    c.add_metric([], connections)
+    yield c
+    r = CounterMetricFamily(
+        "gunicorn_exporter_web_refused",
+        "Connections the web server closed and requests it refused, by reason: evicted "
+        "(pushed out to make room), over_limit (503: every connection being served), "
+        "header_timeout, write_timeout, tls_handshake, client_certificate (no allowed SAN), "
+        "oversized_request, rate_limited (429), unauthorized (401), auth_busy (429: too "
+        "many password checks waiting).", labels=["reason"])
+    for reason, n in sorted(refused.items()):
+        r.add_metric([reason], n)
+    yield r
 
 
 def render_self(snapshot: Snapshot) -> Iterator[Metric]:

@@ -54,6 +54,8 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
     w_conn = _g("gunicorn_worker_connections", "Client connections a worker holds that were accepted from the master's listeners, by state: active (a request in flight), idle (TCP keep-alive, its last request answered; gthread/gevent workers), client_closed (the client hung up).", ["app", "worker", "state"])
     w_beat = _g("gunicorn_worker_heartbeat_age_seconds", "Seconds since the worker last notified the master, computed as the master does; a sync worker's current request has run this long.", ["app", "worker"])
     w_rss = _g("gunicorn_worker_resident_memory_bytes", "Resident memory of the worker process.", ["app", "worker"])
+    w_uss = _g("gunicorn_worker_unique_memory_bytes", "Memory only this worker maps (USS: what stopping it gives back; copy-on-write pages shared with the master after --preload not counted), read every --gunicorn.memory-detail-interval.", ["app", "worker"])
+    w_pss = _g("gunicorn_worker_proportional_memory_bytes", "The worker's proportional set size (PSS: its unique pages plus its share of each shared one), read every --gunicorn.memory-detail-interval.", ["app", "worker"])
     w_cpu = CounterMetricFamily("gunicorn_worker_cpu_seconds", "User and system CPU time of the worker process, in seconds.", labels=["app", "worker"])
     w_threads = _g("gunicorn_worker_threads", "OS threads in the worker process.", ["app", "worker"])
     w_fds = _g("gunicorn_worker_open_fds", "Open file descriptors of the worker process.", ["app", "worker"])
@@ -95,6 +97,8 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
                     w_conn.add_metric(lv + ["idle"], w.connections_idle)
             _maybe(w_beat, lv, w.heartbeat_age)
             w_rss.add_metric(lv, w.rss_bytes)
+            _maybe(w_uss, lv, w.unique_memory_bytes)
+            _maybe(w_pss, lv, w.proportional_memory_bytes)
             w_cpu.add_metric(lv, w.cpu_seconds)
             w_threads.add_metric(lv, w.threads)
             _maybe(w_fds, lv, w.open_fds)
@@ -113,7 +117,7 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
 
     yield from (up, info, workers, desired, timeout, keepalive, capacity, conn_limit, busy,
                 backlog, master_start, spawned, source, errors, orphans, w_info, w_conn, w_beat,
-                w_rss, w_cpu, w_threads, w_fds, w_maxfds, w_start, w_db, l_len, l_max, l_drops)
+                w_rss, w_uss, w_pss, w_cpu, w_threads, w_fds, w_maxfds, w_start, w_db, l_len, l_max, l_drops)
     yield from _render_app_namespaces(snap)
 
     denied = _g("gunicorn_exporter_permission_denied_processes", "Gunicorn processes whose /proc fd table or environment the exporter may not read (0 = full view).")
