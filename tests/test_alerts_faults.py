@@ -64,6 +64,11 @@ INTERVALS = 15 + 15 + 3 + 5
 
 def paged_by(for_seconds: float) -> float:
     return for_seconds + INTERVALS
+
+
+# GunicornWorkerPoolExhausted: its 1m window needs requests waiting in 4 of its 5 samples
+# (45 s of them), then the intervals above: the runbook's promise
+C1_PAGE = paged_by(45)
 TAG = secrets.token_hex(2)
 
 
@@ -289,7 +294,7 @@ def test_sync_pool_exhaustion_c1(stack):
     g = stack.apps["sync"]
     clients = []
     try:
-        run_fault(stack, "sync", {"GunicornWorkerPoolExhausted": 60},
+        run_fault(stack, "sync", {"GunicornWorkerPoolExhausted": C1_PAGE},
                   lambda: clients.append(SlowClients(g, 6, seconds=60)))
     finally:
         for c in clients:
@@ -303,7 +308,7 @@ def test_gthread_requests_wait_inside_the_workers_c1(stack):
         # 2 workers x 2 threads, 4 connections each at most: 8 requests fill every
         # worker (2 served, 2 parked each) while the accept queue stays empty
         # (and at --worker-connections: C3 as well)
-        run_fault(stack, "gthread", {"GunicornWorkerPoolExhausted": 60,
+        run_fault(stack, "gthread", {"GunicornWorkerPoolExhausted": C1_PAGE,
                                      "GunicornGthreadWorkerConnectionsAtLimit": None},
                   lambda: clients.append(SlowClients(g, 8, seconds=60)))
     finally:
