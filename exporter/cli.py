@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        collectors = build(config)
+        collectors, joins = build(config)
         web = WebConfigHolder(config.web_config_file)
     except (ConfigError, WebConfigError) as e:  # a DSN file or a web config that is bad
         build_parser().error(str(e))
@@ -43,5 +43,5 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info("starting gunicorn-exporter %s with collectors %s", __version__,
              ",".join(c.name for c in collectors) or "(none)")
-    asyncio.run(serve(config, Scraper(collectors, config.scrape_timeout), web, sockets))
+    asyncio.run(serve(config, Scraper(collectors, config.scrape_timeout, joins), web, sockets))
     return 0

@@ -8,6 +8,7 @@ lets concurrent scrapes share one collection.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from exporter.gunicorn.heartbeat import HeartbeatFile
 from exporter.linux.cgroup import PodIdentity
@@ -81,6 +82,7 @@ class AppSnapshot:
     backlog: int | None = None
     settings_source: dict[str, str] = field(default_factory=dict)
     control_socket: bool = False
+    control_answer_age: float | None = None  # seconds since the control socket answer in use came
     workers: list[WorkerSnapshot] = field(default_factory=list)
     listeners: list[ListenerSnapshot] = field(default_factory=list)
     master_start_time: float | None = None
@@ -153,7 +155,7 @@ class HostSnapshot:
     listen_drops: int | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class CollectorResult:
     name: str
     success: bool
@@ -162,9 +164,11 @@ class CollectorResult:
     data: object | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Snapshot:
-    results: dict[str, CollectorResult] = field(default_factory=dict)
+    """One scrape: every collector's result, joined (exporter/scrape.py). A value: nothing
+    changes it once the scraper has made it."""
+    results: Mapping[str, CollectorResult] = field(default_factory=dict)
     collected_at: float = 0.0
 
     def data(self, name: str, kind: type):

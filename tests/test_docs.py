@@ -63,7 +63,7 @@ def full_snapshot() -> Snapshot:
         threads=1, backlog=2048,
         settings_source={"workers": "cmdline", "timeout": "control_socket",
                          "backlog": "default"},
-        control_socket=True,
+        control_socket=True, control_answer_age=12.5,
         workers=[_worker(0, 101, busy=True), _worker(1, 102, busy=False)],
         listeners=[
             ListenerSnapshot("unix:/run/shop.sock", "unix", queue_length=3, queue_max=2048),

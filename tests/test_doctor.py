@@ -294,28 +294,30 @@ def test_schema_docs_and_registry_agree():
     assert not re.search(r"\]\((?!#)[a-z]+://", DOC), "docs/doctor.md links outside the repository"
 
 
-def test_advice_collector_remembers_the_previous_collection(tmp_path):
+def test_advice_compares_a_collection_with_the_one_before(tmp_path):
+    """collect() hands the join the collection learned before; the join is a pure
+    function of the scrape's results (the same inputs, the same findings)."""
     import asyncio
-    from exporter.doctor.daemon import AdviceCollector
+    from exporter.collectors import advice
     from exporter.linux.procfs import ProcFS
     from exporter.snapshot import GunicornSnapshot, Snapshot
-    c = AdviceCollector(Thresholds(), ProcFS(str(tmp_path)), nginx_config="")  # no host facts
+    c = advice.AdviceCollector(ProcFS(str(tmp_path)), nginx_config="")  # no host facts
 
     def scrape(g, at):
-        s = Snapshot(results={"gunicorn": CollectorResult("gunicorn", True, 0.0, data=g),
-                              "advice": CollectorResult("advice", True, 0.0, data=asyncio.run(c.collect()))},
-                     collected_at=at)
-        c.finish(s)
-        c.finish(s)    # scrapes that share a collection finish it once each
-        return s
+        ctx = asyncio.run(c.collect())
+        found = advice.join(ctx, {"gunicorn": g}, thresholds=Thresholds(), now=at)
+        c.learn(Snapshot(results={"gunicorn": CollectorResult("gunicorn", True, 0.0, data=g)},
+                         collected_at=at))
+        return ctx, found
     first = GunicornSnapshot(apps=[_app("a", workers=[_w(0, active=1, cpu=1.0), _w(1, active=1)])])
-    s = scrape(first, 100.0)
-    assert c._previous is None and s.results["advice"].data.findings == []
+    ctx, found = scrape(first, 100.0)
+    assert ctx.previous is None and found.findings == []
     second = GunicornSnapshot(apps=[_app("a", workers=[_w(0, active=1, cpu=1.2), _w(1, active=1)])])
-    s = scrape(second, 115.0)
-    assert c._previous is first and c._seen_at - c._previous_at == 15.0
-    assert [(app, rule) for app, _id, rule, _sev in s.results["advice"].data.findings] == \
-        [("a", "sync-io-bound")]
+    ctx, found = scrape(second, 115.0)
+    assert ctx.previous is first and ctx.previous_at == 100.0
+    assert [(app, rule) for app, _id, rule, _sev in found.findings] == [("a", "sync-io-bound")]
+    again = advice.join(ctx, {"gunicorn": second}, thresholds=Thresholds(), now=115.0)
+    assert again == found and ctx.previous is first
 
 
 def test_gunicorn_advice_is_rendered_from_a_snapshot():

@@ -302,3 +302,31 @@ def test_a_symlink_resolved_in_another_mount_namespace_leaks_nothing(exporter):
             series = healthy_scrape(exporter)
         assert secret not in repr(series)
         assert source_of(series, name, "timeout") == ["unknown"]
+
+
+def test_control_sockets_that_never_answer_cost_the_scrape_nothing(exporter):
+    """Any local user can bind a control socket that accepts and never answers for a
+    fake master. Before: each added its --gunicorn.control-socket-timeout (1 s) to every
+    scrape. Now the questions run beside the scrape: a scrape waits at most 0.1 s, and
+    only for masters it has never asked. The client's clock times the scrapes; the real
+    app's settings still come from its own control socket, with their age."""
+    import time
+    with throwaway_user() as user:
+        names = [f"fake-hang{i}-{secrets.token_hex(2)}" for i in range(20)]
+        for name in names:
+            fake_gunicorn(user, ["-w", "3", name], mode="ctl", env={"FAKE_ANSWER": "hang"})
+        poll(lambda: all(value(healthy_scrape(exporter), "gunicorn_up", app=n) == 1
+                         for n in names), 30, message="the fake masters were not reported")
+        took = []
+        for _ in range(5):
+            t = time.monotonic()
+            series = healthy_scrape(exporter)
+            took.append(time.monotonic() - t)
+        print(f"scrapes with 20 silent control sockets: {[round(x, 3) for x in took]} s")
+        assert max(took) < 0.5, took
+        assert source_of(series, REAL, "workers") == ["control_socket"]
+        age = value(series, "gunicorn_control_socket_answer_age_seconds", app=REAL)
+        assert age is not None and 0 <= age < 120, age
+        for name in names:    # nothing came from the fakes' sockets
+            assert source_of(series, name, "workers") == ["cmdline"]
+            assert value(series, "gunicorn_control_socket_answer_age_seconds", app=name) is None

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from exporter.collectors.attribution import AppIndex
 from exporter.collectors.gunicorn import GunicornCollector, GunicornOptions
 from exporter.collectors.logs import LogsCollector
 from exporter.logs.files import LogFile, parse_log_file
@@ -308,7 +309,9 @@ def _gsnap(master=123, workers=(456,), listeners=("unix:/run/shop.sock", "0.0.0.
 def test_collector_attributes_lines_to_apps():
     c = LogsCollector([LogFile("/nonexistent/nginx.log", "edge")])
     c._started = True
-    c.finish(_gsnap())
+    snap = _gsnap()
+    c.index.update(snap.results["gunicorn"].data)   # the gunicorn collector's part
+    c.learn(snap)
     c.handle_line(EXAMPLES["nginx_upstream_eagain"], "edge")     # upstream names shop
     c.handle_line(EXAMPLES["nginx_connect_refused"], "edge")     # 127.0.0.1:8000 -> wildcard listener
     c.handle_line(EXAMPLES["worker_timeout"], None)              # master pid 123
@@ -335,8 +338,9 @@ def test_real_worker_timeout_is_counted_once(gunicorn_factory):
     (worker,) = g.worker_pids()
 
     async def scenario():
-        gun = GunicornCollector(GunicornOptions(control_socket=False))
-        logs = LogsCollector([LogFile(str(g.log_path))], interval=0.1)
+        index = AppIndex()      # written by the gunicorn collector, read by the logs one
+        gun = GunicornCollector(GunicornOptions(control_socket=False), index=index)
+        logs = LogsCollector([LogFile(str(g.log_path))], interval=0.1, index=index)
         scraper = Scraper([gun, logs], timeout=10)
         await logs.start()
         try:

@@ -121,15 +121,16 @@ def test_real_oom_kill_of_a_worker_is_counted_for_its_app(memcg, gunicorn_factor
         assert memcg.path in f.read(), "worker is not in the test cgroup"
 
     async def scenario():
-        gun = GunicornCollector(GunicornOptions(control_socket=False))
-        oom = OomCollector()
+        index = AppIndex()      # written by the gunicorn collector, read by oom's
+        gun = GunicornCollector(GunicornOptions(control_socket=False), index=index)
+        oom = OomCollector(index=index)
         scraper = Scraper([gun, oom], timeout=10)
         await oom.start()
         try:
             assert oom.source == "kmsg"
             snap = await scraper.scrape()
             app = next(a.app for a in snap.results["gunicorn"].data.apps if a.master_pid == g.pid)
-            # the first scrape's finish() learned the app, its pids and its cgroup
+            # the first scrape taught the index the app's pids, the oom collector its cgroup
             snap = await scraper.scrape()
             data = snap.results["oom"].data
             assert data.apps[app].worker_kills == 0
@@ -221,8 +222,9 @@ def test_cgroup_fallback_counts_the_kill_without_kmsg(memcg, gunicorn_factory, t
     (worker,) = g.worker_pids()
 
     async def scenario():
-        gun = GunicornCollector(GunicornOptions(control_socket=False))
-        oom = OomCollector(kmsg_path=str(tmp_path / "no-such-kmsg"))
+        index = AppIndex()
+        gun = GunicornCollector(GunicornOptions(control_socket=False), index=index)
+        oom = OomCollector(kmsg_path=str(tmp_path / "no-such-kmsg"), index=index)
         scraper = Scraper([gun, oom], timeout=10)
         await oom.start()
         snap = await scraper.scrape()
@@ -258,9 +260,16 @@ def _gsnap(app="shop", master=100, workers=(101, 102)) -> Snapshot:
     return s
 
 
+def _learn(oom: OomCollector, snap: Snapshot) -> None:
+    """A scrape's effect on the oom collector: the gunicorn collector writes the app
+    index, the oom collector learns the apps' memory cgroups."""
+    oom.index.update(snap.results["gunicorn"].data)
+    oom.learn(snap)
+
+
 def test_attribution_by_pid_role_and_other():
     oom = OomCollector(kmsg_path=None, cgroupfs=_FakeCgroupFS())
-    oom.finish(_gsnap())
+    _learn(oom, _gsnap())
     oom.count_kill(OomKill(pid=101, name="gunicorn", kind="memcg", killed=True))
     oom.count_kill(OomKill(pid=100, name="gunicorn", kind="global", killed=True))
     oom.count_kill(OomKill(pid=999, name="postgres", kind="global", killed=True))
@@ -273,7 +282,7 @@ def test_attribution_by_pid_role_and_other():
 def test_attribution_by_cgroup_for_a_worker_never_scraped():
     cgfs = _FakeCgroupFS({100: MemoryCgroup(1, "/system.slice/shop.service")})
     oom = OomCollector(kmsg_path=None, cgroupfs=cgfs)
-    oom.finish(_gsnap())
+    _learn(oom, _gsnap())
     ev = oom.count_kill(OomKill(pid=555, name="gunicorn", kind="memcg",
                                 task_memcg="/system.slice/shop.service", killed=True))
     assert (ev.app, ev.role, ev.attributed_by) == ("shop", "worker", "cgroup")
@@ -293,7 +302,7 @@ def test_pid_memory_expires_and_is_bounded():
 def test_cgroup_fallback_counts_increases_only_for_a_private_cgroup():
     cgfs = _FakeCgroupFS({100: MemoryCgroup(2, "/shop.slice")}, {"/shop.slice": 5})
     oom = OomCollector(kmsg_path=None, cgroupfs=cgfs)
-    oom.finish(_gsnap())
+    _learn(oom, _gsnap())
     snap = asyncio.run(oom.collect())
     assert snap.source == "cgroup" and snap.apps["shop"].worker_kills == 0  # baseline
     cgfs.values["/shop.slice"] = 7
@@ -319,14 +328,14 @@ class _FakeCgroupFS:
         return self.values.get(cg.path)
 
 
-def test_one_index_serves_oom_and_logs_and_learns_each_snapshot_once():
+def test_one_index_serves_oom_and_logs_and_only_the_gunicorn_collector_writes_it():
     from exporter.collectors.logs import LogsCollector
     idx = AppIndex()
     oom = OomCollector(kmsg_path=None, index=idx)
     logs = LogsCollector(index=idx)
     snap = _gsnap(workers=(1, 2))
-    oom.finish(snap)
-    first_seen = idx._pids[1][2]
-    logs.finish(snap)                      # same snapshot: nothing learned twice
-    assert idx._pids[1][2] == first_seen
+    oom.learn(snap)
+    logs.learn(snap)
+    assert idx.pid(2) is None              # learning reads the index, never writes it
+    idx.update(snap.results["gunicorn"].data)   # what the gunicorn collector does
     assert idx.pid(2) == ("shop", "worker") and oom.index is logs.index

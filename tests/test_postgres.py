@@ -9,6 +9,7 @@ application_name every app connection carries ("dbapp-<worker pid>").
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 
@@ -17,7 +18,9 @@ from prometheus_client.core import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from exporter.collectors.gunicorn import GunicornCollector, GunicornOptions
+from exporter.collectors.base import Join
 from exporter.collectors.postgres import PostgresCollector, PostgresOptions
+from exporter.collectors.postgres import join as postgres_join
 from exporter.postgres.dsn import redact, server_label
 from exporter.postgres.model import attribute, budgets, build_server_snapshot
 from exporter.metrics import render_postgres
@@ -137,8 +140,10 @@ class Scrapes:
     def __init__(self, pg_collector: PostgresCollector, db_port: int, timeout: float = 8.0):
         self.loop = asyncio.new_event_loop()
         self.pgc = pg_collector
-        self.scraper = Scraper([GunicornCollector(GunicornOptions(db_ports=(db_port,))),
-                                pg_collector], timeout=timeout)
+        self.scraper = Scraper(
+            [GunicornCollector(GunicornOptions(db_ports=(db_port,))), pg_collector],
+            timeout=timeout, joins={"postgres": Join(("gunicorn",), functools.partial(
+                postgres_join, options=pg_collector.options))})
         self.duration = 0.0
 
     def __call__(self):
@@ -414,8 +419,8 @@ def test_a_dsn_server_on_another_port_is_attributed_without_db_port(pg, gunicorn
                          name=name, env=_app_env(pg, 2, 0))
     config = load(["--postgres.dsn", pg.dsn("monitor", "postgres"), "--postgres.timeout", "2s",
                    "--no-collector.oom", "--no-collector.logs", "--no-collector.netstat"])
-    collectors = build_collectors(config)
-    scraper = Scraper(collectors, timeout=8)
+    collectors, joins = build_collectors(config)
+    scraper = Scraper(collectors, timeout=8, joins=joins)
     loop = asyncio.new_event_loop()
     try:
         def scrape():

@@ -426,7 +426,7 @@ def test_without_the_gunicorn_collector_senders_go_by_prefix():
                 await asyncio.sleep(0.01)      # polling the receiver, with a deadline
             for _ in range(3):
                 snap = await c.collect()
-                c.finish(Snapshot())           # no "gunicorn" result: the collector is off
+                c.learn(Snapshot())            # no "gunicorn" result: the collector is off
         await c.stop()
         return snap
     snap = asyncio.run(scenario())

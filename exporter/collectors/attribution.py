@@ -1,8 +1,8 @@
 """Which gunicorn app a pid, a listener address or a memory cgroup belongs to.
 
 OOM records and log lines arrive after the process they name is gone, so the OOM and
-logs collectors keep a bounded memory of what the gunicorn collector saw recently,
-fed from its snapshots in `finish(snapshot)`:
+logs collectors read a bounded memory of what the gunicorn collector saw recently. It
+has one writer: the gunicorn collector, after each of its collections (`update`).
 
 * pid -> (app, 'worker' | 'master'), forgotten `pid_ttl` seconds after it was last seen
   (pids are reused; a kill record arrives within milliseconds of the kill);
@@ -26,10 +26,6 @@ PID_TTL = 900.0
 WILDCARD_HOSTS = ("0.0.0.0", "[::]", "", "*")
 
 
-def gunicorn_data(snapshot) -> GunicornSnapshot | None:
-    return snapshot.data("gunicorn", GunicornSnapshot) if snapshot is not None else None
-
-
 class AppIndex:
     def __init__(self, max_pids: int = MAX_PIDS, pid_ttl: float = PID_TTL,
                  max_listeners: int = MAX_LISTENERS, max_apps: int = MAX_APPS):
@@ -42,14 +38,9 @@ class AppIndex:
         self._ports: OrderedDict[int, str] = OrderedDict()   # wildcard TCP listeners
         self.apps: OrderedDict[str, float] = OrderedDict()    # every app seen, LRU
         self.masters: dict[str, int] = {}                    # app -> current master pid
-        self._last: GunicornSnapshot | None = None
 
     def update(self, snap: GunicornSnapshot, now: float | None = None) -> None:
-        """Learn a collection's processes. The oom and logs collectors share one index
-        and both call this from finish(): the second call for a snapshot is a no-op."""
-        if snap is self._last:
-            return
-        self._last = snap
+        """Learn a collection's processes (the gunicorn collector, once per collection)."""
         now = time.time() if now is None else now
         masters: dict[str, int] = {}
         for a in snap.apps:

@@ -6,9 +6,14 @@ One collection:
      network namespace's socket table once (netlink, `/proc/PID/net/*` as the fallback),
      join socket inodes from the fd tables against it (`exporter/gunicorn/join.py`), and
      work out each master's settings (`exporter/gunicorn/settings.py`);
-  2. on the event loop: ask each master's control socket the read-only `show config|stats`
-     questions, with a short time limit, and keep an answer only when the kernel proves it
-     came from that master (`exporter/gunicorn/control.py`);
+  2. on the event loop, beside the scrape: ask each master's control socket the read-only
+     `show config|stats` questions, each exchange within --gunicorn.control-socket-timeout,
+     and keep an answer only when the kernel proves it came from that master
+     (`exporter/gunicorn/control.py`). The scrape uses each master's last proven answer
+     (`gunicorn_control_socket_answer_age_seconds` says how old); it waits at most
+     FIRST_ANSWER_WAIT, and only for a master it has never asked: a control socket that
+     accepts and never answers (any local user can bind one for a fake master) costs the
+     scrape nothing after that master's first sighting;
   3. merge both into `AppSnapshot`s (`exporter/gunicorn/appsnap.py`) with unique,
      length-capped names and stable worker slots; remember apps and workers across
      scrapes (`exporter/gunicorn/memory.py`). This module is that orchestration and the
@@ -51,6 +56,9 @@ MAX_ORPHAN_APPS = 256
 # Seconds a master's proven control socket answer is used again while its workers stay
 # the same ones (see GunicornCollector._ask_control).
 CONTROL_REFRESH = 60.0
+# Seconds a scrape waits for the first answers of masters it has never asked (a real
+# master answers in a millisecond or two; its settings are then in that very scrape).
+FIRST_ANSWER_WAIT = 0.1
 
 
 @dataclass
@@ -84,8 +92,11 @@ class GunicornCollector(Collector):
         # Last proven control socket answer per master: the socket is closed while the
         # master forks a worker, and a failed query must not flip settings to defaults.
         self._ctl_cache: dict[tuple[int, int], dict[str, dict]] = {}
-        # when each master was last asked, and its workers then (see _ask_control)
+        # when each master was last asked, and its workers then (see _ask_if_due)
         self._ctl_asked: dict[tuple[int, int], tuple[float, frozenset[int]]] = {}
+        self._ctl_tasks: dict[tuple[int, int], asyncio.Task] = {}   # exchanges under way
+        self._ctl_failed: set[tuple[int, int]] = set()   # masters whose last exchange failed
+        self._ctl_at: dict[tuple[int, int], float] = {}  # when each answer in use came
         self._measurer = Measurer(self.procfs, users=self.options.users,
                                   max_masters=self.options.max_masters,
                                   read_sockets=read_sockets, control_answers=self._ctl_cache)
@@ -105,21 +116,29 @@ class GunicornCollector(Collector):
         self._cap_logged = False
 
     async def stop(self) -> None:
+        for task in self._ctl_tasks.values():
+            task.cancel()
         self._measurer.netns_sockets.close()
 
     async def collect(self) -> GunicornSnapshot:
         raws, found, snap = await asyncio.to_thread(
             self._measurer.measure, self._workers.keys(), self._previous_masters)
-        answers = await asyncio.gather(*(self._ask_control(r) for r in raws))
         live = {r.key for r in raws}
+        for key in [k for k in self._ctl_tasks if k not in live]:
+            self._ctl_tasks.pop(key).cancel()          # the master is gone
+        for cache in (self._ctl_cache, self._ctl_asked, self._ctl_at):
+            for key in [k for k in cache if k not in live]:
+                del cache[key]
+        self._ctl_failed &= live
+        answers = await self._control_answers(raws)
         self._usr2_masters &= live
         self._measurer.forget(live)
-        for cache in (self._ctl_cache, self._ctl_asked):
-            for key in list(cache):
-                if key not in live:
-                    del cache[key]
         now = time.time()
         apps = [self._build_app_guarded(r, a) for r, a in zip(raws, answers)]
+        mono = time.monotonic()
+        for r, a in zip(raws, apps):
+            if a.control_socket and r.key in self._ctl_at:
+                a.control_answer_age = max(0.0, mono - self._ctl_at[r.key])
         apps = [a for a in apps if self._watched(a.app)]
         renamed = join.assign_names(apps, self._owners, self._known.uid)
         for a in apps:
@@ -154,16 +173,27 @@ class GunicornCollector(Collector):
         self.index.update(snap)
         return snap
 
-    # --- step 2: control socket, on the loop ---------------------------------
+    # --- step 2: control socket, on the loop, beside the scrape -----------------
 
-    async def _ask_control(self, raw: MasterRaw) -> dict[str, dict]:
+    async def _control_answers(self, raws: list[MasterRaw]) -> list[dict[str, dict]]:
+        """Each master's last proven answer ({} while there is none); the questions that
+        are due are asked in tasks of their own, and only those to masters never asked
+        before are waited for, FIRST_ANSWER_WAIT at most."""
+        first = []
+        for raw in raws:
+            task = self._ask_if_due(raw)
+            if task is not None and raw.key not in self._ctl_cache \
+                    and raw.key not in self._ctl_failed:
+                first.append(task)
+        if first:
+            await asyncio.wait(first, timeout=FIRST_ANSWER_WAIT)
+        return [self._ctl_cache.get(r.key, {}) for r in raws]
+
+    def _ask_if_due(self, raw: MasterRaw) -> asyncio.Task | None:
         ctl = raw.joined.control if raw.joined is not None else None
-        if not self.options.control_socket or ctl is None or not ctl.name:
-            return {}
         proc = raw.master.proc
-        pid = proc.pid
-        if proc.status is None:
-            return {}
+        if not self.options.control_socket or ctl is None or not ctl.name or proc.status is None:
+            return None
         # What `show config|stats` says changes only when workers come or go (a reload
         # with HUP replaces them all, TTIN/TTOU and `worker add|remove` spawn or stop
         # one, workers_spawned counts spawns): a proven answer is used again while this
@@ -171,20 +201,30 @@ class GunicornCollector(Collector):
         workers = frozenset(w.pid for w in raw.master.workers)
         now = time.monotonic()
         asked = self._ctl_asked.get(raw.key)
-        cached = self._ctl_cache.get(raw.key)
-        if cached and asked is not None and asked[1] == workers \
+        running = self._ctl_tasks.get(raw.key)
+        if running is not None and not running.done():
+            return running                 # at most one exchange per master at a time
+        if self._ctl_cache.get(raw.key) and asked is not None and asked[1] == workers \
                 and 0 <= now - asked[0] < CONTROL_REFRESH:
-            return cached
+            return None
+        task = self._ctl_tasks[raw.key] = asyncio.get_running_loop().create_task(
+            self._ask_control(raw.key, proc, ctl, workers))
+        return task
+
+    async def _ask_control(self, key, proc, ctl, workers: frozenset[int]) -> None:
         try:
-            answer = await control.query(self.procfs, pid, proc.status, ctl.name, pid, ctl.vfs,
-                                         ("config", "stats"), self.options.control_timeout)
+            answer = await control.query(self.procfs, proc.pid, proc.status, ctl.name, proc.pid,
+                                         ctl.vfs, ("config", "stats"),
+                                         self.options.control_timeout)
         except Exception as e:  # noqa: BLE001 - any answer at all costs this master only
-            log.debug("control socket %s of master %d: %r", ctl.name[:200], pid, e)
-            self._ctl_asked.pop(raw.key, None)
-            return self._ctl_cache.get(raw.key, {})
-        self._ctl_cache[raw.key] = answer
-        self._ctl_asked[raw.key] = (now, workers)
-        return answer
+            log.debug("control socket %s of master %d: %r", ctl.name[:200], proc.pid, e)
+            self._ctl_asked.pop(key, None)     # asked again at the next scrape
+            self._ctl_failed.add(key)
+            return
+        self._ctl_cache[key] = answer
+        self._ctl_asked[key] = (time.monotonic(), workers)
+        self._ctl_at[key] = time.monotonic()
+        self._ctl_failed.discard(key)
 
     # --- step 3: merge -------------------------------------------------------
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 import logging
 
 from exporter.collectors.base import Collector
-from exporter.collectors.attribution import AppIndex, gunicorn_data
+from exporter.collectors.attribution import AppIndex
 from exporter.logs.access import DEFAULT_COMPILED, AccessLog
 from exporter.logs.files import LogFile
 from exporter.logs.signatures import Matcher, Signature, merge
 from exporter.logs.tail import FileTailer
-from exporter.snapshot import LogFileStats, LogsSnapshot
+from exporter.snapshot import GunicornSnapshot, LogFileStats, LogsSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ MAX_SERIES = 20000
 
 class LogsCollector(Collector):
     name = "logs"
-    requires = ("gunicorn",)
 
     def __init__(self, files: tuple[LogFile, ...] | list[LogFile] = (),
                  signatures: tuple[Signature, ...] = (), *, interval: float = 1.0,
@@ -140,11 +139,11 @@ class LogsCollector(Collector):
                                                access[0], access[1]))
         return snap
 
-    def finish(self, snapshot) -> None:
-        g = gunicorn_data(snapshot)
-        if g is None:
+    def learn(self, snapshot) -> None:
+        """Every app the gunicorn collector has seen gets its signature counters (at 0
+        until a line comes), so that increase() sees the first one."""
+        if snapshot.data("gunicorn", GunicornSnapshot) is None:
             return
-        self.index.update(g)
         if self.files:
             for app in list(self.index.apps):
                 if (app, self.signatures[0].name) not in self._events:

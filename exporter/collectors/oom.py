@@ -26,10 +26,10 @@ from collections import deque
 
 
 from exporter.collectors.base import Collector
-from exporter.collectors.attribution import AppIndex, gunicorn_data
+from exporter.collectors.attribution import AppIndex
 from exporter.linux.cgroup import CgroupFS, MemoryCgroup
 from exporter.linux.kmsg import KmsgReader, KmsgRecord, OomKill, OomRecordJoiner
-from exporter.snapshot import AppOom, OomEvent, OomSnapshot
+from exporter.snapshot import AppOom, GunicornSnapshot, OomEvent, OomSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ MAX_RECENT_KILLS = 32
 
 class OomCollector(Collector):
     name = "oom"
-    requires = ("gunicorn",)
 
     def __init__(self, kmsg_path: str | None = "/dev/kmsg", procfs: str = "/proc",
                  cgroupfs: CgroupFS | None = None, index: AppIndex | None = None):
@@ -200,12 +199,12 @@ class OomCollector(Collector):
             snap.kmsg_lost = self.reader.lost
         return snap
 
-    def finish(self, snapshot) -> None:
-        """Learn the gunicorn processes of this collection (they may be dead by the kill record)."""
-        g = gunicorn_data(snapshot)
+    def learn(self, snapshot) -> None:
+        """The memory cgroup of each app's master, for the next collections (the app
+        index, written by the gunicorn collector, knows their processes)."""
+        g = snapshot.data("gunicorn", GunicornSnapshot)
         if g is None:
             return
-        self.index.update(g)
         seen = set()
         for a in g.apps:
             if not a.up or not a.master_pid:

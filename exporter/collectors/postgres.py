@@ -14,10 +14,10 @@ For every configured server (`--postgres.dsn`, repeatable):
   * errors are redacted: no DSN and no password ever reaches a log line or a label;
     the `server` label is host:port/dbname.
 
-`finish(snapshot)` joins the client backends with the gunicorn collector's workers
-(`attribute`) and computes each app's connection budget (`budgets`): pure functions in
-exporter/postgres/model.py, with the named rows of the two queries below; DSN handling
-is in exporter/postgres/dsn.py.
+`join` (declared in exporter/collectors/__init__.py) attributes the client backends to
+the gunicorn collector's workers (`attribute`) and computes each app's connection budget
+(`budgets`): pure functions in exporter/postgres/model.py, with the named rows of the
+two queries below; DSN handling is in exporter/postgres/dsn.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Mapping
 
 from exporter.options import DEFAULTS
 from exporter.collectors.base import Collector
@@ -112,7 +113,6 @@ class _Server:
 
 class PostgresCollector(Collector):
     name = "postgres"
-    requires = ("gunicorn",)
 
     def __init__(self, options: PostgresOptions, procfs: ProcFS | None = None):
         self.options = options
@@ -158,20 +158,6 @@ class PostgresCollector(Collector):
                 except Exception as e:  # _collect_server catches; belt and braces
                     results[waiting[t]] = self._down(s, redact(f"{type(e).__name__}: {e}", s.secrets))
         return PostgresSnapshot(servers=[results[i] for i in range(len(self.servers))])
-
-    def finish(self, snapshot) -> None:
-        """Attribute client backends to gunicorn workers; compute the apps' budgets."""
-        mine = snapshot.results.get(self.name)
-        if mine is None or not isinstance(mine.data, PostgresSnapshot):
-            return
-        g = snapshot.data("gunicorn", GunicornSnapshot)
-        if g is None:
-            return
-        apps = [a for a in g.apps if a.up]
-        for s in mine.data.servers:
-            if s.up:
-                s.attribution = attribute(s.backends, apps, server_port=s.port, own_pid=s.own_pid)
-        mine.data.budgets = budgets(apps, self.options.budgets, self.options.default_budget)
 
     async def stop(self) -> None:
         """Close every connection (bounded: a hung server cannot hold shutdown)."""
@@ -316,6 +302,20 @@ class PostgresCollector(Collector):
                 b.socket_inodes = tuple(self.procfs.scan_fds(b.pid).socket_inodes)
             except (OSError, ValueError):
                 pass  # gone, or not ours to read: stays unattributed
+
+
+def join(own: PostgresSnapshot, others: Mapping[str, object], *,
+         options: PostgresOptions) -> PostgresSnapshot:
+    """The collection with its client backends attributed to the gunicorn collector's
+    workers and the apps' connection budgets (a new value: the join of the scrape)."""
+    g = others.get("gunicorn")
+    if not isinstance(g, GunicornSnapshot):
+        return own
+    apps = [a for a in g.apps if a.up]
+    return replace(own, servers=[
+        replace(s, attribution=attribute(s.backends, apps, server_port=s.port, own_pid=s.own_pid))
+        if s.up else s for s in own.servers],
+        budgets=budgets(apps, options.budgets, options.default_budget))
 
 
 def _describe(e: Exception) -> str:

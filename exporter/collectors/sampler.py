@@ -18,7 +18,6 @@ log = logging.getLogger(__name__)
 
 class SamplerCollector(Collector):
     name = "sampler"
-    requires = ("gunicorn",)
 
     def __init__(self, interval: float, window: float, proc: str = "/proc"):
         self.proc = proc
@@ -63,7 +62,7 @@ class SamplerCollector(Collector):
     async def collect(self) -> SamplerSnapshot:
         return self.sampler.snapshot()
 
-    def finish(self, snapshot) -> None:
+    def learn(self, snapshot) -> None:
         g = snapshot.data("gunicorn", GunicornSnapshot)
         if g is not None:
             self.sampler.retarget(g)

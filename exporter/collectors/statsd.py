@@ -8,8 +8,9 @@ status, a request duration histogram and log message counts per app.
 * collect(): in a thread, the resolver (exporter/statsd/attribution.py) verifies the
   proven senders and looks up the new ones against the gunicorn processes of the last
   collection; then the senders' data is folded into their apps and a snapshot taken.
-* finish(): learn this collection's gunicorn processes (pid -> app, worker slot), and
-  forget the data of apps the gunicorn collector no longer reports (it forgets them
+* learn(): once a collection is complete, its gunicorn processes (pid -> app, worker
+  slot) for the next lookups, and forget the data of apps the gunicorn collector no
+  longer reports (it forgets them
   after --gunicorn.forget-after, or when its memory of 256 apps is full).
 
 docs/requests.md describes the design; docs/security.md what a local sender can do.
@@ -21,12 +22,11 @@ import asyncio
 import logging
 import time
 
-from exporter.collectors.attribution import gunicorn_data
 from exporter.collectors.base import Collector
 from exporter.linux.procfs import ProcFS
 from exporter.options import DEFAULTS
 from exporter.parsing import parse_listen_address
-from exporter.snapshot import StatsdSnapshot
+from exporter.snapshot import GunicornSnapshot, StatsdSnapshot
 from exporter.statsd.attribution import ProcMap, Resolver, proc_map
 from exporter.statsd.receiver import Receiver
 from exporter.statsd.senders import SenderTable
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 class StatsdCollector(Collector):
     name = "statsd"
-    requires = ("gunicorn",)
 
     def __init__(self, listen: str = DEFAULTS["statsd.listen-address"],
                  prefixes: dict[str, str] | None = None,
@@ -109,8 +108,8 @@ class StatsdCollector(Collector):
             senders=t.counts(), lookups=self.lookups, kernel_drops=self._drops,
             receive_buffer=self.receiver.buffer_size, requests=t.apps.snapshot())
 
-    def finish(self, snapshot) -> None:
-        g = gunicorn_data(snapshot)
+    def learn(self, snapshot) -> None:
+        g = snapshot.data("gunicorn", GunicornSnapshot)
         generation = (self.pmap.generation if self.pmap else 0) + 1
         if g is not None:
             self.pmap = proc_map(g, generation)

@@ -6,9 +6,11 @@
     dbrules.py   rules over database connections (C6, C5)
     facts.py     host facts the collectors do not measure (CPUs, control sockets, nginx)
     nginx.py     nginx's proxy_read_timeout, read statically from its config files
-    evaluate.py  a scrape's snapshot -> the rules' View -> findings
-    daemon.py    the `advice` collector: the rules on every scrape of the daemon
+    evaluate.py  the collectors' data -> the rules' View -> findings
     main.py      the command line
+
+The daemon runs the same rules on every scrape: the `advice` collector
+(exporter/collectors/advice.py).
 
 docs/doctor.md describes every rule; a new rule is one decorated function.
 """

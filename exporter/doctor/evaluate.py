@@ -1,5 +1,6 @@
-"""Every registered rule over one collection: `view_of` builds the rules' `View` from a
-scrape's `Snapshot` (and the collection before it), `evaluate` runs the rules. A rule
+"""Every registered rule over one collection: `view_of` builds the rules' `View` from the
+gunicorn, netstat and postgres collectors' data (and the collection before it),
+`evaluate` runs the rules. A rule
 that fails (a bug, a value it did not expect) costs its own findings only.
 """
 
@@ -7,30 +8,26 @@ from __future__ import annotations
 
 import logging
 
-from exporter.collectors.attribution import gunicorn_data
 from exporter.doctor import dbrules, rules  # noqa: F401 - registers the rules
 from exporter.doctor.model import (RULES, SEVERITIES, Facts, Finding, Thresholds, View)
-from exporter.snapshot import GunicornSnapshot, HostSnapshot, PostgresSnapshot, Snapshot
+from exporter.snapshot import GunicornSnapshot, HostSnapshot, PostgresSnapshot
 
 log = logging.getLogger(__name__)
 _failed: set[str] = set()   # rules whose failure was logged (once each)
 
 
-def view_of(snapshot: Snapshot, previous: GunicornSnapshot | None = None,
+def view_of(g: GunicornSnapshot, host: HostSnapshot | None = None,
+            postgres: PostgresSnapshot | None = None, previous: GunicornSnapshot | None = None,
             interval: float | None = None, facts: Facts | None = None,
-            thresholds: Thresholds | None = None) -> View | None:
-    """The rules' view of a scrape; None when it has no gunicorn data. `previous` is the
-    gunicorn collector's data of an earlier collection, `interval` seconds before."""
-    g = gunicorn_data(snapshot)
-    if g is None:
-        return None
+            thresholds: Thresholds | None = None) -> View:
+    """The rules' view of a collection: the gunicorn collector's data, the netstat and
+    postgres collectors' when they succeeded; `previous` is the gunicorn collector's data
+    of an earlier collection, `interval` seconds before."""
     before = {}
     if previous is not None and previous is not g and interval and interval > 0:
         before = {a.app: a for a in previous.apps if a.up}
-    return View(apps=[a for a in g.apps if a.up and a.master_pid],
-                host=snapshot.data("netstat", HostSnapshot),
-                postgres=snapshot.data("postgres", PostgresSnapshot),
-                socket_source=g.socket_source, previous=before,
+    return View(apps=[a for a in g.apps if a.up and a.master_pid], host=host,
+                postgres=postgres, socket_source=g.socket_source, previous=before,
                 interval=interval if before else None,
                 facts=facts or Facts(), t=thresholds or Thresholds())
 

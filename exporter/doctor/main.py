@@ -21,14 +21,13 @@ import sys
 import textwrap
 
 from exporter.collectors import REGISTRY, build
-from exporter.collectors.attribution import gunicorn_data
 from exporter.config import ConfigError, _build, build_parser
 from exporter.doctor.evaluate import evaluate, view_of
 from exporter.doctor.facts import read_facts
 from exporter.doctor.model import Finding, Thresholds
 from exporter.linux.procfs import ProcFS
 from exporter.scrape import Scraper
-from exporter.snapshot import PostgresSnapshot
+from exporter.snapshot import GunicornSnapshot, HostSnapshot, PostgresSnapshot
 
 log = logging.getLogger("exporter.doctor")
 EXIT_CANNOT_CHECK = 3
@@ -66,12 +65,12 @@ def parse(argv: list[str]):
 async def collect(cfg) -> tuple[list[Finding] | None, list[str]]:
     """Findings (None: the gunicorn collection failed) and notes for stderr."""
     try:
-        collectors = build(cfg)
+        collectors, joins = build(cfg)
     except ConfigError as e:
         parser().error(str(e))
     if not (cfg.postgres_dsns or cfg.postgres_dsn_files):
         collectors = [c for c in collectors if c.name != "postgres"]
-    scraper = Scraper(collectors, cfg.scrape_timeout)
+    scraper = Scraper(collectors, cfg.scrape_timeout, joins)
     notes: list[str] = []
     started = []
     try:
@@ -83,11 +82,12 @@ async def collect(cfg) -> tuple[list[Finding] | None, list[str]]:
         if cfg.doctor_interval > 0:
             await asyncio.sleep(cfg.doctor_interval)   # the second sample, for W1
             snap = await scraper.scrape()
-            previous, interval = gunicorn_data(first), snap.collected_at - first.collected_at
+            previous = first.data("gunicorn", GunicornSnapshot)
+            interval = snap.collected_at - first.collected_at
         for name, r in snap.results.items():
             if not r.success:
                 notes.append(f"collector {name} failed: {r.error}")
-        g = gunicorn_data(snap)
+        g = snap.data("gunicorn", GunicornSnapshot)
         if g is None:
             return None, notes
         if g.permission_denied:
@@ -107,7 +107,8 @@ async def collect(cfg) -> tuple[list[Finding] | None, list[str]]:
         if facts.nginx is not None:
             notes.extend(f"nginx config: {p}" for p in facts.nginx.problems
                          if not (p.startswith(cfg.doctor_nginx_config) and "No such file" in p))
-        view = view_of(snap, previous, interval, facts, Thresholds.from_config(cfg))
+        view = view_of(g, snap.data("netstat", HostSnapshot), pg, previous, interval, facts,
+                       Thresholds.from_config(cfg))
         notes.append(f"checked {len(view.apps)} app(s): " + (", ".join(a.app for a in view.apps) or "none found"))
         return evaluate(view), notes
     finally:

@@ -56,6 +56,7 @@ def render(snapshot: Snapshot) -> Iterator[Metric]:
     fails (a bug, or a value that is not a number), that collector is reported as failed
     and the others still answer; /metrics never fails as a whole.
     """
+    failed: set[str] = set()
     for result in snapshot.results.values():
         if not result.success or result.data is None:
             continue
@@ -66,11 +67,11 @@ def render(snapshot: Snapshot) -> Iterator[Metric]:
             families = [_checked(f) for f in renderer(result.data)]
         except Exception as e:  # noqa: BLE001
             log.warning("collector %s: rendering failed: %r", result.name, e)
-            result.success, result.error = False, f"rendering: {type(e).__name__}"
+            failed.add(result.name)
             continue
         yield from families
     yield from _requests_guarded(snapshot)
-    yield from render_self(snapshot)
+    yield from render_self(snapshot, failed)
 
 
 def _checked(family: Metric) -> Metric:
@@ -134,11 +135,13 @@ def render_web(reload_ok: bool, counts: tuple[int, dict[str, int]] = (0, {})) ->
     yield r
 
 
-def render_self(snapshot: Snapshot) -> Iterator[Metric]:
+def render_self(snapshot: Snapshot, render_failed: set[str] = frozenset()) -> Iterator[Metric]:
+    """The exporter's own families; a collector whose data could not be rendered
+    (`render_failed`) counts as failed."""
     ok = _g("gunicorn_exporter_collector_success", "1 if the collector's last run succeeded within its time limit.", ["collector"])
     dur = _g("gunicorn_exporter_collector_duration_seconds", "How long the collector's last run took, in seconds.", ["collector"])
     for name, r in sorted(snapshot.results.items()):
-        ok.add_metric([name], 1 if r.success else 0)
+        ok.add_metric([name], 1 if r.success and name not in render_failed else 0)
         dur.add_metric([name], r.duration)
     yield ok
     yield dur
