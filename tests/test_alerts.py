@@ -19,6 +19,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from generate import alerts, recording, rules
+from generate.__main__ import main as generate_main
 from tests.conftest import require
 from tests.harness import poll, running_exporter, unique_name
 
@@ -51,6 +52,23 @@ def promtool() -> str:
 def test_rule_file_is_generated_from_config():
     assert RULES.read_text() == rules.render(), (
         "alerts/gunicorn.rules.yml is stale: run .venv/bin/python -m generate rules")
+
+
+def test_generate_check_finds_a_stale_file(tmp_path, capsys):
+    """The one --check of `python -m generate`: 1 and the command to run while a file is
+    missing or differs, 0 once it is what would be written; all three committed files
+    are current."""
+    out = tmp_path / "rules.yml"
+    assert generate_main(["rules", "--check", "-o", str(out)]) == 1
+    out.write_text(rules.render() + "# edited\n")
+    assert generate_main(["rules", "--check", "-o", str(out)]) == 1
+    assert "rules.yml is stale: run python -m generate rules" in capsys.readouterr().err
+    assert generate_main(["rules", "-o", str(out)]) == 0
+    assert out.read_text() == rules.render()
+    assert generate_main(["rules", "--check", "-o", str(out)]) == 0
+    with pytest.raises(SystemExit):   # the rule file's variants go with the rules only
+        generate_main(["dashboard", "--for", "2s", "-o", str(out)])
+    assert generate_main(["--check"]) == 0
 
 
 def test_build_rejects_unknown_and_unused_config_keys():
