@@ -25,8 +25,9 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from exporter.gunicorn import confeval, control  # noqa: E402
+from exporter.gunicorn.cmdline import parse_title  # noqa: E402
 from exporter.gunicorn.discovery import scan_processes  # noqa: E402
-from exporter.gunicorn.settings import DEFAULTS, parse_title, resolve  # noqa: E402
+from exporter.gunicorn.settings import DEFAULTS, resolve  # noqa: E402
 from exporter.gunicorn.version import site_dirs_from_maps  # noqa: E402
 from exporter.labels import bounded  # noqa: E402
 from exporter.linux import kmsg  # noqa: E402

@@ -7,11 +7,9 @@ promtool is the Debian package `prometheus`; without it these tests skip (fail w
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +18,8 @@ import yaml
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from generate import alerts, recording, rules
+from generate.__main__ import main as generate_main
 from tests.conftest import require
 from tests.harness import poll, running_exporter, unique_name
 
@@ -41,17 +41,6 @@ NEEDS_POSTGRES = re.compile(r"^gunicorn_postgres_|^gunicorn_request")
 PROMETHEUS_SERIES = {"up"}
 
 
-def _load_build():
-    spec = importlib.util.spec_from_file_location("alerts_build", ALERTS / "build.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-build = _load_build()
-
-
 def promtool() -> str:
     path = shutil.which("promtool")
     require(path is not None, "promtool not installed (Debian package 'prometheus')")
@@ -61,47 +50,64 @@ def promtool() -> str:
 # ---- the generated file ---------------------------------------------------------
 
 def test_rule_file_is_generated_from_config():
-    assert RULES.read_text() == build.render(), (
-        "alerts/gunicorn.rules.yml is stale: run .venv/bin/python alerts/build.py")
+    assert RULES.read_text() == rules.render(), (
+        "alerts/gunicorn.rules.yml is stale: run .venv/bin/python -m generate rules")
+
+
+def test_generate_check_finds_a_stale_file(tmp_path, capsys):
+    """The one --check of `python -m generate`: 1 and the command to run while a file is
+    missing or differs, 0 once it is what would be written; all three committed files
+    are current."""
+    out = tmp_path / "rules.yml"
+    assert generate_main(["rules", "--check", "-o", str(out)]) == 1
+    out.write_text(rules.render() + "# edited\n")
+    assert generate_main(["rules", "--check", "-o", str(out)]) == 1
+    assert "rules.yml is stale: run python -m generate rules" in capsys.readouterr().err
+    assert generate_main(["rules", "-o", str(out)]) == 0
+    assert out.read_text() == rules.render()
+    assert generate_main(["rules", "--check", "-o", str(out)]) == 0
+    with pytest.raises(SystemExit):   # the rule file's variants go with the rules only
+        generate_main(["dashboard", "--for", "2s", "-o", str(out)])
+    assert generate_main(["--check"]) == 0
 
 
 def test_build_rejects_unknown_and_unused_config_keys():
-    config = build.load_config()
+    config = rules.load_config()
     config["GunicornDown"] = dict(config["GunicornDown"], treshold=3)
-    with pytest.raises(build.ConfigError, match="treshold"):
-        build.build_rules(config)
-    config = build.load_config()
+    with pytest.raises(rules.ConfigError, match="treshold"):
+        rules.build_rules(config)
+    config = rules.load_config()
     config["GunicornWorkerPoolSaturated"] = {"for": "15m", "severity": "warning", "window": "10m"}
-    with pytest.raises(build.ConfigError, match="busy_ratio"):
-        build.build_rules(config)
-    config = build.load_config()
+    with pytest.raises(rules.ConfigError, match="busy_ratio"):
+        rules.build_rules(config)
+    config = rules.load_config()
     config["GunicornDown"] = dict(config["GunicornDown"], severity="page")
-    with pytest.raises(build.ConfigError, match="severity"):
-        build.build_rules(config)
+    with pytest.raises(rules.ConfigError, match="severity"):
+        rules.build_rules(config)
 
 
 def test_placeholders_are_template_ones_that_leave_prometheus_templating_alone():
     used: set = set()
-    text = build._substitute(
+    text = rules._substitute(
         "x{@{selector}} > @{busy_ratio} # @{busy_ratio_pct} {{ $labels.app }} {{ $value }} @@",
         {"busy_ratio": 0.8}, {"selector": 'job="g"'}, used, "test")
     assert text == 'x{job="g"} > 0.8 # 80% {{ $labels.app }} {{ $value }} @'
     assert used == {"busy_ratio"}
-    with pytest.raises(build.ConfigError, match="nope"):
-        build._substitute("@{nope}", {}, {}, set(), "test")
-    with pytest.raises(build.ConfigError, match="stray '@'"):
-        build._substitute("a @ b", {}, {}, set(), "test")
+    with pytest.raises(rules.ConfigError, match="nope"):
+        rules._substitute("@{nope}", {}, {}, set(), "test")
+    with pytest.raises(rules.ConfigError, match="stray '@'"):
+        rules._substitute("a @ b", {}, {}, set(), "test")
     # a threshold fixed in a rule's expression cannot also be set in config.toml
-    config = build.load_config()
+    config = rules.load_config()
     config["GunicornDBConnectionsOverBudget"] = dict(config["GunicornDBConnectionsOverBudget"],
                                                      budget_ratio=2)
-    with pytest.raises(build.ConfigError, match="budget_ratio"):
-        build.build_rules(config)
+    with pytest.raises(rules.ConfigError, match="budget_ratio"):
+        rules.build_rules(config)
 
 
 def test_for_override_changes_only_for():
-    short = build.render(for_override="2s")
-    normal = build.render()
+    short = rules.render(for_override="2s")
+    normal = rules.render()
     assert re.sub(r"\bfor: \S+", "for: X", short) == re.sub(r"\bfor: \S+", "for: X", normal)
     assert set(re.findall(r"\bfor: (\S+)", short)) == {"2s"}
     assert re.findall(r"keep_firing_for: \S+", short) == re.findall(r"keep_firing_for: \S+", normal)
@@ -111,8 +117,8 @@ def test_promtool_check_rules():
     res = subprocess.run([promtool(), "check", "rules", str(RULES)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
-    n_alerts = len(build.alerts_table())
-    assert "SUCCESS: %d rules found" % (n_alerts + len(build.RECORDING_RULES)) in res.stdout
+    n_alerts = len(alerts.alerts_table())
+    assert "SUCCESS: %d rules found" % (n_alerts + len(recording.RECORDING_RULES)) in res.stdout
 
 
 def test_promtool_unit_tests():
@@ -127,12 +133,12 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test():
     text = "\n".join(p.read_text() for p in UNIT_TESTS)
     names = re.findall(r'^\s*- name: "([^"]+)"', text, re.M)
     tested = set(re.findall(r"^\s*alertname: (\w+)", text, re.M))
-    for alert, _ in build.alerts_table():
+    for alert, _ in alerts.alerts_table():
         assert alert in tested, alert
         assert any(n.startswith(alert + " fires") for n in names), "%s: no firing case" % alert
         assert any(n.startswith(alert + " stays silent") for n in names), "%s: no silent case" % alert
     # and a firing case really expects the alert: an exp_labels line after its alertname
-    for alert, _ in build.alerts_table():
+    for alert, _ in alerts.alerts_table():
         assert re.search(r"alertname: %s\n\s+exp_alerts:\n\s+- exp_labels: \{severity: "
                          % alert, text), "%s: no case expects it to fire" % alert
 
@@ -147,30 +153,30 @@ def test_every_alert_has_a_runbook_section():
     headings = _runbook_headings()
     urls = {r["alert"]: r["annotations"]["runbook_url"]
             for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r}
-    for alert, _ in build.alerts_table():
+    for alert, _ in alerts.alerts_table():
         assert alert in headings, "docs/runbooks.md has no section '## %s'" % alert
         assert urls[alert].endswith("runbooks.md#%s" % alert.lower()), urls[alert]
 
 
 def test_every_alert_insight_has_an_alert_and_a_row_in_the_coverage_table():
-    covered = {i for _, ids in build.alerts_table() for i in ids.split()}
+    covered = {i for _, ids in alerts.alerts_table() for i in ids.split()}
     missing = [i for i in ALERT_INSIGHTS if i not in covered]
     assert not missing, "insights without an alert: %s" % missing
     doc = RUNBOOKS.read_text()
     for insight in ALERT_INSIGHTS:
         row = re.search(r"^\| %s \|(.*)$" % insight, doc, re.M)
         assert row, "docs/runbooks.md coverage table has no row for %s" % insight
-        for alert, ids in build.alerts_table():
+        for alert, ids in alerts.alerts_table():
             if insight in ids.split():
                 assert alert in row.group(1), "%s row does not name %s" % (insight, alert)
 
 
 def test_runbook_alert_list_matches_the_config():
-    config = build.load_config()
+    config = rules.load_config()
     rows = dict((m[0], m[1:]) for m in re.findall(
         r"^\| (Gunicorn\w+) \| (critical|warning) \| (\w+) \| (\w+|-) \| ([^|]*) \|$",
         RUNBOOKS.read_text(), re.M))
-    for alert, ids in build.alerts_table():
+    for alert, ids in alerts.alerts_table():
         assert alert in rows, "docs/runbooks.md alert list misses %s" % alert
         severity, for_, keep, insights = rows[alert]
         assert (severity, for_, keep) == (config[alert]["severity"], config[alert]["for"],
@@ -223,11 +229,11 @@ def test_metric_names_parser():
 def rule_metric_names() -> set[str]:
     """Exporter series read by any rule (recorded series excluded: they are checked to
     be defined in the file)."""
-    groups = build.build_rules(build.load_config())
-    recorded = {r["record"] for _, rules in groups for r in rules if "record" in r}
+    groups = rules.build_rules(rules.load_config())
+    recorded = {r["record"] for _, members in groups for r in members if "record" in r}
     used = set()
-    for _, rules in groups:
-        for r in rules:
+    for _, members in groups:
+        for r in members:
             used |= metric_names(r["expr"])
     undefined = {n for n in used if ":" in n} - recorded
     assert not undefined, "rules read recording rules that do not exist: %s" % undefined

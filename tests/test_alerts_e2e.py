@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from generate import rules
 from tests.conftest import require
 from tests.harness import SlowClients, free_port, get_json, poll, running_server, url_ready
-from tests.test_alerts import build, running_exporter
+from tests.test_alerts import running_exporter
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -72,7 +73,7 @@ def test_pool_exhaustion_and_dead_master_reach_alertmanager(gunicorn_factory, tm
         "  repeat_interval: 1h\n"
         "receivers:\n"
         "  - name: blackhole\n")
-    (tmp_path / "rules.yml").write_text(build.render(time_scale=1 / SCALE))
+    (tmp_path / "rules.yml").write_text(rules.render(time_scale=1 / SCALE))
 
     with contextlib.ExitStack() as stack:
         exporter = stack.enter_context(running_exporter(tmp_path))

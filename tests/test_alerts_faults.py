@@ -3,9 +3,9 @@
 One stack for the module: a throwaway Postgres, nginx in front of one app, the exporter
 (following every app's gunicorn error log and nginx's logs, watching Postgres), and a
 real Prometheus scraping it every second with the rules of alerts/gunicorn.rules.yml
-rendered with every duration divided by SCALE = 15 (`alerts/build.py --time-scale`): the
-rules assume a 15 s scrape interval, so a 1 s interval sees the same samples 15 times
-sooner, and every latency measured here is reported times 15.
+rendered with every duration divided by SCALE = 15 (`python -m generate rules
+--time-scale`): the rules assume a 15 s scrape interval, so a 1 s interval sees the
+same samples 15 times sooner, and every latency measured here is reported times 15.
 
 First a calm phase with normal traffic to every app, in which nothing may fire. Then,
 one after the other, each on its own app: sync and gthread pool exhaustion (C1), every
@@ -41,12 +41,13 @@ from pathlib import Path
 
 import pytest
 
+from generate import rules
 from tests.alertwatch import Watcher
 from tests.conftest import require
 from tests.harness import (Gunicorn, SlowClients, free_port, get_json, http_get, poll,
                            running_exporter, running_server, stop_process, url_ready)
 from tests.pg import PgCluster, available
-from tests.test_alerts import build, promtool
+from tests.test_alerts import promtool
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -196,7 +197,7 @@ def stack(tmp_path_factory):
 
         prom_port = free_port()
         prom = f"http://127.0.0.1:{prom_port}"
-        (base / "rules.yml").write_text(build.render(time_scale=1 / SCALE))
+        (base / "rules.yml").write_text(rules.render(time_scale=1 / SCALE))
         (base / "prometheus.yml").write_text(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
             f"rule_files:\n  - {base / 'rules.yml'}\n"

@@ -7,7 +7,7 @@
   kubernetes-validate (strict: unknown fields fail; offline); the Prometheus Operator
   CRDs (ServiceMonitor, PrometheusRule) against a JSON schema below, a subset of the
   upstream CRD schemas with unknown fields forbidden; the PrometheusRule is what
-  deploy/kubernetes/generate.py makes from alerts/*.rules.yml, and promtool accepts its
+  `python -m generate kubernetes` makes from alerts/*.rules.yml, and promtool accepts its
   rules;
 * Prometheus and Alertmanager: `promtool check config`, `amtool check-config`;
 * Dockerfile: hadolint reports nothing, its HEALTHCHECK command works against a real
@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -31,6 +30,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from generate import kubernetes, rules
+from generate.alerts import alerts_table
 from tests.conftest import require
 from tests.harness import free_port, poll, running_exporter
 
@@ -43,11 +44,6 @@ VENV_BIN = Path(sys.executable).parent
 CAPABILITIES = {"CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH", "CAP_SYSLOG"}
 # the DaemonSet also enters pods' network namespaces (setns); a VM's apps share the host's
 DAEMONSET_CAPABILITIES = CAPABILITIES | {"CAP_SYS_ADMIN"}
-
-_spec = importlib.util.spec_from_file_location("k8s_generate", K8S / "generate.py")
-k8s_generate = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(k8s_generate)
-
 
 def run(argv, **kw):
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, **kw)
@@ -329,8 +325,8 @@ def test_service_monitor_finds_both_services():
 
 
 def test_prometheusrule_is_generated_from_the_alert_rules():
-    assert (K8S / "prometheusrule.yaml").read_text() == k8s_generate.render(), \
-        "deploy/kubernetes/prometheusrule.yaml is stale: run python deploy/kubernetes/generate.py"
+    assert (K8S / "prometheusrule.yaml").read_text() == kubernetes.render(), \
+        "deploy/kubernetes/prometheusrule.yaml is stale: run python -m generate kubernetes"
     files = sorted((ROOT / "alerts").glob("*.rules.yml"))
     groups = [g for f in files for g in (yaml.safe_load(f.read_text()) or {}).get("groups") or []]
     rule = next(d for _f, d in manifests() if d["kind"] == "PrometheusRule")
@@ -347,7 +343,7 @@ def test_prometheusrule_rules_pass_promtool(tmp_path):
 
 
 def test_generator_on_an_empty_alerts_directory(tmp_path):
-    doc = k8s_generate.prometheus_rule(tmp_path)
+    doc = kubernetes.prometheus_rule(tmp_path)
     assert doc["spec"]["groups"] == []
     validate(doc)
 
@@ -402,10 +398,7 @@ def test_alertmanager_config_passes_amtool():
     assert 'severity=\\"critical\\"' in receivers and 'severity=\\"warning\\"' in receivers
     # Inhibitions never mute a root cause: every target is a warning, and names only
     # alerts that exist (a typo would silently inhibit nothing).
-    sys.path.insert(0, str(ROOT / "alerts"))
-    import build as alerts_build
-    severity = {name: alerts_build.load_config()[name]["severity"]
-                for name, _ in alerts_build.alerts_table()}
+    severity = {name: rules.load_config()[name]["severity"] for name, _ in alerts_table()}
     for rule in config["inhibit_rules"]:
         targets = rule["target_matchers"]
         assert 'severity="warning"' in targets, rule

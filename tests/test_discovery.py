@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 
 from exporter.gunicorn.discovery import Proc, discover
-from exporter.gunicorn.settings import gunicorn_args, parse_title
+from exporter.gunicorn.cmdline import gunicorn_args, parse_title
 from exporter.linux.procfs import FdScan, ProcStat, ProcStatus
 
 ARBITER = 1 << (signal.SIGHUP - 1) | 1 << (signal.SIGUSR2 - 1) | 1 << (signal.SIGTTIN - 1)

@@ -1,8 +1,8 @@
 """grafana/dashboards/gunicorn.json: current schema, parseable PromQL, only real metrics.
 
-* the JSON is what grafana/generate.py writes from the current alerts/config.toml, so
-  threshold lines are the alert thresholds, and each such number appears in its alert's
-  expression in alerts/gunicorn.rules.yml;
+* the JSON is what `python -m generate dashboard` writes from the current
+  alerts/config.toml, so threshold lines are the alert thresholds, and each such number
+  appears in its alert's expression in alerts/gunicorn.rules.yml;
 * every PromQL expression (panel targets, annotations, the selectors of the variable
   queries) parses: promtool checks them as one recording rule each, after $variables and
   $__rate_interval are replaced with literal values;
@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -33,6 +32,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+import generate.dashboard
+import generate.panels
 from tests.conftest import require
 from tests.harness import free_port, poll, running_exporter, stop_process
 
@@ -63,10 +64,6 @@ CORE_SECTIONS = ("App", "Worker", "Listener", "Host", "Exporter self", "Process"
 # the host, and two masters of one name (a concurrent run of this file) are renamed
 # NAME@listener.
 APP = f"dash-{uuid.uuid4().hex[:8]}"
-
-_spec = importlib.util.spec_from_file_location("grafana_generate", ROOT / "grafana" / "generate.py")
-generate = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(generate)
 
 
 def dashboard() -> dict:
@@ -239,12 +236,12 @@ def test_dashboard_is_current_schema_and_complete():
 
 
 def test_dashboard_is_what_the_generator_writes():
-    assert DASHBOARD.read_text() == generate.render(), \
-        "grafana/dashboards/gunicorn.json is stale: run python grafana/generate.py"
+    assert DASHBOARD.read_text() == generate.dashboard.render(), \
+        "grafana/dashboards/gunicorn.json is stale: run python -m generate dashboard"
 
 
 def test_thresholds_are_the_alert_thresholds():
-    values, source = generate.thresholds()
+    values, source = generate.panels.thresholds()
     d = dashboard()
     drawn: dict[float, set[str]] = {}  # step value -> panels (and table columns) drawing it
     for p in panels(d):
@@ -263,14 +260,14 @@ def test_thresholds_are_the_alert_thresholds():
         assert value in drawn, f"threshold {key}={value} is drawn nowhere"
     # every other step is an alert threshold too; 1 alone may also mean "up" or "any"
     stray = {v: w for v, w in drawn.items() if v not in set(values.values()) | {1}}
-    assert not stray, f"thresholds drawn that are no alert threshold of generate.THRESHOLDS: {stray}"
-    # the rule file is committed (alerts/build.py writes it): its absence is a defect, not
-    # a reason to skip the cross-check
-    assert RULES.exists(), f"{RULES} is missing: run alerts/build.py"
+    assert not stray, f"thresholds drawn that are no alert threshold of generate.panels.THRESHOLDS: {stray}"
+    # the rule file is committed (`python -m generate rules` writes it): its absence is a
+    # defect, not a reason to skip the cross-check
+    assert RULES.exists(), f"{RULES} is missing: run python -m generate rules"
     rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
     alerts = {r["alert"]: " ".join(str(r["expr"]).split()) for r in rules if "alert" in r}
-    for key, (alert, _param, _colour) in generate.THRESHOLDS.items():
-        assert alert in alerts, f"{key}: alert {alert} is not in {RULES.name}; update grafana/generate.py"
+    for key, (alert, _param, _colour) in generate.panels.THRESHOLDS.items():
+        assert alert in alerts, f"{key}: alert {alert} is not in {RULES.name}; update generate/panels.py"
         number = re.escape(f"{values[key]:g}")
         assert re.search(r"[<>]=?\s*" + number + r"(?![\d.])", alerts[alert]), \
             f"{key}: {values[key]:g} ({source[key]}) is not the threshold of {alert}: {alerts[alert]}"
@@ -278,16 +275,14 @@ def test_thresholds_are_the_alert_thresholds():
 
 def test_a_threshold_missing_from_the_alerts_is_an_error(tmp_path):
     """THRESHOLDS states no values: one missing from alerts/config.toml (and not fixed in
-    alerts/build.py) stops the generator instead of falling back to a number of its own."""
-    alerts = ROOT / "alerts"
-    (tmp_path / "build.py").write_text((alerts / "build.py").read_text())
-    config = (alerts / "config.toml").read_text()
+    generate/alerts.py) stops the generator instead of falling back to a number of its own."""
+    config = (ROOT / "alerts" / "config.toml").read_text()
     assert "\nfd_ratio = 0.8" in config
     (tmp_path / "config.toml").write_text(config.replace("\nfd_ratio = 0.8", "\n"))
     with pytest.raises(SystemExit, match=r"fd_warning: \[GunicornWorkerFileDescriptorsHigh\] fd_ratio"):
-        generate.thresholds(tmp_path)
-    _values, source = generate.thresholds()
-    assert "alerts/build.py" in source["db_budget_critical"]  # fixed in its expression
+        generate.panels.thresholds(tmp_path / "config.toml")
+    _values, source = generate.panels.thresholds()
+    assert "generate/alerts.py" in source["db_budget_critical"]  # fixed in its expression
 
 
 def test_every_expression_parses_with_promtool(tmp_path):

@@ -13,14 +13,14 @@ import pytest
 
 from exporter.linux import diagmsg, netlink, sockdiag
 from exporter.linux.diagmsg import (INET_DIAG_INFO, INET_DIAG_SKMEMINFO, SOCK_DIAG_BY_FAMILY,
-                                    TCP_ESTABLISHED, TCP_LISTEN, TCP_TIME_WAIT,
                                     UNIX_DIAG_NAME, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN,
-                                    UNIX_DIAG_SHUTDOWN, UNIX_DIAG_VFS, InetSocket, UnixSocket,
-                                    decode_inet, decode_listen_drops, decode_listeners,
-                                    decode_lookups,
+                                    UNIX_DIAG_SHUTDOWN, UNIX_DIAG_VFS, decode_inet,
+                                    decode_listen_drops, decode_listeners, decode_lookups,
                                     decode_unix, parse_tcp_idle)
 from exporter.linux.netlink import (NLM_F_MULTI, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
                                     NLMSG_OVERRUN, NetlinkError, walk)
+from exporter.linux.sockets import (TCP_ESTABLISHED, TCP_LISTEN, TCP_TIME_WAIT, InetSocket,
+                                    UnixSocket)
 
 HDR = struct.Struct("=IHHII")
 UNIX_MSG = struct.Struct("=BBBxI8s")

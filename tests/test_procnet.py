@@ -20,17 +20,9 @@ from exporter.linux.procnet import (
     parse_proc_net_unix,
     read_table,
 )
-from exporter.linux.sockdiag import (
-    TCP_CLOSE,
-    TCP_CLOSE_WAIT,
-    TCP_ESTABLISHED,
-    TCP_LISTEN,
-    InetSocket,
-    SockDiagError,
-    SocketTable,
-    UnixSocket,
-    read_all,
-)
+from exporter.linux.sockdiag import SockDiagError, read_all
+from exporter.linux.sockets import (TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN,
+                                    InetSocket, SocketTable, UnixSocket)
 
 # ------------------------------------------------------------------ samples
 

@@ -1,7 +1,8 @@
-"""Static reading of gunicorn settings: argv shapes, GUNICORN_CMD_ARGS, config files, titles."""
+"""Static reading of gunicorn settings: argv shapes and titles (exporter/gunicorn/cmdline.py),
+GUNICORN_CMD_ARGS, config files (exporter/gunicorn/settings.py)."""
 
-from exporter.gunicorn.settings import (gunicorn_args, normalise_worker_class, parse_args,
-                                        parse_title, resolve)
+from exporter.gunicorn.cmdline import gunicorn_args, parse_args, parse_title
+from exporter.gunicorn.settings import normalise_worker_class, resolve
 
 
 def test_recognises_invocations():

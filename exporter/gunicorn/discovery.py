@@ -40,7 +40,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from exporter.gunicorn.settings import gunicorn_args, parse_title
+from exporter.gunicorn.cmdline import gunicorn_args, parse_title
 from exporter.linux.procfs import FdScan, ProcFS, ProcStat, ProcStatus
 
 MAX_MASTERS = 256

@@ -7,7 +7,7 @@ Sources, lowest priority first (gunicorn's own order):
      evaluated statically by `exporter.gunicorn.confeval` (literals, arithmetic over
      `multiprocessing.cpu_count()`, environment reads; never executed);
   3. `GUNICORN_CMD_ARGS` from the master's environment;
-  4. the command line;
+  4. the command line (both parsed by `exporter.gunicorn.cmdline`);
   5. the control socket's `show config` answer, when the master proves it answered
      (merged by the collector, see `exporter/gunicorn/control.py`): this is what the
      running master really uses, so it wins.
@@ -22,12 +22,12 @@ anything outside `RANGES` is a problem and unknown.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from dataclasses import dataclass, field
 
 from exporter.gunicorn import confeval
+from exporter.gunicorn.cmdline import APPENDED, MAX_STRING, parse_args
 from exporter.labels import bounded
 
 DEFAULTS: dict[str, object] = {
@@ -58,47 +58,13 @@ RANGES: dict[str, tuple[int, int]] = {
     "backlog": (0, 2**31 - 1),
     "max_requests": (0, 2**53),
 }
-MAX_STRING = 4096
 MAX_BINDS = 64
 STRING_SETTINGS = {"worker_class", "proc_name", "worker_tmp_dir", "control_socket", "config",
                    "wsgi_app"}
 BOOL_SETTINGS = {"reuse_port", "control_socket_disable"}
-LIST_SETTINGS = {"bind"}
+LIST_SETTINGS = APPENDED   # bind, the one option gunicorn appends to a list
 MAX_CONFIG_BYTES = 256 * 1024
 UNKNOWN_SOURCE = "unknown"
-
-# option -> setting name, for the options that take a value
-VALUED: dict[str, str] = {
-    "-c": "config", "--config": "config",
-    "-b": "bind", "--bind": "bind",
-    "--backlog": "backlog",
-    "-w": "workers", "--workers": "workers",
-    "-k": "worker_class", "--worker-class": "worker_class",
-    "--threads": "threads",
-    "--worker-connections": "worker_connections",
-    "-t": "timeout", "--timeout": "timeout",
-    "--keep-alive": "keepalive",
-    "-n": "proc_name", "--name": "proc_name",
-    "--worker-tmp-dir": "worker_tmp_dir",
-    "--max-requests": "max_requests",
-    "--control-socket": "control_socket",
-}
-# gunicorn's store_true/store_const options (they take no value). Any other option is
-# assumed to take one, which is what all other gunicorn options do.
-FLAGS: dict[str, str | None] = {
-    "--reuse-port": "reuse_port", "--no-control-socket": "control_socket_disable",
-    "--reload": None, "--spew": None, "--check-config": None, "--print-config": None,
-    "--preload": None, "--no-sendfile": None, "-D": None, "--daemon": None,
-    "--initgroups": None, "--disable-redirect-access-to-syslog": None,
-    "--capture-output": None, "--log-syslog": None, "-R": None,
-    "--enable-stdio-inheritance": None, "--enable-backlog-metric": None,
-    "--suppress-ragged-eofs": None, "--do-handshake-on-connect": None,
-    "--permit-obsolete-folding": None, "--strip-header-spaces": None,
-    "--permit-unconventional-http-method": None,
-    "--permit-unconventional-http-version": None, "--casefold-http-method": None,
-    "-v": None, "--version": None, "-h": None, "--help": None,
-}
-INT_SETTINGS = set(RANGES)
 
 # Worker class aliases gunicorn accepts, normalised to one short name.
 WORKER_CLASS_ALIASES = {
@@ -220,120 +186,6 @@ def normalise_worker_class(value: str) -> str:
     if root in ("uvicorn", "uvicorn_worker"):
         return "uvicorn"
     return value.strip()
-
-
-def parse_args(args: list[str]) -> tuple[dict[str, object], str | None]:
-    """Parse gunicorn command-line arguments (after the program name).
-
-    Returns (settings given, app argument). `bind` accumulates; everything else is
-    last-wins, like argparse.
-    """
-    found: dict[str, object] = {}
-    positionals: list[str] = []
-    i = 0
-    n = len(args)
-    while i < n:
-        arg = args[i]
-        i += 1
-        if arg == "--":
-            positionals.extend(args[i:])
-            break
-        if not arg.startswith("-") or arg == "-":
-            positionals.append(arg)
-            continue
-        if arg.startswith("--"):
-            opt, eq, value = arg.partition("=")
-            if opt in FLAGS:
-                if FLAGS[opt]:
-                    found[FLAGS[opt]] = True
-                continue
-            if not eq:
-                if i >= n:
-                    break
-                value = args[i]
-                i += 1
-        else:
-            opt = arg[:2]
-            if opt in FLAGS:
-                if FLAGS[opt]:
-                    found[FLAGS[opt]] = True
-                continue
-            value = arg[2:]
-            if not value:
-                if i >= n:
-                    break
-                value = args[i]
-                i += 1
-            elif value.startswith("="):
-                value = value[1:]
-        name = VALUED.get(opt)
-        if name is None:
-            continue
-        if name in LIST_SETTINGS:
-            found.setdefault(name, [])
-            found[name].append(value)  # type: ignore[union-attr]
-        else:
-            found[name] = value
-    app = positionals[-1] if positionals else None
-    return found, app
-
-
-def gunicorn_args(argv: list[str]) -> list[str] | None:
-    """The gunicorn arguments inside a process's argv, or None if it is not gunicorn.
-
-    Recognises `gunicorn ...`, `/venv/bin/gunicorn ...`, `python /venv/bin/gunicorn ...`,
-    `python -m gunicorn ...` (also `-mgunicorn`, `-m gunicorn.app.wsgiapp`) with
-    interpreter options before `-m`.
-    """
-    if not argv:
-        return None
-    if _is_gunicorn_script(argv[0]):
-        return argv[1:]
-    if not _is_python(argv[0]):
-        return None
-    i = 1
-    while i < len(argv):
-        a = argv[i]
-        if a == "-m" and i + 1 < len(argv):
-            return argv[i + 2:] if _is_gunicorn_module(argv[i + 1]) else None
-        if a.startswith("-m") and len(a) > 2:
-            return argv[i + 1:] if _is_gunicorn_module(a[2:]) else None
-        if a in ("-c",):
-            return None
-        if a in ("-W", "-X", "-Q"):  # interpreter options with a separate value
-            i += 2
-            continue
-        if a.startswith("-"):
-            i += 1
-            continue
-        return argv[i + 1:] if _is_gunicorn_script(a) else None
-    return None
-
-
-def _is_gunicorn_script(path: str) -> bool:
-    return os.path.basename(path) in ("gunicorn", "gunicorn3")
-
-
-def _is_python(path: str) -> bool:
-    base = os.path.basename(path)
-    return base.startswith("python") or base.startswith("pypy")
-
-
-def _is_gunicorn_module(mod: str) -> bool:
-    return mod in ("gunicorn", "gunicorn.app.wsgiapp")
-
-
-TITLE_RE = re.compile(r"^gunicorn: (master|worker|dirty-arbiter|dirty-worker)(?: \[(.*)\])?")
-
-
-def parse_title(argv: list[str]) -> tuple[str, str | None] | None:
-    """setproctitle titles: ('master', name), ('worker', name), ('dirty-arbiter', None) ..."""
-    if not argv or not argv[0].startswith("gunicorn: "):
-        return None
-    m = TITLE_RE.match(" ".join(argv)[:MAX_STRING + 64])
-    if not m:
-        return None
-    return m.group(1), m.group(2)
 
 
 def resolve(argv_args: list[str] | None, environ: dict[str, str] | None,

@@ -9,8 +9,8 @@ rest), ``decode_listen_drops`` (INET_DIAG_SKMEMINFO), ``decode_lookups`` (the
 batched exact lookups with INET_DIAG_INFO).  Message parsers: ``parse_unix``,
 ``parse_inet``, ``parse_listen_drops``, ``parse_tcp_idle``.
 
-Unknown values are None (here: a unix socket without the RQLEN or SHUTDOWN
-attribute; exporter/linux/procnet.py for what /proc/net lacks); 0 means none.
+What they decode into is exporter/linux/sockets.py's; unknown values are None (here:
+a unix socket without the RQLEN or SHUTDOWN attribute); 0 means none.
 
 Layouts: uapi linux/sock_diag.h, linux/unix_diag.h, linux/inet_diag.h, linux/tcp.h.
 """
@@ -20,38 +20,12 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from dataclasses import dataclass
 
 from exporter.linux.netlink import (HDR_LEN, NLM_F_DUMP, NLM_F_REQUEST, NetlinkError, align,
                                     attributes, frame, leading_matches, malformed, walk)
+from exporter.linux.sockets import TCP_LISTEN, TCP_TIME_WAIT, InetSocket, UnixSocket
 
-# TCP state numbers (include/net/tcp_states.h).  Unix sockets reuse them:
-# 1 ESTABLISHED, 7 CLOSE, 10 LISTEN.
-TCP_ESTABLISHED = 1
-TCP_SYN_SENT = 2
-TCP_SYN_RECV = 3
-TCP_FIN_WAIT1 = 4
-TCP_FIN_WAIT2 = 5
-TCP_TIME_WAIT = 6
-TCP_CLOSE = 7
-TCP_CLOSE_WAIT = 8
-TCP_LAST_ACK = 9
-TCP_LISTEN = 10
-TCP_CLOSING = 11
-TCP_NEW_SYN_RECV = 12  # request sockets; reported with inode 0
-
-TCP_STATE_NAMES = {
-    TCP_ESTABLISHED: "ESTABLISHED", TCP_SYN_SENT: "SYN_SENT",
-    TCP_SYN_RECV: "SYN_RECV", TCP_FIN_WAIT1: "FIN_WAIT1",
-    TCP_FIN_WAIT2: "FIN_WAIT2", TCP_TIME_WAIT: "TIME_WAIT",
-    TCP_CLOSE: "CLOSE", TCP_CLOSE_WAIT: "CLOSE_WAIT",
-    TCP_LAST_ACK: "LAST_ACK", TCP_LISTEN: "LISTEN", TCP_CLOSING: "CLOSING",
-    TCP_NEW_SYN_RECV: "NEW_SYN_RECV",
-}
 ALL_STATES_MASK = (1 << 13) - 1   # states 0..12 (ss's SS_ALL); bit N selects state N
-
-RCV_SHUTDOWN = 1   # sk_shutdown bits
-SEND_SHUTDOWN = 2
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -72,52 +46,6 @@ SK_MEMINFO_DROPS = 8     # index in the SKMEMINFO u32 array
 TCPI_LAST_DATA_SENT = 44  # offsets in struct tcp_info; milliseconds ago
 TCPI_LAST_DATA_RECV = 52
 TCPI_BYTES_ACKED = 120    # u64, Linux >= 4.1
-
-
-@dataclass(slots=True)
-class UnixSocket:
-    inode: int
-    state: int          # TCP_LISTEN / TCP_ESTABLISHED / TCP_CLOSE ...
-    type: int           # socket.SOCK_STREAM etc.
-    name: str | None    # bound path; abstract as '@name'; None when unnamed
-    peer: int | None    # peer socket inode; 0 if none, None if unknown
-    rqueue: int | None  # LISTEN: accept-queue length; else receive queue; None if unknown
-    wqueue: int | None  # LISTEN: max backlog; else send queue; None if unknown
-    shutdown: int | None  # sk_shutdown bits (RCV_SHUTDOWN, SEND_SHUTDOWN); None if unknown
-    vfs_ino: int | None = 0  # inode of the socket file on disk; 0 if none, None if unknown
-    vfs_dev: int | None = 0  # its device in the kernel's encoding (major << 20 | minor)
-
-    @property
-    def vfs(self) -> tuple[int, int, int] | None:
-        """(major, minor, inode) of the bound file, comparable with os.stat(); None
-        when there is none or it is unknown."""
-        if not self.vfs_ino:
-            return None
-        return self.vfs_dev >> 20, self.vfs_dev & 0xFFFFF, self.vfs_ino
-
-
-@dataclass(slots=True)
-class InetSocket:
-    inode: int
-    family: int         # socket.AF_INET or AF_INET6
-    state: int
-    local_addr: str
-    local_port: int
-    remote_addr: str
-    remote_port: int
-    rqueue: int | None  # LISTEN: accept-queue length; else bytes unread
-    wqueue: int | None  # LISTEN: backlog limit; else bytes unsent; None if unknown
-    uid: int
-    drops: int | None = None  # LISTEN: connections dropped at it (sk_drops); None if unknown
-
-
-@dataclass(slots=True)
-class SocketTable:
-    unix: dict[int, UnixSocket]
-    inet: dict[int, InetSocket]
-    source: str         # 'netlink' or 'procfs'
-    # every TCP socket was read (False: only listeners, all wanted inodes being known)
-    inet_complete: bool = True
 
 
 # ------------------------------------------------------------------ requests

@@ -18,14 +18,8 @@ import os
 import socket
 import struct
 
-from exporter.linux.sockdiag import (
-    TCP_CLOSE,
-    TCP_ESTABLISHED,
-    TCP_LISTEN,
-    InetSocket,
-    SocketTable,
-    UnixSocket,
-)
+from exporter.linux.sockets import (TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, InetSocket,
+                                    SocketTable, UnixSocket)
 
 __all__ = ["parse_proc_net_unix", "parse_proc_net_tcp", "read_table",
            "read_unix_file", "read_tcp_files"]

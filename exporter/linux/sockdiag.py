@@ -9,8 +9,9 @@ always closed.
 
 What is sent and how answers are decoded are pure functions elsewhere:
 exporter/linux/netlink.py (the message walk) and exporter/linux/diagmsg.py (sock_diag
-requests, message parsers, the data classes re-exported here).  Unknown values are
-None.  This module knows nothing about Prometheus or gunicorn.
+requests, message parsers); the data classes are exporter/linux/sockets.py's,
+re-exported here.  Unknown values are None.  This module knows nothing about
+Prometheus or gunicorn.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import socket
 import time
 
 from exporter.linux.diagmsg import (  # re-exported: the public API
-    ALL_STATES_MASK, NETLINK_SOCK_DIAG, RCV_SHUTDOWN, SEND_SHUTDOWN, SOCK_DIAG_BY_FAMILY,
-    TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2,
-    TCP_LAST_ACK, TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_STATE_NAMES, TCP_SYN_RECV, TCP_SYN_SENT,
-    TCP_TIME_WAIT, UDIAG_SHOW_RQLEN, InetSocket, SocketTable, UnixSocket, decode_inet,
+    ALL_STATES_MASK, NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, UDIAG_SHOW_RQLEN, decode_inet,
     decode_inet_lookups, decode_listen_drops, decode_listeners, decode_lookups, decode_unix,
     decode_unix_lookups, inet_request, listen_request, lookup_requests, parse_listen_drops,
     parse_tcp_idle, unix_lookup_requests, unix_request)
 from exporter.linux.netlink import NetlinkError
+from exporter.linux.sockets import (  # re-exported: the public API
+    RCV_SHUTDOWN, SEND_SHUTDOWN, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED,
+    TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_STATE_NAMES,
+    TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, InetSocket, SocketTable, UnixSocket)
 
 __all__ = [
     "TCP_ESTABLISHED", "TCP_SYN_SENT", "TCP_SYN_RECV", "TCP_FIN_WAIT1",

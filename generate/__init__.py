@@ -1,0 +1,18 @@
+"""The generators: the files users load, written from one set of templates and tunables.
+
+    python -m generate                    # rewrite all three files
+    python -m generate --check            # exit 1 if a committed file is not what this writes
+    python -m generate rules|dashboard|kubernetes [--check]   # one of them
+
+| file | written by | from |
+|---|---|---|
+| alerts/gunicorn.rules.yml | generate/rules.py | generate/recording.py, generate/alerts.py, alerts/config.toml |
+| grafana/dashboards/gunicorn.json | generate/dashboard.py | generate/panels.py, generate/rows.py, the alert thresholds |
+| deploy/kubernetes/prometheusrule.yaml | generate/kubernetes.py | alerts/*.rules.yml |
+
+alerts/config.toml is the one place to tune the alerts (and so the dashboard's threshold
+lines). The package is a development tool: it is not part of the installed `exporter`.
+The headers of the generated files still name the scripts that wrote them before this
+package (alerts/build.py, grafana/generate.py, deploy/kubernetes/generate.py): those are
+thin forwards to `python -m generate`.
+"""

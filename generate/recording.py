@@ -1,0 +1,98 @@
+"""The recording rules of alerts/gunicorn.rules.yml (group gunicorn.rules): the series
+the alerts (generate/alerts.py) and the dashboard's Overview read. ``@{selector}`` is
+[global] selector of alerts/config.toml (placeholders: generate/rules.py)."""
+
+from __future__ import annotations
+
+# `by`-free aggregation: `without (...)` keeps job, instance and any target labels a
+# user adds by relabelling, so every alert carries them without listing them here.
+
+RECORDING_RULES: list[tuple[str, str]] = [
+    ("app:gunicorn_workers_busy:ratio",
+     "gunicorn_workers_busy{@{selector}} / (gunicorn_workers{@{selector}} > 0)"),
+    ("app:gunicorn_listener_queue_length:sum",
+     "sum without (listener) (gunicorn_listener_queue_length{@{selector}})"),
+    ("listener:gunicorn_listener_queue_fill:ratio",
+     "gunicorn_listener_queue_length{@{selector}}\n"
+     "  / (gunicorn_listener_queue_max{@{selector}} > 0)"),
+    # Share of time (0-1) a connection waited in an accept queue of the app, from the
+    # sampler's 10 Hz samples: bursts between scrapes count. `max`: the busiest listener.
+    ("app:gunicorn_listener_queued:ratio_rate5m",
+     "max without (listener) (rate(gunicorn_listener_queued_seconds_total{@{selector}}[5m]))"),
+    ("app:gunicorn_listener_queued:ratio_rate1m",
+     "max without (listener) (rate(gunicorn_listener_queued_seconds_total{@{selector}}[1m]))"),
+    # Requests a worker holds: in flight, or served for a client that has gone (a
+    # thread still runs the app for it: busy, whoever waits for the answer).
+    ("worker:gunicorn_worker_requests:sum",
+     "sum without (state) (gunicorn_worker_connections{@{selector}, state=~\"active|client_closed\"})"),
+    # Requests waiting inside a worker: those it accepted beyond what it can serve at
+    # once (gthread parks them; the accept queue does not show them).
+    ("worker:gunicorn_worker_requests_waiting:sum",
+     "clamp_min(\n"
+     "  worker:gunicorn_worker_requests:sum\n"
+     "    - ignoring (worker) group_left gunicorn_worker_capacity{@{selector}},\n"
+     "  0)"),
+    ("app:gunicorn_worker_connections_waiting:sum",
+     "sum without (worker) (worker:gunicorn_worker_requests_waiting:sum)"),
+    # Either part alone when the other cannot be read (a listener in another network
+    # namespace has no queue length; workers whose fds are unreadable have no connections).
+    ("app:gunicorn_requests_waiting:sum",
+     "app:gunicorn_listener_queue_length:sum + app:gunicorn_worker_connections_waiting:sum\n"
+     "or app:gunicorn_listener_queue_length:sum\n"
+     "or app:gunicorn_worker_connections_waiting:sum"),
+    # The highest heartbeat age since about the last scrape (the sampler reads it every
+    # second: a request that nears --timeout between two scrapes counts), else the age
+    # at the scrape (sampler off).
+    ("worker:gunicorn_worker_heartbeat_timeout:ratio",
+     "(\n"
+     "  gunicorn_worker_heartbeat_age_max_seconds{@{selector}}\n"
+     "  or gunicorn_worker_heartbeat_age_seconds{@{selector}}\n"
+     ")\n"
+     "  / ignoring (worker) group_left () (gunicorn_timeout_seconds{@{selector}} > 0)"),
+    ("app:gunicorn_worker_heartbeat_timeout:max_ratio",
+     "max without (worker) (worker:gunicorn_worker_heartbeat_timeout:ratio)"),
+    # Sync workers only: the heartbeat is how long the current request has run, and only
+    # busy workers have one (an idle sync worker's heartbeat ages up to timeout/2). The
+    # age at the scrape: an average of where the running requests are.
+    ("app:gunicorn_busy_worker_heartbeat_timeout:avg_ratio",
+     "avg without (worker) (\n"
+     "  gunicorn_worker_heartbeat_age_seconds{@{selector}}\n"
+     "    / ignoring (worker) group_left () (gunicorn_timeout_seconds{@{selector}} > 0)\n"
+     "  and worker:gunicorn_worker_requests:sum\n"
+     "    >= ignoring (worker) group_left gunicorn_worker_capacity{@{selector}}\n"
+     ")"),
+    ("worker:gunicorn_worker_connections:sum",
+     "sum without (state) (gunicorn_worker_connections{@{selector}})"),
+    ("app:gunicorn_worker_connections_client_closed:sum",
+     "sum without (worker, state) (gunicorn_worker_connections{@{selector}, state=\"client_closed\"})"),
+    ("app:gunicorn_worker_db_connections:sum",
+     "sum without (worker) (gunicorn_worker_db_connections{@{selector}})"),
+    ("app:gunicorn_db_connection_budget:ratio",
+     "app:gunicorn_worker_db_connections:sum\n"
+     "  / (gunicorn_app_db_connection_budget{@{selector}} > 0)"),
+    ("server:gunicorn_postgres_connections:sum",
+     "sum without (datname, usename, application_name, state) "
+     "(gunicorn_postgres_connections{@{selector}})"),
+    # Slots ordinary roles may use; reserved_connections exists on Postgres 16+ only.
+    ("server:gunicorn_postgres_usable_connections:sum",
+     "gunicorn_postgres_max_connections{@{selector}}\n"
+     "  - gunicorn_postgres_superuser_reserved_connections{@{selector}}\n"
+     "  - (gunicorn_postgres_reserved_connections{@{selector}}"
+     " or 0 * gunicorn_postgres_superuser_reserved_connections{@{selector}})"),
+    ("server:gunicorn_postgres_connections:ratio",
+     "server:gunicorn_postgres_connections:sum\n"
+     "  / (server:gunicorn_postgres_usable_connections:sum > 0)"),
+    ("worker:gunicorn_worker_fds:ratio",
+     "gunicorn_worker_open_fds{@{selector}} / (gunicorn_worker_max_fds{@{selector}} > 0)"),
+    # Requests from gunicorn's statsd stream or an access log (docs/requests.md), per app
+    # and source (statsd, access_log: never summed, a proxy's log also holds its own 502s).
+    ("app:gunicorn_requests:rate5m",
+     "sum without (status) (rate(gunicorn_requests_total{@{selector}}[5m]))"),
+    ("app:gunicorn_requests_errors:ratio_rate5m",
+     "sum without (status) (rate(gunicorn_requests_total{@{selector}, status=~\"5..\"}[5m]))\n"
+     "  / (app:gunicorn_requests:rate5m > 0)"),
+    ("app:gunicorn_request_duration_seconds:p95_rate5m",
+     "histogram_quantile(0.95, rate(gunicorn_request_duration_seconds_bucket{@{selector}}[5m]))"),
+    ("app:gunicorn_request_duration_seconds:p99_rate5m",
+     "histogram_quantile(0.99, rate(gunicorn_request_duration_seconds_bucket{@{selector}}[5m]))"),
+]
