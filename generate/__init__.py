@@ -12,7 +12,4 @@
 
 alerts/config.toml is the one place to tune the alerts (and so the dashboard's threshold
 lines). The package is a development tool: it is not part of the installed `exporter`.
-The headers of the generated files still name the scripts that wrote them before this
-package (alerts/build.py, grafana/generate.py, deploy/kubernetes/generate.py): those are
-thin forwards to `python -m generate`.
 """
