@@ -307,9 +307,10 @@ def test_a_symlink_resolved_in_another_mount_namespace_leaks_nothing(exporter):
 def test_control_sockets_that_never_answer_cost_the_scrape_nothing(exporter):
     """Any local user can bind a control socket that accepts and never answers for a
     fake master. Before: each added its --gunicorn.control-socket-timeout (1 s) to every
-    scrape. Now the questions run beside the scrape: a scrape waits at most 0.1 s, and
-    only for masters it has never asked. The client's clock times the scrapes; the real
-    app's settings still come from its own control socket, with their age."""
+    scrape. Now the questions run beside the scrape: a scrape waits at most 0.1 s for
+    the answers due, and not at all for a master whose last exchange failed. The
+    client's clock times the scrapes; the real app's settings still come from its own
+    control socket, with their age."""
     import time
     with throwaway_user() as user:
         names = [f"fake-hang{i}-{secrets.token_hex(2)}" for i in range(20)]

@@ -11,9 +11,10 @@ One collection:
      and keep an answer only when the kernel proves it came from that master
      (`exporter/gunicorn/control.py`). The scrape uses each master's last proven answer
      (`gunicorn_control_socket_answer_age_seconds` says how old); it waits at most
-     FIRST_ANSWER_WAIT, and only for a master it has never asked: a control socket that
-     accepts and never answers (any local user can bind one for a fake master) costs the
-     scrape nothing after that master's first sighting;
+     FIRST_ANSWER_WAIT for the questions due, and not at all for a master whose last
+     exchange failed: a control socket that accepts and never answers (any local user can
+     bind one for a fake master) costs the scrape nothing after that master's first
+     sighting;
   3. merge both into `AppSnapshot`s (`exporter/gunicorn/appsnap.py`) with unique,
      length-capped names and stable worker slots; remember apps and workers across
      scrapes (`exporter/gunicorn/memory.py`). This module is that orchestration and the
@@ -56,8 +57,8 @@ MAX_ORPHAN_APPS = 256
 # Seconds a master's proven control socket answer is used again while its workers stay
 # the same ones (see GunicornCollector._ask_control).
 CONTROL_REFRESH = 60.0
-# Seconds a scrape waits for the first answers of masters it has never asked (a real
-# master answers in a millisecond or two; its settings are then in that very scrape).
+# Seconds a scrape waits for the answers due (a real master answers in a millisecond or
+# two; its settings are then in that very scrape).
 FIRST_ANSWER_WAIT = 0.1
 
 
@@ -177,16 +178,16 @@ class GunicornCollector(Collector):
 
     async def _control_answers(self, raws: list[MasterRaw]) -> list[dict[str, dict]]:
         """Each master's last proven answer ({} while there is none); the questions that
-        are due are asked in tasks of their own, and only those to masters never asked
-        before are waited for, FIRST_ANSWER_WAIT at most."""
-        first = []
+        are due are asked in tasks of their own, and waited for FIRST_ANSWER_WAIT at most,
+        unless the master's last exchange failed (a socket that never answers is not
+        waited for again)."""
+        due = []
         for raw in raws:
             task = self._ask_if_due(raw)
-            if task is not None and raw.key not in self._ctl_cache \
-                    and raw.key not in self._ctl_failed:
-                first.append(task)
-        if first:
-            await asyncio.wait(first, timeout=FIRST_ANSWER_WAIT)
+            if task is not None and raw.key not in self._ctl_failed:
+                due.append(task)
+        if due:
+            await asyncio.wait(due, timeout=FIRST_ANSWER_WAIT)
         return [self._ctl_cache.get(r.key, {}) for r in raws]
 
     def _ask_if_due(self, raw: MasterRaw) -> asyncio.Task | None:
