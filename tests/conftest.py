@@ -18,7 +18,7 @@ for _p in (str(_ROOT), str(_TESTS / "apps")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from tests.harness import Gunicorn  # noqa: E402
+from tests.harness.masters import Gunicorn
 
 
 def strict_mode() -> bool:

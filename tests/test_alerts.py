@@ -21,7 +21,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import require
-from tests.harness import poll, running_exporter, unique_name
+from tests.harness.procs import poll, unique_name
+from tests.harness.servers import running_exporter
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"

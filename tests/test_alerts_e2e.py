@@ -24,7 +24,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.harness import SlowClients, free_port, get_json, poll, running_server, url_ready
+from tests.harness.clients import SlowClients
+from tests.harness.procs import free_port, poll
+from tests.harness.servers import get_json, running_server, url_ready
 from tests.test_alerts import build, running_exporter
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

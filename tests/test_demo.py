@@ -12,7 +12,8 @@ import urllib.request
 import pytest
 
 from exporter.demo import app, demo_values
-from tests.harness import pid_alive, poll, stop_process
+from tests.harness.procs import pid_alive, poll
+from tests.harness.servers import stop_process
 
 pytestmark = [pytest.mark.timeout(90)]
 

@@ -32,7 +32,8 @@ import pytest
 import yaml
 
 from tests.conftest import require
-from tests.harness import free_port, poll, running_exporter
+from tests.harness.procs import free_port, poll
+from tests.harness.servers import running_exporter
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

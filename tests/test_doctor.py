@@ -37,8 +37,10 @@ from exporter.snapshot import (AppSnapshot, CollectorResult, DbBudget, HostSnaps
                                ListenerSnapshot, PostgresAttribution, PostgresServerSnapshot,
                                PostgresSnapshot, WorkerSnapshot)
 from tests.conftest import require, require_module
-from tests.harness import (SlowClients, http_get, poll, running_exporter, ss_listen_queue,
-                           ss_sockets, ss_worker_active_connections)
+from tests.harness.clients import SlowClients, http_get
+from tests.harness.procs import poll
+from tests.harness.servers import running_exporter
+from tests.harness.ss import ss_listen_queue, ss_sockets, ss_worker_active_connections
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "doctor.schema.json").read_text())

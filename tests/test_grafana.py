@@ -34,7 +34,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import require
-from tests.harness import free_port, poll, running_exporter, stop_process
+from tests.harness.procs import free_port, poll
+from tests.harness.servers import running_exporter, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "dashboards" / "gunicorn.json"
@@ -523,7 +524,7 @@ def _start(argv, log_path, ready_url, what, procs):
 def test_every_query_runs_on_a_real_prometheus(gunicorn_factory, tmp_path):
     prometheus = shutil.which("prometheus")
     require(prometheus is not None, "prometheus not installed (Debian package 'prometheus')")
-    from tests.harness import SlowClients
+    from tests.harness.clients import SlowClients
     from urllib.parse import quote
 
     g = gunicorn_factory(worker_class="sync", workers=2, bind="tcp", name=APP, timeout=60)

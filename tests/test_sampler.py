@@ -16,7 +16,10 @@ from exporter.gunicorn.heartbeat import HeartbeatFile
 from exporter.sampler import HeartbeatStats, QueueStats, Sampler, SlidingMax
 from exporter.snapshot import AppSnapshot, GunicornSnapshot, ListenerSnapshot, WorkerSnapshot
 from tests.exposition import scrape, value
-from tests.harness import Gunicorn, _connect, _read_to_eof, _request_bytes, poll, running_exporter
+from tests.harness.clients import _connect, _read_to_eof, _request_bytes
+from tests.harness.masters import Gunicorn
+from tests.harness.procs import poll
+from tests.harness.servers import running_exporter
 
 # --- literal inputs -------------------------------------------------------------------
 

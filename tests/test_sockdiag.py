@@ -536,7 +536,7 @@ def test_listener_drops_and_tcp_idle(sockets):
 def test_listen_queues_match_ss_by_lookup_and_by_dump(tmp_path):
     """The sampler's reader: unix listeners by exact lookups (few) or a LISTEN dump
     (many), TCP by a LISTEN dump; `ss -l` is the oracle."""
-    from tests.harness import ss_listen_queue
+    from tests.harness.ss import ss_listen_queue
     path = str(tmp_path / "lq.sock")
     u = socket.socket(socket.AF_UNIX)
     u.bind(path)
@@ -567,7 +567,7 @@ def test_listen_queues_look_up_known_tcp_listeners_and_dump_only_for_new_ones(mo
     dump); a --reuse-port group, whose lookups the kernel answers with one socket of the
     group, and a listener re-bound on the same port (a new inode) fall back to the
     dump. Every answer equals `ss -l`; the dumps are counted by a spy on the real one."""
-    from tests.harness import ss_listen_queue
+    from tests.harness.ss import ss_listen_queue
     dumps = []
     real = sockdiag.dump
 

@@ -28,7 +28,8 @@ from exporter.statsd.senders import KERNEL, PENDING, UNKNOWN, Route, SenderTable
 from exporter.statsd.stats import BOUNDS, Stats
 from exporter.statsd.udptable import UdpSocket, decode_udp, parse_proc_net_udp, plain_address
 from tests.exposition import parse_strict, scrape, select, value
-from tests.harness import poll, running_exporter
+from tests.harness.procs import poll
+from tests.harness.servers import running_exporter
 
 APP = f"sd-{uuid.uuid4().hex[:6]}"
 ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s'

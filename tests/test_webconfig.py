@@ -17,7 +17,8 @@ import pytest
 from exporter.webconfig import WebConfigError, load_web_config, parse_go_duration
 from exporter.webtls import normalise_san
 from tests.conftest import require
-from tests.harness import free_port, poll, stop_process
+from tests.harness.procs import free_port, poll
+from tests.harness.servers import stop_process
 
 HASH = "$2y$10$mDwo.lAisC94iLAyP81MCesa29IzH37oigHC/42V2pdJlUprsJPze"   # toolkit's docs
 
