@@ -108,6 +108,7 @@ def test_for_override_changes_only_for():
     assert re.findall(r"keep_firing_for: \S+", short) == re.findall(r"keep_firing_for: \S+", normal)
 
 
+@pytest.mark.slow
 def test_promtool_check_rules():
     res = subprocess.run([promtool(), "check", "rules", str(RULES)],
                          capture_output=True, text=True, timeout=60)
@@ -116,6 +117,7 @@ def test_promtool_check_rules():
     assert "SUCCESS: %d rules found" % (n_alerts + len(build.RECORDING_RULES)) in res.stdout
 
 
+@pytest.mark.slow
 def test_promtool_unit_tests():
     assert UNIT_TESTS, "no promtool unit tests in alerts/tests/"
     res = subprocess.run([promtool(), "test", "rules", *map(str, UNIT_TESTS)],

@@ -99,6 +99,7 @@ def test_demo_ends_by_itself_after_duration(tmp_path):
         out.close()
 
 
+@pytest.mark.slow
 def test_demo_without_gunicorn_says_how_to_install_it():
     code = ("import sys; sys.modules['gunicorn'] = None\n"
             "from exporter.demo import main\n"

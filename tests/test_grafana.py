@@ -291,6 +291,7 @@ def test_a_threshold_missing_from_the_alerts_is_an_error(tmp_path):
     assert "alerts/build.py" in source["db_budget_critical"]  # fixed in its expression
 
 
+@pytest.mark.slow
 def test_every_expression_parses_with_promtool(tmp_path):
     require(shutil.which("promtool") is not None,
             "promtool not installed (Debian package 'prometheus'): cannot parse the dashboard's PromQL")

@@ -80,6 +80,7 @@ def test_openmetrics_landing_and_health(exporter_process):
     assert got[("gunicorn_exporter_collector_success", (("collector", "netstat"),))] == 1
 
 
+@pytest.mark.slow
 def test_custom_telemetry_path(exporter_process):
     base = exporter_process("--web.telemetry-path", "/m", "--no-collector.gunicorn")
     assert _get(base + "/m")[0] == 200

@@ -238,6 +238,7 @@ def test_without_cap_sys_admin_it_falls_back_and_says_so(tmp_path):
             proc.wait(10)
 
 
+@pytest.mark.slow
 def test_sockets_of_namespaces_no_longer_seen_are_closed():
     _need_netns()
     p = subprocess.Popen(["unshare", "--net", "sleep", "60"])
