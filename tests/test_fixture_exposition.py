@@ -60,8 +60,8 @@ AGES = {pid: 2.0 + 3 * i for i, pid in enumerate(WORKERS)}   # seconds since eac
 CONTROLLED = ("shop", "orders")     # api runs without a control socket
 
 
-def flags(root: Path, *extra: str) -> list[str]:
-    return ["--path.procfs", str(root), *(f"--no-collector.{n}" for n in COLLECTORS if n not in RUN),
+def flags(root: Path, *extra: str, run: tuple[str, ...] = RUN) -> list[str]:
+    return ["--path.procfs", str(root), *(f"--no-collector.{n}" for n in COLLECTORS if n not in run),
             *EXPECTED["exporter_args"], *extra]
 
 
