@@ -235,7 +235,7 @@ async def attribution(n_apps: int) -> list[str]:
     from exporter.collectors.gunicorn import GunicornCollector
     from exporter.collectors.statsd import StatsdCollector
     from exporter.snapshot import CollectorResult, Snapshot
-    from tests.harness import Gunicorn
+    from tests.harness.masters import Gunicorn
     port = free_port()
     c = StatsdCollector(f"127.0.0.1:{port}")
     await c.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.harness import get_json
+from tests.harness.servers import get_json
 
 Key = tuple[str, str]       # (alertname, app or "")
 

@@ -58,10 +58,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.alertwatch import Watcher
-from tests.harness import (Gunicorn, SlowClients, _connect, _read_to_eof, _request_bytes,
-                           free_port, get_json, poll, running_exporter, running_server,
-                           ss_requests_held, ss_worker_active_connections, unique_name,
-                           url_ready)
+from tests.harness.clients import SlowClients, _connect, _read_to_eof, _request_bytes
+from tests.harness.masters import Gunicorn
+from tests.harness.procs import free_port, poll, unique_name
+from tests.harness.servers import get_json, running_exporter, running_server, url_ready
+from tests.harness.ss import ss_requests_held, ss_worker_active_connections
 from tests.pg import PgCluster
 
 ROOT = Path(__file__).resolve().parent.parent

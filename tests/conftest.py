@@ -4,8 +4,13 @@
   at teardown.
 * ``require(cond, reason)``: skip normally, fail in strict mode
   (CI=true or GUNICORN_EXPORTER_STRICT=1).
+* the fast floor: a test that starts a process (a server, the exporter, or any
+  command: ss, promtool, openssl, ...) is marked ``slow``; one that is not and
+  starts one anyway fails (`_no_process_unless_slow`), so
+  ``pytest -m "not slow"`` runs in-process only.
 """
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -18,7 +23,7 @@ for _p in (str(_ROOT), str(_TESTS / "apps")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from tests.harness import Gunicorn  # noqa: E402
+from tests.harness.masters import Gunicorn
 
 
 def strict_mode() -> bool:
@@ -81,6 +86,56 @@ def pg():
         yield c
     finally:
         c.stop()
+
+
+# --- the fast floor: processes only in tests marked slow ---------------------------------
+
+class _ProcessStarted(AssertionError):
+    pass
+
+
+def _refuse(what):
+    def refuse(*args, **kwargs):
+        raise _ProcessStarted(
+            f"this test starts a process ({what} {str(args[:1])[:120]}) but is not marked "
+            "slow: mark it @pytest.mark.slow, or test the same thing in-process "
+            "(DEVELOPERS.md, the fast floor)")
+    return refuse
+
+
+@contextlib.contextmanager
+def _no_process_unless_slow(item):
+    """While a test without the slow mark sets up and runs, every way to start a process
+    (fork, posix_spawn, subprocess, multiprocessing, os.system) raises."""
+    if item.get_closest_marker("slow") is not None:
+        yield
+        return
+    import _posixsubprocess
+    import subprocess
+    patches = [(subprocess, "_fork_exec", "a subprocess"), (os, "fork", "os.fork"), (os, "forkpty", "os.forkpty"),
+               (os, "posix_spawn", "os.posix_spawn"), (os, "posix_spawnp", "os.posix_spawnp"),
+               (os, "system", "os.system"), (_posixsubprocess, "fork_exec", "a subprocess")]
+    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches if hasattr(mod, name)]
+    for mod, name, what in patches:
+        if hasattr(mod, name):
+            setattr(mod, name, _refuse(what))
+    try:
+        yield
+    finally:
+        for mod, name, original in saved:
+            setattr(mod, name, original)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    with _no_process_unless_slow(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    with _no_process_unless_slow(item):
+        yield
 
 
 # --- the cadence run (tests/test_alerts_cadence.py) --------------------------------------

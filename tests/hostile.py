@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import require
-from tests.harness import APPS_DIR, pid_alive, proc_stat
+from tests.harness.command import APPS_DIR
+from tests.harness.procs import pid_alive, proc_stat
 
 FAKE = APPS_DIR / "fake_gunicorn.py"
 

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
-from tests.harness import free_port, pid_alive, poll, proc_children, proc_stat
+from tests.harness.procs import free_port, pid_alive, poll, proc_children, proc_stat
 
 BIN_DIRS = ("/usr/local/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin")
 PASSWORD = "s3cret-pw-7f1"

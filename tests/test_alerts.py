@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from generate import alerts, recording, rules
 from generate.__main__ import main as generate_main
 from tests.conftest import require
-from tests.harness import poll, running_exporter, unique_name
+from tests.harness.procs import poll, unique_name
+from tests.harness.servers import running_exporter
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
@@ -113,6 +114,7 @@ def test_for_override_changes_only_for():
     assert re.findall(r"keep_firing_for: \S+", short) == re.findall(r"keep_firing_for: \S+", normal)
 
 
+@pytest.mark.slow
 def test_promtool_check_rules():
     res = subprocess.run([promtool(), "check", "rules", str(RULES)],
                          capture_output=True, text=True, timeout=60)
@@ -121,6 +123,7 @@ def test_promtool_check_rules():
     assert "SUCCESS: %d rules found" % (n_alerts + len(recording.RECORDING_RULES)) in res.stdout
 
 
+@pytest.mark.slow
 def test_promtool_unit_tests():
     assert UNIT_TESTS, "no promtool unit tests in alerts/tests/"
     res = subprocess.run([promtool(), "test", "rules", *map(str, UNIT_TESTS)],

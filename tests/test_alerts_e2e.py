@@ -25,7 +25,9 @@ import pytest
 
 from generate import rules
 from tests.conftest import require
-from tests.harness import SlowClients, free_port, get_json, poll, running_server, url_ready
+from tests.harness.clients import SlowClients
+from tests.harness.procs import free_port, poll
+from tests.harness.servers import get_json, running_server, url_ready
 from tests.test_alerts import running_exporter
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

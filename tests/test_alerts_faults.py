@@ -44,8 +44,11 @@ import pytest
 from generate import rules
 from tests.alertwatch import Watcher
 from tests.conftest import require
-from tests.harness import (Gunicorn, SlowClients, free_port, get_json, http_get, poll,
-                           running_exporter, running_server, stop_process, url_ready)
+from tests.harness.clients import SlowClients, http_get
+from tests.harness.masters import Gunicorn
+from tests.harness.procs import free_port, poll
+from tests.harness.servers import (get_json, running_exporter, running_server, stop_process,
+                                   url_ready)
 from tests.pg import PgCluster, available
 from tests.test_alerts import promtool
 

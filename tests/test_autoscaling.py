@@ -142,6 +142,7 @@ def _adapter_query(pod: str) -> str:
             .replace("<<.GroupBy>>", "pod"))
 
 
+@pytest.mark.slow
 def test_the_queries_compute_the_busy_ratio_per_pod(tmp_path):
     """Two pods of Deployment shop (4 workers each) on two nodes: 3 and 2 busy workers.
     The per-pod ratio is 0.75 and 0.5; KEDA's query is 5 busy workers (ceil(5 / 2.8) = 2

@@ -3,6 +3,7 @@
 Every input is a literal string; nothing here starts a process or reads a file.
 """
 
+import ast
 import os
 import random
 
@@ -10,6 +11,7 @@ import pytest
 
 from exporter.gunicorn import confeval
 from exporter.gunicorn.confeval import UNKNOWN, ConfigResult, evaluate
+from exporter.gunicorn.confvalues import MAX_NODES, MAX_STEPS, MAX_TEXT
 
 SETTINGS = ("workers", "timeout", "bind", "proc_name", "worker_class", "threads",
             "worker_connections", "keepalive", "backlog", "max_requests", "control_socket",
@@ -359,9 +361,14 @@ SAMPLES = [text for text, _, _ in KNOWN] + [text for text, _, _ in UNKNOWN_CASES
 
 @pytest.mark.filterwarnings("ignore::SyntaxWarning", "ignore::DeprecationWarning")
 @pytest.mark.parametrize("seed", range(20))
-def test_mangled_files_never_raise(seed):
+def test_mangled_files_are_refused_exactly_when_python_cannot_parse_them(seed):
+    """CPython's own parser is the oracle: a mangled sample it refuses is `complete=False`
+    with no values and says it does not parse; one it accepts (small, no forbidden call)
+    is analysed to the end. Neither ends in evaluate()'s catch-all for exceptions ("could
+    not be evaluated"), which would hide a bug in the evaluator as a refused file."""
     rng = random.Random(seed)
     alphabet = "()[]{}:=+-*/%.,'\"\n 0123456789abcdefxyz_\\#@!<>~^&|"
+    outcomes = set()
     for _ in range(50):
         chars = list(rng.choice(SAMPLES))
         for _ in range(rng.randint(1, 6)):
@@ -370,9 +377,34 @@ def test_mangled_files_never_raise(seed):
                 del chars[min(i, len(chars) - 1)]
             else:
                 chars.insert(i, rng.choice(alphabet))
-        run("".join(chars), environ=rng.choice([None, {}, {"PORT": "1"}]),
-            cpu_count=rng.choice([None, 0, 1, 4]), affinity=rng.choice([None, 2]))
+        text = "".join(chars)
+        result = run(text, environ=rng.choice([None, {}, {"PORT": "1"}]),
+                     cpu_count=rng.choice([None, 0, 1, 4]), affinity=rng.choice([None, 2]))
+        try:
+            ast.parse(text)
+            parses = True
+        except (SyntaxError, ValueError):
+            parses = False
+        outcomes.add(parses)
+        assert not any("could not be evaluated" in p for p in result.problems), (text, result)
+        assert set(result.values) | result.unknown <= set(SETTINGS), (text, result)
+        if parses:
+            assert result.complete, (text, result.problems)
+        else:
+            assert not result.complete and result.values == {} and not result.unknown, text
+            assert "does not parse" in result.problems[0], (text, result.problems)
+    assert outcomes == {True, False}, "the mangling no longer makes both kinds of file"
 
 
-def test_module_documents_its_bounds():
-    assert "256 KiB" in confeval.__doc__ and "100,000" in confeval.__doc__
+def test_the_documented_bounds_are_the_enforced_ones():
+    doc = " ".join(confeval.__doc__.split())
+    assert f"text <= {MAX_TEXT // 1024} KiB" in doc
+    assert f"<= {MAX_NODES:,} syntax nodes" in doc and f"<= {MAX_STEPS:,} evaluation steps" in doc
+    # the text bound, at the byte: a file of exactly MAX_TEXT characters is evaluated,
+    # one more is refused before it is parsed
+    tail = "\nworkers = 3\n"
+    at_bound = "#" * (MAX_TEXT - len(tail)) + tail
+    assert len(at_bound) == MAX_TEXT
+    assert run(at_bound).values == {"workers": 3}
+    over = run(at_bound + " ")
+    assert not over.complete and over.problems == [f"config file larger than {MAX_TEXT // 1024} KiB"]

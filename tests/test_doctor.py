@@ -36,9 +36,12 @@ from exporter.doctor.model import (CATALOGUE, CpuFact, Facts, MemoryRoom, NginxC
 from exporter.snapshot import (AppSnapshot, CollectorResult, DbBudget, HostSnapshot,
                                ListenerSnapshot, PostgresAttribution, PostgresServerSnapshot,
                                PostgresSnapshot, WorkerSnapshot)
+from tests.cli import run_cli
 from tests.conftest import require, require_module
-from tests.harness import (SlowClients, http_get, poll, running_exporter, ss_listen_queue,
-                           ss_sockets, ss_worker_active_connections)
+from tests.harness.clients import SlowClients, http_get
+from tests.harness.procs import poll
+from tests.harness.servers import running_exporter
+from tests.harness.ss import ss_listen_queue, ss_sockets, ss_worker_active_connections
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "doctor.schema.json").read_text())
@@ -744,8 +747,7 @@ def test_c5_budgets_above_max_connections(pg, gunicorn_factory):
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_bad_flags_exit_2_with_one_message(args, message):
-    r = subprocess.run([sys.executable, "-m", "exporter", "doctor", *args], capture_output=True,
-                       text=True, timeout=30)
+    r = run_cli("doctor", *args)      # in-process (tests/cli.py): it exits before it reads
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("gunicorn-exporter doctor: error:") and message in last, r.stderr

@@ -35,7 +35,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import generate.dashboard
 import generate.panels
 from tests.conftest import require
-from tests.harness import free_port, poll, running_exporter, stop_process
+from tests.harness.procs import free_port, poll
+from tests.harness.servers import running_exporter, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "dashboards" / "gunicorn.json"
@@ -285,6 +286,7 @@ def test_a_threshold_missing_from_the_alerts_is_an_error(tmp_path):
     assert "generate/alerts.py" in source["db_budget_critical"]  # fixed in its expression
 
 
+@pytest.mark.slow
 def test_every_expression_parses_with_promtool(tmp_path):
     require(shutil.which("promtool") is not None,
             "promtool not installed (Debian package 'prometheus'): cannot parse the dashboard's PromQL")
@@ -518,7 +520,7 @@ def _start(argv, log_path, ready_url, what, procs):
 def test_every_query_runs_on_a_real_prometheus(gunicorn_factory, tmp_path):
     prometheus = shutil.which("prometheus")
     require(prometheus is not None, "prometheus not installed (Debian package 'prometheus')")
-    from tests.harness import SlowClients
+    from tests.harness.clients import SlowClients
     from urllib.parse import quote
 
     g = gunicorn_factory(worker_class="sync", workers=2, bind="tcp", name=APP, timeout=60)

@@ -18,8 +18,10 @@ from exporter.collectors.gunicorn import GunicornCollector, GunicornOptions
 from exporter.linux.procfs import ProcFS
 from exporter.snapshot import AppSnapshot
 from tests.conftest import require
-from tests.harness import (SlowClients, poll, proc_stat, ss_listen_queue, unique_name,
-                           ss_worker_active_connections, ss_worker_close_wait_connections)
+from tests.harness.clients import SlowClients
+from tests.harness.procs import poll, proc_stat, unique_name
+from tests.harness.ss import (ss_listen_queue, ss_worker_active_connections,
+                              ss_worker_close_wait_connections)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -326,7 +328,7 @@ def test_dirty_arbiter_and_unrelated_children_are_not_workers(gunicorn_factory):
 
 def test_worker_db_connections_tcp_and_unix_match_ss(gunicorn_factory, tmp_path):
     import socket
-    from tests.harness import ss_process_connections
+    from tests.harness.ss import ss_process_connections
     tcp = socket.socket()
     tcp.bind(("127.0.0.1", 0))
     tcp.listen(16)
@@ -371,7 +373,7 @@ def test_reuse_port_gives_per_worker_listeners(gunicorn_factory):
     names = sorted(l.address + f"#{l.worker_slot}" for l in a.listeners)
     assert names == [f"{g.listener}#0", f"{g.listener}#1"]
     # ss shows two listening sockets on the same port, each with its own queue
-    from tests.harness import ss_sockets
+    from tests.harness.ss import ss_sockets
     listening = [s for s in ss_sockets(("-tlnH",)) if s.local == g.listener]
     assert len(listening) == 2
     assert all(l.queue_max == min(2048, ProcFS().somaxconn()) for l in a.listeners)

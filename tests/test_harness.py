@@ -1,4 +1,4 @@
-"""Fast self-tests of the harness (tests/harness.py, tests/conftest.py,
+"""Self-tests of the harness (tests/harness/, tests/conftest.py,
 tests/apps). They start real gunicorn masters."""
 
 import os
@@ -9,11 +9,12 @@ import time
 import pytest
 
 from tests.conftest import require, requires_root, strict_mode
-from tests.harness import (GUNICORN_SCRIPT, VENV_BIN, Gunicorn, GunicornStartError,
-                           SlowClients, free_port, http_get, parse_ss_line, pid_alive,
-                           poll, proc_cmdline, proc_stat, ss_listen_queue,
-                           ss_process_connections, ss_worker_active_connections,
-                           ss_worker_close_wait_connections, unique_name)
+from tests.harness.clients import SlowClients, http_get
+from tests.harness.command import GUNICORN_SCRIPT, VENV_BIN
+from tests.harness.masters import Gunicorn, GunicornStartError
+from tests.harness.procs import free_port, pid_alive, poll, proc_cmdline, proc_stat, unique_name
+from tests.harness.ss import (parse_ss_line, ss_listen_queue, ss_process_connections,
+                              ss_worker_active_connections, ss_worker_close_wait_connections)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 

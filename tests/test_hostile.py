@@ -23,7 +23,8 @@ import pytest
 
 from tests.conftest import require
 from tests.exposition import scrape, select, value
-from tests.harness import poll, running_exporter
+from tests.harness.procs import poll
+from tests.harness.servers import running_exporter
 from tests.hostile import fake_gunicorn, throwaway_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -33,7 +34,7 @@ REAL = f"real-{secrets.token_hex(3)}"
 
 @pytest.fixture(scope="module")
 def real_app(tmp_path_factory):
-    from tests.harness import Gunicorn
+    from tests.harness.masters import Gunicorn
     g = Gunicorn.start(tmp_path_factory.mktemp("real"), name=REAL, workers=2, bind="tcp")
     try:
         yield g

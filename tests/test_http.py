@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.collectors.base import Collector
 from exporter.scrape import Scraper
 from tests.conftest import require
-from tests.harness import free_port, poll, running_exporter, stop_process, unique_name
+from tests.harness.procs import free_port, poll, unique_name
+from tests.harness.servers import running_exporter, stop_process
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -79,6 +80,7 @@ def test_openmetrics_landing_and_health(exporter_process):
     assert got[("gunicorn_exporter_collector_success", (("collector", "netstat"),))] == 1
 
 
+@pytest.mark.slow
 def test_custom_telemetry_path(exporter_process):
     base = exporter_process("--web.telemetry-path", "/m", "--no-collector.gunicorn")
     assert _get(base + "/m")[0] == 200

@@ -25,7 +25,9 @@ from exporter.metrics import render
 from exporter.snapshot import CollectorResult, Snapshot
 from prometheus_client.exposition import generate_latest
 from tests.exposition import parse_strict, select
-from tests.harness import SlowClients, poll, proc_stat, ss_worker_active_connections
+from tests.harness.clients import SlowClients
+from tests.harness.procs import poll, proc_stat
+from tests.harness.ss import ss_worker_active_connections
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -189,7 +191,7 @@ def _print_config(argv: list[str], env: dict[str, str]) -> dict[str, str]:
     """gunicorn's own view of its settings (`--print-config` runs the config file: the
     test may do that, the exporter never does)."""
     import subprocess
-    from tests.harness import APPS_DIR, GUNICORN_SCRIPT
+    from tests.harness.command import APPS_DIR, GUNICORN_SCRIPT
     out = subprocess.run([str(GUNICORN_SCRIPT), *argv, "--print-config", "wsgi_app:app"],
                          cwd=APPS_DIR, env={**os.environ, **env}, capture_output=True, text=True,
                          timeout=30, check=True).stdout

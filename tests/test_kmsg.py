@@ -16,7 +16,7 @@ from exporter.collectors.oom import OomCollector
 from exporter.linux.kmsg import (KmsgReader, OomRecordJoiner, parse_kmsg_record,
                                  parse_oom)
 from tests.conftest import require
-from tests.harness import poll
+from tests.harness.procs import poll
 
 MEMCG_SUMMARY = (b"6,416,1110139936,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,"
                  b"mems_allowed=0,oom_memcg=/gx-probe-13850,task_memcg=/gx-probe-13850,task=python3,"

@@ -13,7 +13,8 @@ import urllib.request
 import pytest
 
 from tests.conftest import require
-from tests.harness import free_port, poll, running_exporter, stop_process
+from tests.harness.procs import free_port, poll
+from tests.harness.servers import running_exporter, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 

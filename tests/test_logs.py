@@ -26,7 +26,7 @@ from exporter.parsing import parse_line_length, parse_log_files, parse_signature
 from exporter.scrape import Scraper
 from exporter.snapshot import (AppSnapshot, CollectorResult, GunicornSnapshot, ListenerSnapshot,
                                Snapshot)
-from tests.harness import unique_name
+from tests.harness.procs import unique_name
 
 
 def tailer(path, **kw):

@@ -11,7 +11,8 @@ import pytest
 from exporter.gunicorn.memdetail import MemoryDetail, read_memory
 from tests.conftest import require
 from tests.exposition import scrape
-from tests.harness import poll, running_exporter, unique_name
+from tests.harness.procs import poll, unique_name
+from tests.harness.servers import running_exporter
 
 MiB = 1024 * 1024
 

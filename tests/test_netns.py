@@ -19,8 +19,11 @@ from exporter.linux import sockdiag
 from exporter.linux.cgroup import PodIdentity, parse_pod_identity
 from tests.conftest import require
 from tests.exposition import scrape, value
-from tests.harness import (Gunicorn, SlowClients, _local_matches, _norm_listener,
-                           free_port, parse_ss_line, poll, running_exporter)
+from tests.harness.clients import SlowClients
+from tests.harness.masters import Gunicorn
+from tests.harness.procs import free_port, poll
+from tests.harness.servers import running_exporter
+from tests.harness.ss import _local_matches, _norm_listener, parse_ss_line
 
 ID = "0123456789abcdef" * 4
 UID = "1f6c7e5a-8a7b-4b7e-9a0a-2d3c4e5f6a7b"
@@ -235,6 +238,7 @@ def test_without_cap_sys_admin_it_falls_back_and_says_so(tmp_path):
             proc.wait(10)
 
 
+@pytest.mark.slow
 def test_sockets_of_namespaces_no_longer_seen_are_closed():
     _need_netns()
     p = subprocess.Popen(["unshare", "--net", "sleep", "60"])

@@ -27,7 +27,7 @@ from exporter.metrics import render_oom
 from exporter.scrape import Scraper
 from exporter.snapshot import AppSnapshot, CollectorResult, GunicornSnapshot, Snapshot, WorkerSnapshot
 from tests.conftest import require
-from tests.harness import http_get
+from tests.harness.clients import http_get
 
 LIMIT = 150 * 1024 * 1024
 

@@ -27,7 +27,9 @@ from exporter.metrics import render_postgres
 from exporter.scrape import Scraper
 from exporter.snapshot import (AppSnapshot, PostgresBackend, PostgresSnapshot, WorkerSnapshot)
 from tests.conftest import require_module
-from tests.harness import free_port, http_get, poll, ss_process_sockets, unique_name
+from tests.harness.clients import http_get
+from tests.harness.procs import free_port, poll, unique_name
+from tests.harness.ss import ss_process_sockets
 from tests.pg import PASSWORD
 
 pytestmark = [pytest.mark.timeout(90)]

@@ -16,7 +16,10 @@ from exporter.gunicorn.heartbeat import HeartbeatFile
 from exporter.sampler import HeartbeatStats, QueueStats, Sampler, SlidingMax
 from exporter.snapshot import AppSnapshot, GunicornSnapshot, ListenerSnapshot, WorkerSnapshot
 from tests.exposition import scrape, value
-from tests.harness import Gunicorn, _connect, _read_to_eof, _request_bytes, poll, running_exporter
+from tests.harness.clients import _connect, _read_to_eof, _request_bytes
+from tests.harness.masters import Gunicorn
+from tests.harness.procs import poll
+from tests.harness.servers import running_exporter
 
 # --- literal inputs -------------------------------------------------------------------
 
@@ -338,6 +341,7 @@ def _counters(base, app, listener):
             value(got, "gunicorn_listener_queue_peak", **lv))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bind", ["unix", "tcp"])
 def test_five_requests_on_one_sync_worker(tmp_path, bind):
     """One sync worker, 5 simultaneous 1-second requests: the queue is 4, 3, 2, 1 for a
@@ -366,6 +370,7 @@ def test_five_requests_on_one_sync_worker(tmp_path, bind):
         assert expect_integral == pytest.approx(10, abs=0.6)
 
 
+@pytest.mark.slow
 def test_all_busy_only_while_every_worker_is(tmp_path):
     """Two sync workers: one request alone keeps one busy (adds ~0 s); two at once keep
     both busy for as long as the shorter lasts (client's clock)."""
@@ -384,6 +389,7 @@ def test_all_busy_only_while_every_worker_is(tmp_path):
         assert busy2 - busy1 == pytest.approx(ends[0] - t0, abs=0.35)
 
 
+@pytest.mark.slow
 def test_sampler_off(tmp_path):
     with running_exporter(tmp_path, "--sampler.interval", "0", "--no-collector.postgres") as base:
         got = scrape(base)

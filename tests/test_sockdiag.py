@@ -150,6 +150,7 @@ def tcp_connect(lst, host, family, socks):
 
 # ---------------------------------------------------------------- unix
 
+@pytest.mark.slow
 @needs_ss
 def test_unix_listener_accept_queue_matches_ss(tmp_path, sockets):
     lst, path = unix_listener(tmp_path, sockets, backlog=7)
@@ -174,6 +175,7 @@ def test_unix_listener_accept_queue_matches_ss(tmp_path, sockets):
     assert row[3] == path
 
 
+@pytest.mark.slow
 @needs_ss
 def test_unix_accepted_name_and_peers(tmp_path, sockets):
     lst, path = unix_listener(tmp_path, sockets)
@@ -239,6 +241,7 @@ def test_unix_half_close_bits(sockets):
     assert u[ino(b)].shutdown == sockdiag.RCV_SHUTDOWN
 
 
+@pytest.mark.slow
 @needs_ss
 def test_unix_socketpair_queues_match_ss(sockets):
     a, b = socket.socketpair()
@@ -255,6 +258,7 @@ def test_unix_socketpair_queues_match_ss(sockets):
         assert (int(r[1]), int(r[2])) == (s.rqueue, s.wqueue)
 
 
+@pytest.mark.slow
 @needs_ss
 def test_unix_abstract_name(sockets):
     name = f"gexp-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -288,6 +292,7 @@ def test_unix_dgram_and_seqpacket(tmp_path, sockets):
 FAMILIES = [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)]
 
 
+@pytest.mark.slow
 @needs_ss
 @pytest.mark.parametrize("host,family", FAMILIES, ids=["v4", "v6"])
 def test_tcp_listener_accept_queue_matches_ss(host, family, sockets):
@@ -310,6 +315,7 @@ def test_tcp_listener_accept_queue_matches_ss(host, family, sockets):
     assert (int(row[1]), int(row[2])) == (3, 7)
 
 
+@pytest.mark.slow
 @needs_ss
 @pytest.mark.parametrize("host,family", FAMILIES, ids=["v4", "v6"])
 def test_tcp_close_wait_matches_ss(host, family, sockets):
@@ -327,6 +333,7 @@ def test_tcp_close_wait_matches_ss(host, family, sockets):
     assert ai in ss_tcp_by_inode("-a", "state", "close-wait")
 
 
+@pytest.mark.slow
 @needs_ss
 @pytest.mark.parametrize("host,family", FAMILIES, ids=["v4", "v6"])
 def test_tcp_established_fields(host, family, sockets):
@@ -377,6 +384,7 @@ def test_tcp_state_filter(sockets):
 
 # ---------------------------------------------------------------- read_all
 
+@pytest.mark.slow
 @needs_ss
 def test_read_all_agrees_with_ss_on_many_sockets(tmp_path, sockets):
     for _ in range(200):
@@ -533,10 +541,11 @@ def test_listener_drops_and_tcp_idle(sockets):
     assert gone not in idle
 
 
+@pytest.mark.slow
 def test_listen_queues_match_ss_by_lookup_and_by_dump(tmp_path):
     """The sampler's reader: unix listeners by exact lookups (few) or a LISTEN dump
     (many), TCP by a LISTEN dump; `ss -l` is the oracle."""
-    from tests.harness import ss_listen_queue
+    from tests.harness.ss import ss_listen_queue
     path = str(tmp_path / "lq.sock")
     u = socket.socket(socket.AF_UNIX)
     u.bind(path)
@@ -562,12 +571,13 @@ def test_listen_queues_match_ss_by_lookup_and_by_dump(tmp_path):
             s.close()
 
 
+@pytest.mark.slow
 def test_listen_queues_look_up_known_tcp_listeners_and_dump_only_for_new_ones(monkeypatch):
     """A TCP listener found by a LISTEN dump is looked up by address next time (no
     dump); a --reuse-port group, whose lookups the kernel answers with one socket of the
     group, and a listener re-bound on the same port (a new inode) fall back to the
     dump. Every answer equals `ss -l`; the dumps are counted by a spy on the real one."""
-    from tests.harness import ss_listen_queue
+    from tests.harness.ss import ss_listen_queue
     dumps = []
     real = sockdiag.dump
 

@@ -28,7 +28,8 @@ from exporter.statsd.senders import KERNEL, PENDING, UNKNOWN, Route, SenderTable
 from exporter.statsd.stats import BOUNDS, Stats
 from exporter.statsd.udptable import UdpSocket, decode_udp, parse_proc_net_udp, plain_address
 from tests.exposition import parse_strict, scrape, select, value
-from tests.harness import poll, running_exporter
+from tests.harness.procs import poll
+from tests.harness.servers import running_exporter
 
 APP = f"sd-{uuid.uuid4().hex[:6]}"
 ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s'
@@ -452,6 +453,7 @@ def _requests(series, app, source):
             select(series, "gunicorn_requests_total", app=app, source=source).items()}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_real_gunicorn_counts_latency_two_apps_and_access_log(gunicorn_factory, tmp_path):
     port = udp_port()
@@ -529,6 +531,7 @@ def test_real_gunicorn_counts_latency_two_apps_and_access_log(gunicorn_factory, 
         assert value(s, "gunicorn_log_access_lines_total", file=str(access)) - base_lines == 20
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_fuzz_unknown_senders_and_prefix_fallback_on_a_live_exporter(tmp_path):
     port = udp_port()
@@ -555,6 +558,7 @@ def test_fuzz_unknown_senders_and_prefix_fallback_on_a_live_exporter(tmp_path):
         assert value(m, "gunicorn_exporter_collector_success", collector="statsd") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_port_taken_is_statsd_up_0_and_everything_else_works(tmp_path):
     holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -23,7 +23,8 @@ import pytest
 
 from tests.conftest import require
 from tests.exposition import parse_strict, value
-from tests.harness import free_port, poll, running_exporter, stop_process
+from tests.harness.procs import free_port, poll
+from tests.harness.servers import running_exporter, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

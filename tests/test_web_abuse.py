@@ -26,7 +26,9 @@ import pytest
 
 from tests.conftest import require
 from tests.exposition import parse_strict, value
-from tests.harness import APPS_DIR, poll, running_exporter
+from tests.harness.command import APPS_DIR
+from tests.harness.procs import poll
+from tests.harness.servers import running_exporter
 from tests.hostile import throwaway_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

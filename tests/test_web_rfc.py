@@ -11,7 +11,7 @@ import socket
 import h11
 import pytest
 
-from tests.harness import running_exporter
+from tests.harness.servers import running_exporter
 
 OK = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
 # (name, raw request, True = must be answered 200, h11 agrees?, RFC section)

@@ -20,7 +20,8 @@ import pytest
 
 from tests.conftest import require
 from tests.exposition import parse_strict, value
-from tests.harness import poll, running_exporter
+from tests.harness.procs import poll
+from tests.harness.servers import running_exporter
 from tests.test_web import make_ca, make_cert, openssl
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

@@ -17,7 +17,8 @@ import pytest
 from exporter.webconfig import WebConfigError, load_web_config, parse_go_duration
 from exporter.webtls import normalise_san
 from tests.conftest import require
-from tests.harness import free_port, poll, stop_process
+from tests.harness.procs import free_port, poll
+from tests.harness.servers import stop_process
 
 HASH = "$2y$10$mDwo.lAisC94iLAyP81MCesa29IzH37oigHC/42V2pdJlUprsJPze"   # toolkit's docs
 
@@ -96,6 +97,7 @@ def test_rate_limit(tmp_path):
     assert load(tmp_path, "rate_limit:\n  interval: 1s\n").warnings      # burst 0: all 429
 
 
+@pytest.mark.slow
 def test_tls_keys(pki):
     base = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
     c = load(pki, base)
@@ -137,11 +139,13 @@ def test_tls_keys(pki):
     ("  prefer_server_cipher_suites: maybe\n", "must be true or false"),
     ("  cert: inline\n", "give cert or cert_file, not both"),
 ])
+@pytest.mark.slow
 def test_tls_values_python_cannot_honour_or_that_are_wrong(pki, extra, message):
     assert message in refused(pki, "tls_server_config:\n  cert_file: server.crt\n"
                                     "  key_file: server.key\n" + extra)
 
 
+@pytest.mark.slow
 def test_tls_files_must_be_regular_and_match(pki):
     assert "cannot load cert_file/key_file" in refused(
         pki, "tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: server.key\n")
