@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from exporter.gunicorn.dependencies import Dependency
 from exporter.gunicorn.heartbeat import HeartbeatFile
 from exporter.linux.cgroup import PodIdentity
 
@@ -38,6 +39,8 @@ class WorkerSnapshot:
     unique_memory_bytes: int | None = None
     proportional_memory_bytes: int | None = None
     heartbeat_file: HeartbeatFile | None = None  # for the sampler (not rendered)
+    # the peer it waits on longest now, and for how long (None: unknown, a unix peer)
+    dependency_wait: tuple[str, float | None] | None = None
 
     @property
     def requests(self) -> int | None:
@@ -85,6 +88,8 @@ class AppSnapshot:
     control_answer_age: float | None = None  # seconds since the control socket answer in use came
     workers: list[WorkerSnapshot] = field(default_factory=list)
     listeners: list[ListenerSnapshot] = field(default_factory=list)
+    # its workers' outbound connections: peer -> connections by state, waits
+    dependencies: dict[str, Dependency] = field(default_factory=dict)
     master_start_time: float | None = None
     workers_spawned: int | None = None  # from the control socket's `show stats`
     user: str = ""                  # the master's user name (or uid), for gunicorn_info

@@ -21,6 +21,7 @@ from exporter.metrics import render, render_web
 from exporter.metrics.encode import _Families
 from exporter.postgres.model import attribute, budgets, build_server_snapshot
 from exporter.linux.cgroup import PodIdentity
+from exporter.gunicorn.dependencies import Dependency
 from exporter.snapshot import PostgresSnapshot
 from exporter.snapshot import AppRequests, RequestsSnapshot, StatsdSnapshot
 from exporter.snapshot import (AdviceSnapshot, AppOom, AppSnapshot, CollectorResult, GunicornSnapshot,
@@ -64,6 +65,8 @@ def full_snapshot() -> Snapshot:
         settings_source={"workers": "cmdline", "timeout": "control_socket",
                          "backlog": "default"},
         control_socket=True, control_answer_age=12.5,
+        dependencies={"10.0.0.5:5432": Dependency({"established": 4, "syn_sent": 1}, 2, 3.5),
+                      "unix:/run/redis.sock": Dependency({"established": 2})},
         workers=[_worker(0, 101, busy=True), _worker(1, 102, busy=False)],
         listeners=[
             ListenerSnapshot("unix:/run/shop.sock", "unix", queue_length=3, queue_max=2048),

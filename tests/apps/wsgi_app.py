@@ -13,6 +13,8 @@ Routes:
     /upstream?port=P     -> a dependency call: connects to 127.0.0.1:P, sends one line
                             and reads the answer until the peer closes (at most 300 s),
                             then 200 "upstream N bytes pid=N"
+    /http?port=P         -> an HTTP dependency through urllib: GET http://127.0.0.1:P/
+                            (at most 300 s), then 200 with its status
 
 time.sleep is monkey-patched by gevent/eventlet, so /slow and /hold
 cooperate with async workers.
@@ -96,6 +98,11 @@ def app(environ, start_response):
             while chunk := s.recv(4096):   # bounded by the peer and the timeout
                 got += len(chunk)
         return _respond(start_response, "upstream %d bytes pid=%d" % (got, pid))
+    if path == "/http":
+        import urllib.request
+        port = _param(environ, "port", 1, 65535, conv=int)
+        with urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=MAX_SECONDS) as r:
+            return _respond(start_response, "upstream status %d pid=%d" % (r.status, pid))
     return _respond(start_response, "not found", status="404 Not Found")
 
 
