@@ -222,7 +222,10 @@ class PostgresServerSnapshot:
     oldest_idle_in_transaction: dict[str, float] = field(default_factory=dict)  # datname -> s
     oldest_query: dict[str, float] = field(default_factory=dict)                # datname -> s
     backends: list[PostgresBackend] = field(default_factory=list)
-    attribution: PostgresAttribution | None = None  # set by finish() when gunicorn ran
+    attribution: PostgresAttribution | None = None  # by the join, when gunicorn ran
+    # the server as the exporter reaches it, as a dependency peer ('10.0.0.5:5432',
+    # 'unix:/run/postgresql/.s.PGSQL.5432'): workers connected to it depend on it
+    address: str | None = None
 
 
 @dataclass
@@ -241,6 +244,7 @@ class DbBudget:
 class PostgresSnapshot:
     servers: list[PostgresServerSnapshot] = field(default_factory=list)
     budgets: list[DbBudget] = field(default_factory=list)
+    dependency_peers: list[tuple[str, str]] = field(default_factory=list)  # (app, peer): a server
 
 
 # --- OOM kills (exporter/collectors/oom.py) -----------------------------------------

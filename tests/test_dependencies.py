@@ -20,7 +20,7 @@ from exporter.gunicorn import dependencies as deps
 from exporter.gunicorn.join import SocketMatcher, WorkerSockets
 from exporter.linux.sockets import (TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT,
                                     InetSocket, TcpTimes, UnixSocket)
-from tests.harness import SlowClients, free_port, poll, unique_name
+from tests.harness import SlowClients, poll, unique_name
 
 # --- literal sockets --------------------------------------------------------------------
 
@@ -301,3 +301,26 @@ def test_an_idle_pool_connection_does_not_wait(gunicorn_factory, pg):
         poll(lambda: app_of(collector, g).dependencies[peer].waiting == 1, 15,
              message="pg_sleep's wait was not seen")
         assert app_of(collector, g).dependencies[peer].connections == {"established": 2}
+
+
+@pytest.mark.slow
+def test_a_peer_that_is_a_watched_postgres_says_so(gunicorn_factory, pg, tmp_path):
+    """The app's pooled connection goes to the server named by --postgres.dsn: the
+    scrape says the peer is that Postgres (the address libpq reached, against the port
+    the cluster was started on)."""
+    from tests.exposition import scrape, value
+    from tests.harness import running_exporter
+    from tests.test_postgres import _app_env
+    name = unique_name("dep-pg")
+    g = gunicorn_factory(workers=1, bind="tcp", app="db_app:app", name=name,
+                         env=_app_env(pg, 2, 0))
+    g.get("/db/hold?n=1&seconds=0")
+    peer = f"127.0.0.1:{pg.port}"
+    with running_exporter(tmp_path, "--postgres.dsn", pg.dsn("monitor", "postgres"),
+                          "--no-collector.logs", "--no-collector.oom") as base:
+        series = poll(lambda: (s := scrape(base)) and value(
+            s, "gunicorn_dependency_info", app=name, peer=peer, kind="postgres") == 1 and s,
+            20, message="the Postgres peer was not named")
+        assert value(series, "gunicorn_dependency_connections", app=name, peer=peer,
+                     state="established") == 1
+        assert value(series, "gunicorn_dependency_waiting_workers", app=name, peer=peer) == 0

@@ -92,7 +92,8 @@ def full_snapshot() -> Snapshot:
                                 (10, "db", "u", "x", "idle", None, -1, 0.0, 0.0, 0.0, True)], 5)
     pg.attribution = attribute(pg.backends, [shop], server_port=5432, own_pid=9)
     pg.attribution.unattributed.setdefault("remote", 1)
-    pgsnap = PostgresSnapshot(servers=[pg], budgets=budgets([shop], {}))
+    pgsnap = PostgresSnapshot(servers=[pg], budgets=budgets([shop], {}),
+                              dependency_peers=[("shop", "10.0.0.5:5432")])
     # requests: gunicorn's statsd stream (statsd collector) and access log lines (logs)
     statsd = StatsdSnapshot(
         up=True, packets=10, malformed_lines=1, ignored_lines=2,
