@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from exporter.gunicorn.dependencies import Dependency
+from exporter.gunicorn.dependencies import Dependency, Outbound
 from exporter.gunicorn.heartbeat import HeartbeatFile
 from exporter.linux.cgroup import PodIdentity
 
@@ -41,6 +41,7 @@ class WorkerSnapshot:
     heartbeat_file: HeartbeatFile | None = None  # for the sampler (not rendered)
     # the peer it waits on longest now, and for how long (None: unknown, a unix peer)
     dependency_wait: tuple[str, float | None] | None = None
+    outbound: tuple[Outbound, ...] = ()     # for the sampler's dependency clock (not rendered)
 
     @property
     def requests(self) -> int | None:
@@ -147,6 +148,8 @@ class SamplerSnapshot:
     all_busy_seconds: dict[str, float] = field(default_factory=dict)   # sync apps only
     # (app, worker slot, seconds): the highest heartbeat age of the last peak window
     heartbeat_max: list[tuple[str, int, float]] = field(default_factory=list)
+    # (app, peer, worker-seconds waiting on it): the dependency clock
+    dependency_waiting: list[tuple[str, str, float]] = field(default_factory=list)
     samples: int = 0
     errors: int = 0
     skipped_seconds: float = 0.0

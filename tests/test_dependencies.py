@@ -324,3 +324,78 @@ def test_a_peer_that_is_a_watched_postgres_says_so(gunicorn_factory, pg, tmp_pat
         assert value(series, "gunicorn_dependency_connections", app=name, peer=peer,
                      state="established") == 1
         assert value(series, "gunicorn_dependency_waiting_workers", app=name, peer=peer) == 0
+
+
+# --- the dependency clock -------------------------------------------------------------
+
+def test_the_clock_counts_worker_seconds_per_peer_once_a_second(tmp_path):
+    """Literal inputs: two gthread workers, one waiting on the database for two reads,
+    the other on a peer folded into 'other'; each read credits the interval since the
+    last one, per app and peer."""
+    from exporter.sampler.dependencies import DependencyClock
+    from exporter.snapshot import AppSnapshot, GunicornSnapshot, WorkerSnapshot
+    db = deps.Outbound("10.0.0.5:5432", "established", _inet(21, TCP_ESTABLISHED, ("a", 1), ("b", 2)))
+    rare = deps.Outbound("10.0.0.6:6379", "established", _inet(22, TCP_ESTABLISHED, ("a", 3), ("c", 4)))
+    times = {21: TcpTimes(5000, 9000, True, True), 22: TcpTimes(3000, 9000, True, True)}
+    clock = DependencyClock(lambda wanted: dict(times), proc=str(tmp_path))
+    workers = [WorkerSnapshot(0, 10, 0, 0, 0, 1, None, None, None, None, None, None, outbound=(db,)),
+               WorkerSnapshot(1, 11, 0, 0, 0, 1, None, None, None, None, None, None, outbound=(rare,))]
+    clock.retarget(GunicornSnapshot(apps=[AppSnapshot(
+        "shop", True, worker_class="gthread", workers=workers,
+        dependencies={"10.0.0.5:5432": deps.Dependency(), "other": deps.Dependency()})]),
+        now=0)
+    for t in (0.0, 1.0, 2.0):
+        clock.tick(t)
+    times[21] = TcpTimes(9000, 100, True, True)      # the reply came: no longer waiting
+    clock.tick(3.0)
+    clock.tick(3.5)                                  # within the second: not read
+    assert clock.snapshot() == [("shop", "10.0.0.5:5432", 2.0), ("shop", "other", 3.0)]
+    assert clock.reads == 4
+    clock.tick(4.0)
+    assert clock.snapshot() == [("shop", "10.0.0.5:5432", 2.0), ("shop", "other", 4.0)]
+
+
+@pytest.mark.slow
+def test_a_two_second_stall_every_ten_seconds_is_counted(gunicorn_factory, tmp_path):
+    """A pooled dependency that answers after 2 s, asked every 10 s: a 15 s scrape sees
+    such a stall by luck; the clock counts each. Oracle: the client's own clock (each
+    request's duration)."""
+    from tests.exposition import scrape, value
+    from tests.harness import running_exporter
+
+    class Slow(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+    closing = threading.Event()
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            while not closing.is_set() and self.rfile.readline(256):
+                closing.wait(2.0)       # the dependency's own slowness, not a sync point
+                self.wfile.write(b"ok\n")
+    server = Slow(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    name = unique_name("dep-clock")
+    try:
+        g = gunicorn_factory(workers=1, bind="tcp", name=name)
+        g.get(f"/keep?port={port}", timeout=10)          # the pooled connection opens
+        with running_exporter(tmp_path, "--no-collector.postgres", "--no-collector.logs") as base:
+            key = {"app": name, "peer": f"127.0.0.1:{port}"}
+            poll(lambda: value(scrape(base), "gunicorn_dependency_waiting_seconds_total", **key)
+                 is not None, 20, message="the clock never followed the connection")
+            before = value(scrape(base), "gunicorn_dependency_waiting_seconds_total", **key)
+            took = []
+            for _ in range(3):
+                t = time.monotonic()
+                g.get(f"/keep?port={port}", timeout=10)
+                took.append(time.monotonic() - t)
+                time.sleep(8)       # noqa: the pause between stalls is the scenario itself
+            after = value(scrape(base), "gunicorn_dependency_waiting_seconds_total", **key)
+        print(f"client: {[round(x, 2) for x in took]} s; clock: {after - before:.2f} s")
+        # read once a second: each stall is counted to within a read either side
+        assert sum(took) - 3.2 <= after - before <= sum(took) + 3.2, (took, after - before)
+    finally:
+        closing.set()
+        server.shutdown()
+        server.server_close()

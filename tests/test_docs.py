@@ -113,7 +113,8 @@ def full_snapshot() -> Snapshot:
         "statsd": CollectorResult("statsd", True, 0.001, data=statsd),
         "sampler": CollectorResult("sampler", True, 0.0, data=SamplerSnapshot(
             interval=0.1, window=15.0, all_busy_seconds={"shop": 4.5},
-            heartbeat_max=[("shop", 0, 21.5)], samples=100,
+            heartbeat_max=[("shop", 0, 21.5)], dependency_waiting=[("shop", "10.0.0.5:5432", 42.0)],
+            samples=100,
             listeners=[SamplerListener("shop", "unix:/run/shop.sock", 4, 4.0, 10.0)])),
         "advice": CollectorResult("advice", True, 0.0, data=AdviceSnapshot(
             [("shop", "C3", "gthread-worker-connections", "warning")])),

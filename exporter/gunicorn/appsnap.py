@@ -127,6 +127,7 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
             db_tcp=conns.db_tcp if conns else [],
             db_unix=conns.db_unix if conns else [],
             dependency_wait=None if stuck is None else (stuck.peer, stuck.seconds),
+            outbound=tuple(out),
         ))
     app.dependencies = dependencies.by_peer(deps, worker_class == "sync", max_peers)
     names: set[tuple[str, int | None]] = set()

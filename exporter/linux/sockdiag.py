@@ -291,6 +291,13 @@ class ListenQueues:
         self._tcp: dict[int, InetSocket] = {}
         self._unix: set[int] = set()
 
+    def times(self, sockets: list[InetSocket]) -> dict[int, TcpTimes]:
+        """tcp_times of `sockets` (in this reader's network namespace), through its socket."""
+        if self._sock is None:
+            self._sock = self._open_socket()
+            self._sock.settimeout(self.timeout)
+        return tcp_times(sockets, self.timeout, self._sock)
+
     def read(self, wanted: set[int]) -> dict[int, int]:
         deadline = time.monotonic() + self.timeout
         if self._sock is None:

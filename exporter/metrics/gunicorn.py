@@ -188,6 +188,9 @@ def render_sampler(snap: SamplerSnapshot) -> Iterator[Metric]:
     beat_max = _g("gunicorn_worker_heartbeat_age_max_seconds", "Highest heartbeat age of the worker slot in the last --sampler.peak-window (read every second, and at the scrape): a request that comes close to --timeout between two scrapes.", ["app", "worker"])
     for app, slot, seconds in snap.heartbeat_max:
         beat_max.add_metric([app, str(slot)], seconds)
+    dep = CounterMetricFamily("gunicorn_dependency_waiting_seconds", "Worker-seconds (sync workers; gthread and async: connection-seconds) spent waiting for the peer's reply, read once a second between scrapes.", labels=["app", "peer"])
+    for app, peer, seconds in snap.dependency_waiting:
+        dep.add_metric([app, peer], seconds)
     samples = CounterMetricFamily("gunicorn_exporter_sampler_samples", "Samples the sampler took.")
     samples.add_metric([], snap.samples)
     errors = CounterMetricFamily("gunicorn_exporter_sampler_errors", "Samples whose listen queues could not be read.")
@@ -196,4 +199,4 @@ def render_sampler(snap: SamplerSnapshot) -> Iterator[Metric]:
     skipped.add_metric([], snap.skipped_seconds)
     spent = CounterMetricFamily("gunicorn_exporter_sampler_spent_seconds", "Wall-clock time the sampler spent taking samples (its cost).")
     spent.add_metric([], snap.busy_seconds)
-    yield from (peak, queued, integral, busy, beat_max, samples, errors, skipped, spent)
+    yield from (peak, queued, integral, busy, beat_max, dep, samples, errors, skipped, spent)
