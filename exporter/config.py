@@ -94,7 +94,8 @@ class _Methods:
             control_socket=self.control_socket, control_timeout=self.control_timeout,
             forget_after=self.forget_after, expected_apps=self.expected_apps, users=self.users,
             include=self.include, exclude=self.exclude, max_masters=self.max_masters,
-            memory_detail_interval=self.memory_detail_interval)
+            memory_detail_interval=self.memory_detail_interval,
+            dependency_max_peers=self.dependency_max_peers)
 
 
 Config = dataclasses.make_dataclass(

@@ -16,7 +16,8 @@ from exporter.parsing import (DEFAULT_PORT, ConfigError, _log_level, _max_names,
                               parse_access_formats, parse_app_budgets, parse_app_names,
                               parse_bool, parse_dsn_files, parse_dsns, parse_duration,
                               parse_line_length, parse_listen_address,
-                              parse_log_files, parse_max_masters, parse_ports,
+                              parse_log_files, parse_max_masters, parse_max_peers,
+                              parse_ports,
                               parse_receive_buffer, parse_regex, parse_signatures,
                               parse_optional_path, parse_statsd_prefixes, parse_users, _path,
                               _positive_duration, _positive_int, _ratio, _strings,
@@ -129,6 +130,9 @@ OPTIONS: tuple[Option, ...] = (
     O("gunicorn.max-masters", "max_masters", parse_max_masters, 256,
       "masters measured per scrape, shared out between their users; the rest are counted in "
       "gunicorn_exporter_dropped_masters"),
+    O("dependencies.max-peers", "dependency_max_peers", parse_max_peers, 10,
+      "peers per app in the gunicorn_dependency_* series (those with the most connections); "
+      "the rest are folded into peer=\"other\""),
     O("sampler.interval", "sampler_interval", parse_duration, 0.1,
       "how often the sampler reads the listeners' accept queues between scrapes; 0 turns "
       "the sampler off", shown="100ms"),

@@ -99,11 +99,18 @@ def parse_regex(value) -> re.Pattern:
         raise ConfigError(f"{value!r} is not a valid regular expression: {e}") from None
 
 
-def parse_max_masters(value) -> int:
-    text = str(value).strip()
-    if not text.isdigit() or not 1 <= int(text) <= 100_000:
-        raise ConfigError(f"{value!r} is not a whole number from 1 to 100000")
-    return int(text)
+def _whole(lo: int, hi: int):
+    """A parser of whole numbers from `lo` to `hi`."""
+    def parse(value) -> int:
+        text = str(value).strip()
+        if not text.isdigit() or not lo <= int(text) <= hi:
+            raise ConfigError(f"{value!r} is not a whole number from {lo} to {hi}")
+        return int(text)
+    return parse
+
+
+parse_max_masters = _whole(1, 100_000)
+parse_max_peers = _whole(1, 1000)
 
 
 def parse_bool(value) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from exporter.gunicorn.dependencies import Dependency, Outbound
 from exporter.gunicorn.heartbeat import HeartbeatFile
 from exporter.linux.cgroup import PodIdentity
 
@@ -38,6 +39,9 @@ class WorkerSnapshot:
     unique_memory_bytes: int | None = None
     proportional_memory_bytes: int | None = None
     heartbeat_file: HeartbeatFile | None = None  # for the sampler (not rendered)
+    # the peer it waits on longest now, and for how long (None: unknown, a unix peer)
+    dependency_wait: tuple[str, float | None] | None = None
+    outbound: tuple[Outbound, ...] = ()     # for the sampler's dependency clock (not rendered)
 
     @property
     def requests(self) -> int | None:
@@ -85,6 +89,8 @@ class AppSnapshot:
     control_answer_age: float | None = None  # seconds since the control socket answer in use came
     workers: list[WorkerSnapshot] = field(default_factory=list)
     listeners: list[ListenerSnapshot] = field(default_factory=list)
+    # its workers' outbound connections: peer -> connections by state, waits
+    dependencies: dict[str, Dependency] = field(default_factory=dict)
     master_start_time: float | None = None
     workers_spawned: int | None = None  # from the control socket's `show stats`
     user: str = ""                  # the master's user name (or uid), for gunicorn_info
@@ -142,6 +148,8 @@ class SamplerSnapshot:
     all_busy_seconds: dict[str, float] = field(default_factory=dict)   # sync apps only
     # (app, worker slot, seconds): the highest heartbeat age of the last peak window
     heartbeat_max: list[tuple[str, int, float]] = field(default_factory=list)
+    # (app, peer, worker-seconds waiting on it): the dependency clock
+    dependency_waiting: list[tuple[str, str, float]] = field(default_factory=list)
     samples: int = 0
     errors: int = 0
     skipped_seconds: float = 0.0
@@ -217,7 +225,10 @@ class PostgresServerSnapshot:
     oldest_idle_in_transaction: dict[str, float] = field(default_factory=dict)  # datname -> s
     oldest_query: dict[str, float] = field(default_factory=dict)                # datname -> s
     backends: list[PostgresBackend] = field(default_factory=list)
-    attribution: PostgresAttribution | None = None  # set by finish() when gunicorn ran
+    attribution: PostgresAttribution | None = None  # by the join, when gunicorn ran
+    # the server as the exporter reaches it, as a dependency peer ('10.0.0.5:5432',
+    # 'unix:/run/postgresql/.s.PGSQL.5432'): workers connected to it depend on it
+    address: str | None = None
 
 
 @dataclass
@@ -236,6 +247,7 @@ class DbBudget:
 class PostgresSnapshot:
     servers: list[PostgresServerSnapshot] = field(default_factory=list)
     budgets: list[DbBudget] = field(default_factory=list)
+    dependency_peers: list[tuple[str, str]] = field(default_factory=list)  # (app, peer): a server
 
 
 # --- OOM kills (exporter/collectors/oom.py) -----------------------------------------

@@ -127,6 +127,31 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " heartbeat every second when it can): CPU-bound code, a lock, or a blocking call"
               " in a green thread holds it, and none of its connections is served."),
     ]),
+    ("gunicorn.dependencies", [
+        Alert("GunicornDependencySlow", "W6 C1",
+              "quantile_over_time(@{quantile}, app_peer:gunicorn_dependency_waiting:ratio"
+              "{peer!=\"other\"}[@{window}])\n"
+              "  > @{waiting_ratio}\n"
+              "and ignoring (peer)\n"
+              "  quantile_over_time(@{quantile}, app:gunicorn_workers_busy:ratio[@{window}])"
+              " >= @{busy_ratio}",
+              "{{ $labels.app }} waits on {{ $labels.peer }}",
+              "{{ $value | humanizePercentage }} of the requests the workers of"
+              " {{ $labels.app }} on {{ $labels.instance }} run are waiting for a reply from"
+              " {{ $labels.peer }}, with the pool at least @{busy_ratio_pct} busy, for most"
+              " of @{window}: that dependency is slow and holds the workers (the longest wait:"
+              " gunicorn_dependency_wait_seconds)."),
+        Alert("GunicornDependencyUnreachable", "W6",
+              "min_over_time(gunicorn_dependency_connections{@{selector},"
+              " state=\"syn_sent\"}[@{window}]) > 0\n"
+              "and count_over_time(gunicorn_dependency_connections{@{selector},"
+              " state=\"syn_sent\"}[@{window}]) >= @{min_samples}",
+              "{{ $labels.app }} cannot connect to {{ $labels.peer }}",
+              "Workers of {{ $labels.app }} on {{ $labels.instance }} have had connections to"
+              " {{ $labels.peer }} stuck in SYN-SENT (at least {{ $value }}) for @{window}:"
+              " the peer does not accept (down, or its backlog full), or no local port is"
+              " free (SNAT exhaustion). Each such request waits for the connect timeout."),
+    ]),
     ("gunicorn.timeouts", [
         Alert("GunicornWorkerNearTimeout", "W5",
               "max_over_time(app:gunicorn_worker_heartbeat_timeout:max_ratio[@{window}])"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from generate import rows
+from generate import causes, rows
 from generate.output import ROOT
 from generate.panels import (DS, NEEDS_RULES, S, Panel, alert_steps, coloured, column, layout,
                              merged_table, pct, row, stat, table, thresholds, threshold_steps)
@@ -142,7 +142,8 @@ def overview(t: dict[str, float]) -> list[Panel]:
 
 
 # The rows in order, with the function that makes each one's panels.
-ROWS = (("Overview", overview), ("Saturation", rows.saturation), ("Requests", rows.requests),
+ROWS = (("Overview", overview), ("Saturation", rows.saturation), ("Why busy", causes.why_busy),
+        ("Requests", rows.requests),
         ("Workers", rows.workers), ("Database", rows.database), ("Events", rows.events),
         ("Exporter", rows.exporter))
 

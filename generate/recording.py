@@ -34,6 +34,15 @@ RECORDING_RULES: list[tuple[str, str]] = [
      "  0)"),
     ("app:gunicorn_worker_connections_waiting:sum",
      "sum without (worker) (worker:gunicorn_worker_requests_waiting:sum)"),
+    # Requests being run by a thread: what a worker holds, up to its capacity.
+    ("app:gunicorn_requests_running:sum",
+     "sum without (worker) (\n"
+     "  worker:gunicorn_worker_requests:sum - worker:gunicorn_worker_requests_waiting:sum\n"
+     ")"),
+    # The share of those running requests that wait on one peer (its reply), per peer.
+    ("app_peer:gunicorn_dependency_waiting:ratio",
+     "gunicorn_dependency_waiting_workers{@{selector}}\n"
+     "  / ignoring (peer) group_left () (app:gunicorn_requests_running:sum > 0)"),
     # Either part alone when the other cannot be read (a listener in another network
     # namespace has no queue length; workers whose fds are unreadable have no connections).
     ("app:gunicorn_requests_waiting:sum",

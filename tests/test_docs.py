@@ -21,6 +21,7 @@ from exporter.metrics import render, render_web
 from exporter.metrics.encode import _Families
 from exporter.postgres.model import attribute, budgets, build_server_snapshot
 from exporter.linux.cgroup import PodIdentity
+from exporter.gunicorn.dependencies import Dependency
 from exporter.snapshot import PostgresSnapshot
 from exporter.snapshot import AppRequests, RequestsSnapshot, StatsdSnapshot
 from exporter.snapshot import (AdviceSnapshot, AppOom, AppSnapshot, CollectorResult, GunicornSnapshot,
@@ -64,6 +65,8 @@ def full_snapshot() -> Snapshot:
         settings_source={"workers": "cmdline", "timeout": "control_socket",
                          "backlog": "default"},
         control_socket=True, control_answer_age=12.5,
+        dependencies={"10.0.0.5:5432": Dependency({"established": 4, "syn_sent": 1}, 2, 3.5),
+                      "unix:/run/redis.sock": Dependency({"established": 2})},
         workers=[_worker(0, 101, busy=True), _worker(1, 102, busy=False)],
         listeners=[
             ListenerSnapshot("unix:/run/shop.sock", "unix", queue_length=3, queue_max=2048),
@@ -89,7 +92,8 @@ def full_snapshot() -> Snapshot:
                                 (10, "db", "u", "x", "idle", None, -1, 0.0, 0.0, 0.0, True)], 5)
     pg.attribution = attribute(pg.backends, [shop], server_port=5432, own_pid=9)
     pg.attribution.unattributed.setdefault("remote", 1)
-    pgsnap = PostgresSnapshot(servers=[pg], budgets=budgets([shop], {}))
+    pgsnap = PostgresSnapshot(servers=[pg], budgets=budgets([shop], {}),
+                              dependency_peers=[("shop", "10.0.0.5:5432")])
     # requests: gunicorn's statsd stream (statsd collector) and access log lines (logs)
     statsd = StatsdSnapshot(
         up=True, packets=10, malformed_lines=1, ignored_lines=2,
@@ -109,7 +113,8 @@ def full_snapshot() -> Snapshot:
         "statsd": CollectorResult("statsd", True, 0.001, data=statsd),
         "sampler": CollectorResult("sampler", True, 0.0, data=SamplerSnapshot(
             interval=0.1, window=15.0, all_busy_seconds={"shop": 4.5},
-            heartbeat_max=[("shop", 0, 21.5)], samples=100,
+            heartbeat_max=[("shop", 0, 21.5)], dependency_waiting=[("shop", "10.0.0.5:5432", 42.0)],
+            samples=100,
             listeners=[SamplerListener("shop", "unix:/run/shop.sock", 4, 4.0, 10.0)])),
         "advice": CollectorResult("advice", True, 0.0, data=AdviceSnapshot(
             [("shop", "C3", "gthread-worker-connections", "warning")])),

@@ -1,4 +1,4 @@
-"""The sampler (exporter/sampler.py): accounting on literal inputs, and against real
+"""The sampler (exporter/sampler/): accounting on literal inputs, and against real
 gunicorn masters with a client's own clock as the oracle."""
 
 from __future__ import annotations

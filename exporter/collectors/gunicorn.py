@@ -77,6 +77,7 @@ class GunicornOptions:
     include: re.Pattern | None = None    # app names to report (default all)
     exclude: re.Pattern | None = None    # app names not to report
     max_masters: int = DEFAULTS["gunicorn.max-masters"]
+    dependency_max_peers: int = DEFAULTS["dependencies.max-peers"]
     memory_detail_interval: float = DEFAULTS["gunicorn.memory-detail-interval"]
 
 
@@ -233,7 +234,8 @@ class GunicornCollector(Collector):
         try:
             return build_app(raw, ctl, name_of=self._app_name, user=self._user(raw.master.proc.uid),
                              boot_time=self._measurer.boot_time, db_ports=self.options.db_ports,
-                             db_paths=self.options.db_socket_paths)
+                             db_paths=self.options.db_socket_paths,
+                             max_peers=self.options.dependency_max_peers)
         except Exception as e:  # noqa: BLE001
             p = raw.master.proc
             name = p.title[1] if p.title and p.title[1] else f"pid{p.pid}"

@@ -263,6 +263,7 @@ class PostgresCollector(Collector):
             await cur.execute(ACTIVITY_QUERY)
             rows = await cur.fetchall()
         snap = build_server_snapshot(s.label, settings, rows, self.options.max_application_names)
+        snap.address = peer_address(s.conn.info)
         if snap.monitor_privilege is False and not s.warned_privilege:
             s.warned_privilege = True
             log.warning("postgres %s: the role lacks pg_monitor, so other roles' sessions show no "
@@ -312,10 +313,28 @@ def join(own: PostgresSnapshot, others: Mapping[str, object], *,
     if not isinstance(g, GunicornSnapshot):
         return own
     apps = [a for a in g.apps if a.up]
+    addresses = {s.address for s in own.servers if s.address}
     return replace(own, servers=[
         replace(s, attribution=attribute(s.backends, apps, server_port=s.port, own_pid=s.own_pid))
         if s.up else s for s in own.servers],
-        budgets=budgets(apps, options.budgets, options.default_budget))
+        budgets=budgets(apps, options.budgets, options.default_budget),
+        dependency_peers=sorted((a.app, peer) for a in apps for peer in a.dependencies
+                                if peer in addresses))
+
+
+def peer_address(info) -> str | None:
+    """The server as its clients' sockets name it (exporter/gunicorn/dependencies.py's
+    peer labels), from libpq's view of the connection: the address it reached over TCP,
+    or the unix socket in the directory it used."""
+    try:
+        host, port, addr = info.host, info.port, info.hostaddr
+    except Exception:  # noqa: BLE001 - libpq older than 12 has no hostaddr
+        return None
+    if host and host.startswith("/"):
+        return f"unix:{host.rstrip('/')}/.s.PGSQL.{port}"
+    if not addr:
+        return None
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 def _describe(e: Exception) -> str:

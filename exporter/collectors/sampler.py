@@ -1,4 +1,4 @@
-"""The sampler collector: starts and stops the sampling thread (exporter/sampler.py),
+"""The sampler collector: starts and stops the sampling thread (exporter/sampler/),
 tells it after each scrape what the gunicorn collector found, and reports its counters.
 It owns the netlink sockets the sampler reads through: one in the exporter's network
 namespace, and one per other namespace (pod) that holds a watched listener."""
@@ -24,18 +24,26 @@ class SamplerCollector(Collector):
         self._own = sockdiag.ListenQueues()
         self._pods: dict[int, sockdiag.ListenQueues] = {}   # netns -> its reader
         self._denied: dict[int, float] = {}   # netns -> when to try entering it again
-        self.sampler = Sampler(interval, window, self._read, proc=proc)
+        self.sampler = Sampler(interval, window, self._read, proc=proc, read_times=self._times)
 
     def _read(self, wanted: dict[int | None, tuple[int, set[int]]]) -> dict[int, int]:
         """Queue lengths of the wanted listeners, namespace by namespace (sampler thread).
         A namespace that cannot be read costs its own listeners this sample only."""
-        out: dict[int, int] = {}
         for ns in [ns for ns in self._pods if ns not in wanted]:
             self._pods.pop(ns).close()
+        return self._each(wanted, lambda reader, inodes: reader.read(inodes))
+
+    def _times(self, wanted: dict[int | None, tuple[int, list]]) -> dict:
+        """tcp_info of the wanted TCP connections, namespace by namespace (the dependency
+        clock, in the sampler thread)."""
+        return self._each(wanted, lambda reader, socks: reader.times(socks))
+
+    def _each(self, wanted: dict, ask) -> dict:
+        out: dict = {}
         now = time.monotonic()
-        for ns, (pid, inodes) in wanted.items():
+        for ns, (pid, what) in wanted.items():
             if ns is None:
-                out.update(self._own.read(inodes))
+                out.update(ask(self._own, what))
                 continue
             if self._denied.get(ns, 0) > now:
                 continue
@@ -46,7 +54,7 @@ class SamplerCollector(Collector):
                 reader = self._pods[ns] = sockdiag.ListenQueues(
                     opener=lambda ns=ns, pid=pid: netns.open_in(pid, ns, self.proc)[0])
             try:
-                out.update(reader.read(inodes))
+                out.update(ask(reader, what))
             except OSError as e:   # no CAP_SYS_ADMIN, the pod is gone, ...
                 self.sampler.errors += 1
                 log.debug("sampler: network namespace %s: %r", ns, e)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 
-from exporter.gunicorn import heartbeat, join
+from exporter.gunicorn import dependencies, heartbeat, join
 from exporter.gunicorn.measure import CLK_TCK, MasterRaw, class_path
 from exporter.gunicorn.settings import Settings
 from exporter.labels import bounded
@@ -24,7 +24,7 @@ SOURCE_SETTINGS = ("workers", "worker_class", "threads", "worker_connections", "
 
 
 def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_time: float,
-              db_ports, db_paths) -> AppSnapshot:
+              db_ports, db_paths, max_peers: int = 10) -> AppSnapshot:
     """One running master's AppSnapshot: its settings (the control socket's proven answer
     `ctl` wins), workers with their connections and heartbeat age, and listeners.
     `name_of(raw, configured_name)` names the app (the collector knows USR2 history)."""
@@ -90,6 +90,7 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
     wall = time.time()
     joined = raw.joined
     match = join.SocketMatcher.of(joined.listeners if joined else [], db_ports, db_paths)
+    deps = []       # per worker: (outbound connections, those that wait)
     for w in raw.workers:
         st = w.stat
         age = beat_file = None
@@ -102,6 +103,13 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
         conns = None
         if w.sockets is not None and joined is not None:
             conns = join.count_worker_sockets(w.sockets, joined.unix_peers, match, raw.idle)
+        out = dependencies.outbound(w.sockets, joined.unix_peers, match) \
+            if w.sockets is not None and joined is not None else []
+        in_request = worker_class == "sync" and conns is not None and \
+            conns.active + conns.client_closed > 0
+        waiting = dependencies.waits(out, raw.dep_times, w.wchan, age if in_request else None)
+        deps.append((out, waiting))
+        stuck = dependencies.longest(waiting)
         app.workers.append(WorkerSnapshot(
             slot=-1, pid=w.pid,
             start_time=boot_time + st.starttime_ticks / CLK_TCK,
@@ -118,7 +126,10 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
             db_connections=len(conns.db_tcp) + len(conns.db_unix) if conns else None,
             db_tcp=conns.db_tcp if conns else [],
             db_unix=conns.db_unix if conns else [],
+            dependency_wait=None if stuck is None else (stuck.peer, stuck.seconds),
+            outbound=tuple(out),
         ))
+    app.dependencies = dependencies.by_peer(deps, worker_class == "sync", max_peers)
     names: set[tuple[str, int | None]] = set()
     for sock, worker_pid in (joined.listeners if joined else []):
         address = bounded(join.listener_address(sock), 256)

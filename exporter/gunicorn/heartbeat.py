@@ -7,7 +7,7 @@ the file's mode, so there the ctime is the last beat, on the wall clock. A sync 
 cannot beat during a request: its heartbeat age is how long the request has run.
 
 Pure functions, plus `HeartbeatFile`, what the gunicorn collector hands the sampler
-(exporter/sampler.py) so that it can read a worker's age between scrapes.
+(exporter/sampler/) so that it can read a worker's age between scrapes.
 """
 
 from __future__ import annotations

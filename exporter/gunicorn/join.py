@@ -123,16 +123,17 @@ class WorkerConnections:
     db_unix: list[tuple[int, int]] = field(default_factory=list)
 
 
+def is_client(i, match: SocketMatcher) -> bool:
+    """Whether a TCP socket of a worker was accepted from the master's listeners (its
+    local address is one of theirs)."""
+    addrs = match.tcp_ports.get(i.local_port)
+    return addrs is not None and (addrs & WILDCARD_ADDRS or i.local_addr in addrs
+                                  or _v4_mapped(i.local_addr) in addrs)
+
+
 def client_tcp(ws: WorkerSockets, match: SocketMatcher) -> list:
     """The worker's established TCP client connections (accepted from its listeners)."""
-    out = []
-    for i in ws.inet:
-        addrs = match.tcp_ports.get(i.local_port)
-        if i.state == TCP_ESTABLISHED and addrs is not None and (
-                addrs & WILDCARD_ADDRS or i.local_addr in addrs
-                or _v4_mapped(i.local_addr) in addrs):
-            out.append(i)
-    return out
+    return [i for i in ws.inet if i.state == TCP_ESTABLISHED and is_client(i, match)]
 
 
 def count_worker_sockets(ws: WorkerSockets, unix_peers: dict[int, str],
@@ -159,9 +160,7 @@ def count_worker_sockets(ws: WorkerSockets, unix_peers: dict[int, str],
     for i in ws.inet:
         if i.state not in (TCP_ESTABLISHED, TCP_CLOSE_WAIT):
             continue
-        addrs = match.tcp_ports.get(i.local_port)
-        if addrs is not None and (addrs & WILDCARD_ADDRS or i.local_addr in addrs
-                                  or _v4_mapped(i.local_addr) in addrs):
+        if is_client(i, match):
             if i.state == TCP_CLOSE_WAIT:
                 out.client_closed += 1
             elif i.inode in idle:

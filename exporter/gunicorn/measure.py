@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from exporter.gunicorn import join
+from exporter.gunicorn import dependencies, join
 from exporter.gunicorn.heartbeat import SAFE_FSTYPES
 from exporter.gunicorn.discovery import (Discovery, Master, ProcfsProbe, discover,
                                          scan_processes)
@@ -25,7 +25,7 @@ from exporter.linux.cgroup import PodIdentity, parse_pod_identity
 from exporter.linux.netns import NetnsSockets
 from exporter.linux.pathwalk import PathWalker
 from exporter.linux.procfs import FdScan, ProcFS
-from exporter.linux.sockdiag import SocketTable
+from exporter.linux.sockdiag import SocketTable, TcpTimes
 from exporter.snapshot import GunicornSnapshot
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class WorkerRaw:
     fd_limit: int | None
     heartbeat: tuple[int, os.stat_result] | None    # (fd, stat) of its heartbeat file
     sockets: join.WorkerSockets | None = None
+    wchan: str | None = None        # where it sleeps: read for sync workers with outbound connections
 
 
 @dataclass
@@ -60,6 +61,7 @@ class MasterRaw:
     errors: list[str] = field(default_factory=list)
     idle_measured: bool = False     # idle connections told apart (see _find_idle)
     idle: set[int] = field(default_factory=set)   # inodes of idle client connections
+    dep_times: dict[int, TcpTimes] = field(default_factory=dict)  # outbound TCP: tcp_info
     netns: int | None = None        # the master's network namespace (inode)
     foreign_netns: bool = False     # not the exporter's own
     somaxconn: int | None = None    # net.core.somaxconn of that namespace
@@ -95,6 +97,7 @@ class Measurer:
         self.max_masters = max_masters
         self._read_sockets = read_sockets or sockdiag.read_all
         self._tcp_idle = sockdiag.tcp_idle
+        self._tcp_times = sockdiag.tcp_times
         # the collector's last proven control socket answers (read for the worker class)
         self.control_answers = control_answers if control_answers is not None else {}
         self._versions: dict[tuple[int, int], str] = {}
@@ -184,6 +187,7 @@ class Measurer:
         snap.socket_source = "netlink" if sources == {"netlink"} else \
             ("+".join(sorted(sources)) if sources else "none")
         self._find_idle(raws)
+        self._find_waits(raws)
         return raws, found, snap
 
     def _find_idle(self, raws: list[MasterRaw]) -> None:
@@ -221,21 +225,56 @@ class Measurer:
                     for raw in owners:
                         raw.idle_measured = True
                 continue
-            try:
-                if netns is None or netns == self._own_netns:
-                    idle = self._tcp_idle(candidates)
-                else:   # the lookups go to the pod's namespace, through its socket
-                    sock, _ = self.netns_sockets.get(netns, owners[0].master.proc.pid)
-                    idle = sockdiag.tcp_idle(candidates, sock=sock)
-            except OSError as e:
-                log.debug("tcp_info lookups failed in netns %s: %s", netns, e)
-                if netns is not None and netns != self._own_netns:
-                    self.netns_sockets.discard(netns)
+            idle = self._tcp_lookups(self._tcp_idle, netns, owners[0], candidates)
+            if idle is None:
                 continue
             idle_inodes = {ino for ino, is_idle in idle.items() if is_idle}
             for raw in owners:
                 raw.idle_measured = True
                 raw.idle = idle_inodes
+
+    def _tcp_lookups(self, lookup, netns: int | None, raw: MasterRaw,
+                     candidates: list) -> dict | None:
+        """tcp_info of `candidates` by exact lookups in their network namespace (a pod's
+        through a socket opened inside it); None when that failed."""
+        try:
+            if netns is None or netns == self._own_netns:
+                return lookup(candidates)
+            sock, _ = self.netns_sockets.get(netns, raw.master.proc.pid)
+            return lookup(candidates, sock=sock)
+        except OSError as e:
+            log.debug("tcp_info lookups failed in netns %s: %s", netns, e)
+            if netns is not None and netns != self._own_netns:
+                self.netns_sockets.discard(netns)
+            return None
+
+    def _find_waits(self, raws: list[MasterRaw]) -> None:
+        """What the workers' outbound connections wait for (exporter/gunicorn/
+        dependencies.py): tcp_info of the established TCP ones (exact lookups, at most
+        MAX_LOOKUPS a scrape), and where a sync worker with outbound connections sleeps
+        (/proc/PID/wchan)."""
+        budget = sockdiag.MAX_LOOKUPS
+        for raw in raws:
+            if raw.socket_source != "netlink" or raw.joined is None:
+                continue
+            match = join.SocketMatcher.of(raw.joined.listeners, (), ())
+            sync = self._worker_class_hint(raw) == "sync"
+            candidates = []
+            for w in raw.workers:
+                if w.sockets is None:
+                    continue
+                conns = dependencies.outbound(w.sockets, raw.joined.unix_peers, match)
+                candidates += [c.sock for c in conns if isinstance(c.sock, sockdiag.InetSocket)]
+                if sync and conns:
+                    try:
+                        w.wchan = self.procfs.read_text(w.pid, "wchan", limit=64).strip()[:64]
+                    except OSError:
+                        pass
+            candidates = candidates[:budget]
+            budget -= len(candidates)
+            if candidates:
+                raw.dep_times = self._tcp_lookups(self._tcp_times, raw.netns, raw,
+                                                  candidates) or {}
 
     def _epoll_idle(self, raw: MasterRaw) -> bool:
         """A gthread master's idle connections from its workers' epolls; False (and

@@ -23,7 +23,7 @@ import struct
 
 from exporter.linux.netlink import (HDR_LEN, NLM_F_DUMP, NLM_F_REQUEST, NetlinkError, align,
                                     attributes, frame, leading_matches, malformed, walk)
-from exporter.linux.sockets import TCP_LISTEN, TCP_TIME_WAIT, InetSocket, UnixSocket
+from exporter.linux.sockets import TCP_LISTEN, TCP_TIME_WAIT, InetSocket, TcpTimes, UnixSocket
 
 ALL_STATES_MASK = (1 << 13) - 1   # states 0..12 (ss's SS_ALL); bit N selects state N
 
@@ -46,6 +46,7 @@ SK_MEMINFO_DROPS = 8     # index in the SKMEMINFO u32 array
 TCPI_LAST_DATA_SENT = 44  # offsets in struct tcp_info; milliseconds ago
 TCPI_LAST_DATA_RECV = 52
 TCPI_BYTES_ACKED = 120    # u64, Linux >= 4.1
+TCPI_BYTES_RECEIVED = 128  # u64, Linux >= 4.1
 
 
 # ------------------------------------------------------------------ requests
@@ -355,15 +356,9 @@ def decode_listeners(chunks, seq: int, out: dict[int, InetSocket], wanted=None) 
     raise NetlinkError(errno.EIO, "sock_diag: answer ended without NLMSG_DONE")
 
 
-def parse_tcp_idle(buf, off: int, length: int) -> tuple[int, bool] | None:
-    """(inode, idle) from one inet_diag_msg carrying INET_DIAG_INFO (struct tcp_info);
-    None without that attribute.
-
-    Idle: the connection has sent data (its answer, bytes_acked > 0) and received
-    nothing after its last send (last_data_recv >= last_data_sent, both "ms ago"; equal
-    when the answer left in the same clock tick as the request came in): a keep-alive
-    connection waiting for its next request. A request that came in after the last
-    answer makes last_data_recv smaller: in flight."""
+def parse_tcp_times(buf, off: int, length: int) -> tuple[int, TcpTimes] | None:
+    """(inode, times) from one inet_diag_msg carrying INET_DIAG_INFO (struct tcp_info);
+    None without that attribute."""
     if length < INET_DIAG_MSG_LEN:
         raise malformed("inet_diag_msg shorter than its struct")
     inode = _U32.unpack_from(buf, off + 68)[0]
@@ -371,11 +366,22 @@ def parse_tcp_idle(buf, off: int, length: int) -> tuple[int, bool] | None:
         if atype == INET_DIAG_INFO and vlen >= TCPI_LAST_DATA_RECV + 4:
             sent = _U32.unpack_from(buf, p + TCPI_LAST_DATA_SENT)[0]
             recv = _U32.unpack_from(buf, p + TCPI_LAST_DATA_RECV)[0]
-            if vlen >= TCPI_BYTES_ACKED + 8:
-                answered = _U64.unpack_from(buf, p + TCPI_BYTES_ACKED)[0] > 0
-                return inode, answered and recv >= sent
-            return inode, recv > sent  # kernels before 4.1: only a strict order tells
+            answered = _U64.unpack_from(buf, p + TCPI_BYTES_ACKED)[0] > 0 \
+                if vlen >= TCPI_BYTES_ACKED + 8 else None
+            received = _U64.unpack_from(buf, p + TCPI_BYTES_RECEIVED)[0] > 0 \
+                if vlen >= TCPI_BYTES_RECEIVED + 8 else None
+            return inode, TcpTimes(sent, recv, answered, received)
     return None
+
+
+def parse_tcp_idle(buf, off: int, length: int) -> tuple[int, bool] | None:
+    """(inode, idle) of a worker's client connection: the connection has sent data (its
+    answer, bytes_acked > 0) and received nothing after its last send (last_data_recv
+    >= last_data_sent, both "ms ago"; equal when the answer left in the same clock tick
+    as the request came in): a keep-alive connection waiting for its next request. A
+    request that came in after the last answer makes last_data_recv smaller: in flight."""
+    hit = parse_tcp_times(buf, off, length)
+    return None if hit is None else (hit[0], hit[1].sent_last)
 
 
 # answers to unix_lookup_requests(...) -> UnixSocket; to lookup_requests(..., ext=0) ->
@@ -384,13 +390,13 @@ decode_unix_lookups = _socket_lookups(parse_unix)
 decode_inet_lookups = _socket_lookups(parse_inet)
 
 
-def decode_lookups(buf, n: int, seq: int, nseq: int, out: dict[int, bool]) -> int:
+def decode_lookups(buf, n: int, seq: int, nseq: int, out: dict, parse=parse_tcp_idle) -> int:
     """One datagram of answers to ``lookup_requests(..., seq)`` (``nseq`` of them):
-    inode -> idle into ``out``; returns how many answers it held (a socket that is gone
-    answers with an NLMSG_ERROR, which counts too)."""
+    inode -> idle (or what ``parse`` makes of it) into ``out``; returns how many answers
+    it held (a socket that is gone answers with an NLMSG_ERROR, which counts too)."""
     answers, messages = _lookup_answers(buf, n, seq, nseq)
     for off, length in messages:
-        hit = parse_tcp_idle(buf, off, length)
+        hit = parse(buf, off, length)
         if hit is not None:
             out[hit[0]] = hit[1]
     return answers

@@ -24,12 +24,12 @@ from exporter.linux.diagmsg import (  # re-exported: the public API
     ALL_STATES_MASK, NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, UDIAG_SHOW_RQLEN, decode_inet,
     decode_inet_lookups, decode_listen_drops, decode_listeners, decode_lookups, decode_unix,
     decode_unix_lookups, inet_request, listen_request, lookup_requests, parse_listen_drops,
-    parse_tcp_idle, unix_lookup_requests, unix_request)
+    parse_tcp_idle, parse_tcp_times, unix_lookup_requests, unix_request)
 from exporter.linux.netlink import NetlinkError
 from exporter.linux.sockets import (  # re-exported: the public API
     RCV_SHUTDOWN, SEND_SHUTDOWN, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED,
     TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_STATE_NAMES,
-    TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, InetSocket, SocketTable, UnixSocket)
+    TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, InetSocket, SocketTable, TcpTimes, UnixSocket)
 
 __all__ = [
     "TCP_ESTABLISHED", "TCP_SYN_SENT", "TCP_SYN_RECV", "TCP_FIN_WAIT1",
@@ -37,8 +37,9 @@ __all__ = [
     "TCP_LAST_ACK", "TCP_LISTEN", "TCP_CLOSING", "TCP_NEW_SYN_RECV", "TCP_STATE_NAMES",
     "ALL_STATES_MASK", "RCV_SHUTDOWN", "SEND_SHUTDOWN", "NETLINK_SOCK_DIAG",
     "SOCK_DIAG_BY_FAMILY", "MAX_LOOKUPS",
-    "UnixSocket", "InetSocket", "SocketTable", "SockDiagError",
-    "read_unix", "read_tcp", "read_all", "tcp_idle", "parse_listen_drops", "parse_tcp_idle",
+    "UnixSocket", "InetSocket", "SocketTable", "TcpTimes", "SockDiagError",
+    "read_unix", "read_tcp", "read_all", "tcp_idle", "tcp_times", "parse_listen_drops",
+    "parse_tcp_idle", "parse_tcp_times",
     "ListenQueues",
 ]
 
@@ -218,12 +219,27 @@ def read_all(timeout: float = _DEFAULT_TIMEOUT, wanted=None,
 
 def tcp_idle(sockets: list[InetSocket], timeout: float = _DEFAULT_TIMEOUT,
              sock: socket.socket | None = None) -> dict[int, bool]:
-    """inode -> idle (see `diagmsg.parse_tcp_idle`) for established TCP sockets, by
-    exact lookups (no dump of the host's table), sent in batches. Sockets that are gone,
-    with unread or unsent data (then the connection is in use) or unknown queues, and
-    anything beyond MAX_LOOKUPS are left out."""
+    """inode -> idle (see `diagmsg.parse_tcp_idle`) for a worker's established client
+    connections, by exact lookups (no dump of the host's table), sent in batches. Sockets
+    that are gone, with unread or unsent data (then the connection is in use) or unknown
+    queues, and anything beyond MAX_LOOKUPS are left out."""
     todo = [s for s in sockets if s.state == TCP_ESTABLISHED and s.rqueue == 0
-            and s.wqueue == 0][:MAX_LOOKUPS]
+            and s.wqueue == 0]
+    return _tcp_lookups(todo, timeout, sock, parse_tcp_idle)
+
+
+def tcp_times(sockets: list[InetSocket], timeout: float = _DEFAULT_TIMEOUT,
+              sock: socket.socket | None = None) -> dict[int, TcpTimes]:
+    """inode -> what tcp_info says of the last exchange, for established TCP sockets
+    with nothing left unread (a worker's outbound connections: one that sent last waits
+    for a reply); the same exact lookups as `tcp_idle`."""
+    todo = [s for s in sockets if s.state == TCP_ESTABLISHED and s.rqueue == 0]
+    return _tcp_lookups(todo, timeout, sock, parse_tcp_times)
+
+
+def _tcp_lookups(todo: list[InetSocket], timeout: float, sock: socket.socket | None,
+                 parse) -> dict:
+    todo = todo[:MAX_LOOKUPS]
     if not todo:
         return {}
     deadline = time.monotonic() + timeout
@@ -237,7 +253,7 @@ def tcp_idle(sockets: list[InetSocket], timeout: float = _DEFAULT_TIMEOUT,
             batch = todo[start:start + _LOOKUP_BATCH]
             seq = start + 1
             lookups(sock, lookup_requests(batch, seq), seq, len(batch), deadline,
-                    decode_lookups, out)
+                    lambda *a: decode_lookups(*a, parse=parse), out)
         return out
     finally:
         if own:
@@ -274,6 +290,13 @@ class ListenQueues:
         # unix listeners (no TCP dump needed to tell them apart)
         self._tcp: dict[int, InetSocket] = {}
         self._unix: set[int] = set()
+
+    def times(self, sockets: list[InetSocket]) -> dict[int, TcpTimes]:
+        """tcp_times of `sockets` (in this reader's network namespace), through its socket."""
+        if self._sock is None:
+            self._sock = self._open_socket()
+            self._sock.settimeout(self.timeout)
+        return tcp_times(sockets, self.timeout, self._sock)
 
     def read(self, wanted: set[int]) -> dict[int, int]:
         deadline = time.monotonic() + self.timeout

@@ -80,3 +80,27 @@ class SocketTable:
     source: str         # 'netlink' or 'procfs'
     # every TCP socket was read (False: only listeners, all wanted inodes being known)
     inet_complete: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TcpTimes:
+    """What a connection's tcp_info says of its last exchange."""
+    sent_ms: int                 # milliseconds since it last sent data
+    recv_ms: int                 # milliseconds since it last received data
+    answered: bool | None        # any of its data acknowledged (None: Linux before 4.1)
+    received: bool | None = None  # any data received (None: Linux before 4.1)
+
+    @property
+    def sent_last(self) -> bool:
+        """It sent after it last received: on a worker's client connection its answer
+        is out (idle keep-alive), on its outbound one it waits for a reply."""
+        if self.answered is None:
+            return self.recv_ms > self.sent_ms   # only a strict order tells
+        return self.answered and self.recv_ms >= self.sent_ms
+
+    @property
+    def awaiting_reply(self) -> bool:
+        """On an outbound connection: it sent after it last received, or it sent and has
+        received nothing at all (a request sent in the tick the connection opened has
+        last_data_sent equal to last_data_recv, which dates from the handshake)."""
+        return self.sent_ms < self.recv_ms or (self.received is False and bool(self.answered))

@@ -121,6 +121,7 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
                 backlog, master_start, answer_age, spawned, source, errors, orphans, w_info, w_conn, w_beat,
                 w_rss, w_uss, w_pss, w_cpu, w_threads, w_fds, w_maxfds, w_start, w_db, l_len, l_max, l_drops)
     yield from _render_app_namespaces(snap)
+    yield from render_dependencies(snap)
 
     denied = _g("gunicorn_exporter_permission_denied_processes", "Gunicorn processes whose /proc fd table or environment the exporter may not read (0 = full view).")
     denied.add_metric([], snap.permission_denied)
@@ -143,6 +144,22 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
     forgotten = CounterMetricFamily("gunicorn_exporter_forgotten_apps", "Apps dropped from that memory because it was full (the oldest of the user with the most).")
     forgotten.add_metric([], snap.forgotten_apps)
     yield forgotten
+
+
+def render_dependencies(snap: GunicornSnapshot) -> Iterator[Metric]:
+    """What the apps' workers are connected to, and wait on (exporter/gunicorn/dependencies.py)."""
+    conns = _g("gunicorn_dependency_connections", "Outbound connections of the app's workers to a peer (its dependency: host:port, [v6]:port or unix:PATH), by TCP state: established, syn_sent (the peer does not accept, or no source port is free), close_wait (the peer closed, the worker has not).", ["app", "peer", "state"])
+    waiting = _g("gunicorn_dependency_waiting_workers", "Workers (sync) or connections (gthread, async) that sent to the peer and have had no reply since: waiting on it now.", ["app", "peer"])
+    wait = _g("gunicorn_dependency_wait_seconds", "The longest of those waits now, in seconds (TCP: since the request went out; unknown for unix peers).", ["app", "peer"])
+    for a in snap.apps:
+        if not a.up:
+            continue
+        for peer, d in sorted(a.dependencies.items()):
+            for state, n in sorted(d.connections.items()):
+                conns.add_metric([a.app, peer, state], n)
+            waiting.add_metric([a.app, peer], d.waiting)
+            _maybe(wait, [a.app, peer], d.wait)
+    yield from (conns, waiting, wait)
 
 
 def _busy(a: AppSnapshot) -> int:
@@ -171,6 +188,9 @@ def render_sampler(snap: SamplerSnapshot) -> Iterator[Metric]:
     beat_max = _g("gunicorn_worker_heartbeat_age_max_seconds", "Highest heartbeat age of the worker slot in the last --sampler.peak-window (read every second, and at the scrape): a request that comes close to --timeout between two scrapes.", ["app", "worker"])
     for app, slot, seconds in snap.heartbeat_max:
         beat_max.add_metric([app, str(slot)], seconds)
+    dep = CounterMetricFamily("gunicorn_dependency_waiting_seconds", "Worker-seconds (sync workers; gthread and async: connection-seconds) spent waiting for the peer's reply, read once a second between scrapes.", labels=["app", "peer"])
+    for app, peer, seconds in snap.dependency_waiting:
+        dep.add_metric([app, peer], seconds)
     samples = CounterMetricFamily("gunicorn_exporter_sampler_samples", "Samples the sampler took.")
     samples.add_metric([], snap.samples)
     errors = CounterMetricFamily("gunicorn_exporter_sampler_errors", "Samples whose listen queues could not be read.")
@@ -179,4 +199,4 @@ def render_sampler(snap: SamplerSnapshot) -> Iterator[Metric]:
     skipped.add_metric([], snap.skipped_seconds)
     spent = CounterMetricFamily("gunicorn_exporter_sampler_spent_seconds", "Wall-clock time the sampler spent taking samples (its cost).")
     spent.add_metric([], snap.busy_seconds)
-    yield from (peak, queued, integral, busy, beat_max, samples, errors, skipped, spent)
+    yield from (peak, queued, integral, busy, beat_max, dep, samples, errors, skipped, spent)

@@ -109,6 +109,10 @@ def render_logs(snap: LogsSnapshot) -> Iterator[Metric]:
 
 
 def render_postgres(snap: PostgresSnapshot) -> Iterator[Metric]:
+    kind = _g("gunicorn_dependency_info", "The app's workers are connected to this peer, and it is a server of this kind (postgres: one of --postgres.dsn); always 1.", ["app", "peer", "kind"])
+    for app, peer in snap.dependency_peers:
+        kind.add_metric([app, peer, "postgres"], 1)
+    yield kind
     up = _g("gunicorn_postgres_up", "1 if the exporter could query this Postgres server in this scrape, 0 if it is down, refused the login, or did not answer within --postgres.timeout.", ["server"])
     priv = _g("gunicorn_postgres_monitor_privilege", "1 if the exporter's role sees every session (pg_monitor or superuser); 0 if other roles' sessions are hidden.", ["server"])
     max_conn = _g("gunicorn_postgres_max_connections", "The server's max_connections setting, in connections.", ["server"])

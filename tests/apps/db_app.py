@@ -15,6 +15,8 @@ Routes:
                                   ("QueuePool limit of size N overflow M reached, ...").
     /gevent/hold?seconds=S     -> a fresh psycopg connection for this request (one per
                                   green thread: the C6 anti-pattern), held S seconds.
+    /db/sleep?seconds=S        -> a fresh psycopg connection whose query waits S seconds
+                                  in the server (SELECT pg_sleep): a slow dependency.
 """
 
 import os
@@ -83,6 +85,13 @@ def app(environ, start_response):
             c.execute("SELECT 1")
             _hold(seconds)
         return _respond(start_response, "held 1 pid=%d" % os.getpid())
+    if path == "/db/sleep":
+        import psycopg
+        seconds = _param(environ, "seconds", 1.0, 60.0)
+        with psycopg.connect(os.environ["DB_DSN"], application_name=_appname(),
+                             connect_timeout=10) as c:
+            c.execute("SELECT pg_sleep(%s)", (seconds,))   # the server answers after S
+        return _respond(start_response, "slept %s pid=%d" % (seconds, os.getpid()))
     return _respond(start_response, "not found", "404 Not Found")
 
 

@@ -13,6 +13,11 @@ Routes:
     /upstream?port=P     -> a dependency call: connects to 127.0.0.1:P, sends one line
                             and reads the answer until the peer closes (at most 300 s),
                             then 200 "upstream N bytes pid=N"
+    /http?port=P         -> an HTTP dependency through urllib: GET http://127.0.0.1:P/
+                            (at most 300 s), then 200 with its status
+    /keep?port=P         -> a pooled dependency: one connection to 127.0.0.1:P per worker,
+                            kept across requests; each request sends a line and reads
+                            the line the peer answers (at most 300 s)
 
 time.sleep is monkey-patched by gevent/eventlet, so /slow and /hold
 cooperate with async workers.
@@ -24,6 +29,7 @@ import time
 from urllib.parse import parse_qs
 
 MAX_SECONDS = 300.0
+_KEPT: dict = {}        # /keep: port -> the worker's connection to it
 MAX_MB = 4096
 MIB = 1024 * 1024
 
@@ -96,6 +102,25 @@ def app(environ, start_response):
             while chunk := s.recv(4096):   # bounded by the peer and the timeout
                 got += len(chunk)
         return _respond(start_response, "upstream %d bytes pid=%d" % (got, pid))
+    if path == "/keep":
+        port = _param(environ, "port", 1, 65535, conv=int)
+        conn = _KEPT.get(port)
+        if conn is None:
+            conn = _KEPT[port] = socket.create_connection(("127.0.0.1", port), timeout=MAX_SECONDS)
+        conn.sendall(b"GET\n")
+        got = b""
+        while not got.endswith(b"\n"):      # bounded by the peer and the timeout
+            chunk = conn.recv(256)
+            if not chunk:
+                del _KEPT[port]
+                break
+            got += chunk
+        return _respond(start_response, "kept %r pid=%d" % (got, pid))
+    if path == "/http":
+        import urllib.request
+        port = _param(environ, "port", 1, 65535, conv=int)
+        with urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=MAX_SECONDS) as r:
+            return _respond(start_response, "upstream status %d pid=%d" % (r.status, pid))
     return _respond(start_response, "not found", status="404 Not Found")
 
 

@@ -67,14 +67,14 @@ than MAX_GAP (the thread was starved) is not credited to anything: it is counted
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 
-from exporter.gunicorn import heartbeat
 from exporter.gunicorn.heartbeat import HeartbeatFile
+from exporter.sampler.dependencies import DependencyClock
+from exporter.sampler.stats import (  # noqa: F401 - tests and the collector use them here
+    BusyStats, HeartbeatStats, QueueStats, SlidingMax,
+    count_fds, fd_dir_size_counts)
 from exporter.snapshot import GunicornSnapshot, SamplerListener, SamplerSnapshot
 
 log = logging.getLogger(__name__)
@@ -93,136 +93,12 @@ UNIX_RECHECK = 1.0
 HEARTBEAT_READ = 1.0   # seconds between two reads of a worker's heartbeat file
 
 
-class SlidingMax:
-    """The maximum of the values added in the last `window` seconds (monotonic deque:
-    O(1) amortised per sample)."""
-
-    def __init__(self, window: float):
-        self.window = window
-        self._q: deque[tuple[float, int]] = deque()
-
-    def add(self, t: float, value: int) -> None:
-        q = self._q
-        while q and q[-1][1] <= value:
-            q.pop()
-        q.append((t, value))
-        self._expire(t)
-
-    def _expire(self, now: float) -> None:
-        q = self._q
-        while len(q) > 1 and q[0][0] < now - self.window:
-            q.popleft()
-
-    def value(self, now: float) -> int | None:
-        """None when nothing was seen within the window."""
-        self._expire(now)
-        if not self._q or self._q[0][0] < now - self.window:
-            return None
-        return self._q[0][1]
-
-
-@dataclass
-class QueueStats:
-    """One listener's accounting."""
-
-    peak: SlidingMax
-    queued_seconds: float = 0.0
-    length_seconds: float = 0.0
-    last: int | None = None        # the last sample's queue length; None: not seen yet
-
-    def sample(self, t: float, dt: float | None, length: int | None) -> None:
-        if dt is not None and self.last is not None:
-            if self.last > 0:
-                self.queued_seconds += dt
-            self.length_seconds += self.last * dt
-        self.last = length
-        if length is not None:
-            self.peak.add(t, length)
-
-
-@dataclass
-class BusyStats:
-    """One sync app's accounting: workers pid -> idle fd count."""
-
-    idle_fds: dict[int, int] = field(default_factory=dict)
-    all_busy_seconds: float = 0.0
-    last: bool | None = None
-
-    def sample(self, dt: float | None, all_busy: bool | None) -> None:
-        if dt is not None and self.last:
-            self.all_busy_seconds += dt
-        self.last = all_busy
-
-
-class HeartbeatStats:
-    """One worker slot's heartbeat ages: the largest of the last `window` seconds. The
-    slot keeps its maximum when its worker is replaced (a worker killed at --timeout
-    still counts for the window); `follow` points it at the new worker's file."""
-
-    def __init__(self, window: float):
-        self.peak = SlidingMax(window)
-        self.pid = 0
-        self.file: HeartbeatFile | None = None
-        self.path = ""
-        self.beat: float | None = None      # the last beat read, on the file's clock
-
-    def follow(self, pid: int, file: HeartbeatFile, proc: str) -> None:
-        if (pid, file) != (self.pid, self.file):
-            self.pid, self.file, self.beat = pid, file, None
-            self.path = f"{proc}/{pid}/fd/{file.fd}"
-
-    def read(self) -> float | None:
-        """The last beat now (None: the file is gone, or no longer this worker's)."""
-        f = self.file
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        if (st.st_dev, st.st_ino) != (f.dev, f.ino):
-            return None
-        return heartbeat.last_beat(st.st_mtime, st.st_ctime, f.monotonic)
-
-    def update(self, t: float, beat: float | None, mono: float, wall: float) -> None:
-        if beat is None:
-            self.file = None        # stop reading it until the next scrape says more
-            return
-        if self.beat is not None and beat > self.beat:
-            self.peak.add(t, beat - self.beat)   # the age just before this beat, at most
-        self.beat = beat
-        self.peak.add(t, heartbeat.age(beat, self.file.monotonic, mono, wall))
-
-
-def count_fds(pid: int, proc: str = "/proc", by_size: bool = False) -> int | None:
-    """Number of open fds of a process; None if gone or not readable. `by_size`: the
-    size of /proc/PID/fd, which Linux >= 6.2 sets to the number of open fds (one stat,
-    no directory listing: 0.39 ms instead of 1.0 for 64 workers); else one getdents
-    pass (no readlink)."""
-    try:
-        if by_size:
-            n = os.stat(f"{proc}/{pid}/fd").st_size
-            if n:
-                return n
-        return len(os.listdir(f"{proc}/{pid}/fd"))
-    except OSError:
-        return None
-
-
-def fd_dir_size_counts(proc: str = "/proc") -> bool:
-    """Whether this proc's /proc/PID/fd sizes count open fds (Linux >= 6.2, a real
-    procfs): our own fd directory's size equals its listing, less the fd the listing
-    opened."""
-    try:
-        size = os.stat(f"{proc}/self/fd").st_size
-        return size > 0 and size == len(os.listdir(f"{proc}/self/fd")) - 1
-    except OSError:
-        return False
-
-
 class Sampler:
     """The accounting and the sampling thread. `retarget` and `snapshot` are called
     from the event loop, `tick` from the thread; one lock guards the state."""
 
-    def __init__(self, interval: float, window: float, read_queues, proc: str = "/proc"):
+    def __init__(self, interval: float, window: float, read_queues, proc: str = "/proc",
+                 read_times=None):
         self.interval = interval
         self.window = window
         # {namespace: (a pid in it, wanted inodes)} -> {inode: queue length}; namespace
@@ -247,6 +123,8 @@ class Sampler:
         self.errors = 0
         self.skipped_seconds = 0.0
         self.busy_seconds = 0.0     # wall time spent sampling
+        # the dependency clock, when the caller can read tcp_info (read_times)
+        self.deps = DependencyClock(read_times, proc) if read_times is not None else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -312,6 +190,8 @@ class Sampler:
                     del self._seen[key]
                     self._listeners.pop(key, None)
                     self._apps.pop(key, None)
+        if self.deps is not None:
+            self.deps.retarget(snap, now)
 
     # --- one sample ------------------------------------------------------------------
 
@@ -380,6 +260,9 @@ class Sampler:
                 stats.sample(dt, all_busy[app] or waiting.get(app, False))
             if beats is not None:
                 self._update_beats(now, beats)
+        if self.deps is not None:
+            self.deps.tick(now)
+        with self._lock:
             self.samples += 1
             self.busy_seconds += time.monotonic() - start
 
@@ -463,5 +346,6 @@ class Sampler:
             return SamplerSnapshot(
                 interval=self.interval, window=self.window, listeners=listeners,
                 all_busy_seconds=busy, heartbeat_max=heartbeat_max,
+                dependency_waiting=self.deps.snapshot() if self.deps is not None else [],
                 samples=self.samples, errors=self.errors,
                 skipped_seconds=self.skipped_seconds, busy_seconds=self.busy_seconds)
