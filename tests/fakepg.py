@@ -51,6 +51,8 @@ class FakeServer:
     connects: list[dict] = field(default_factory=list)
     statements: list[str] = field(default_factory=list)
     connections: list["FakeConnection"] = field(default_factory=list)
+    # libpq's view of where it connected (psycopg's ConnectionInfo): host, port, hostaddr
+    reached: tuple = ("db.example", 5432, "192.0.2.10")
 
 
 class _PgConn:
@@ -62,6 +64,13 @@ class _PgConn:
         self.conn.finished = True
 
 
+@dataclass(frozen=True)
+class _Info:
+    host: str
+    port: int
+    hostaddr: str
+
+
 class FakeConnection:
     def __init__(self, server: FakeServer):
         self.server = server
@@ -69,6 +78,7 @@ class FakeConnection:
         self.broken = False
         self.finished = False       # dropped without a goodbye (pgconn.finish())
         self.pgconn = _PgConn(self)
+        self.info = _Info(*server.reached)
 
     def cursor(self):
         return FakeCursor(self)

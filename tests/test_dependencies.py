@@ -20,7 +20,8 @@ from exporter.gunicorn import dependencies as deps
 from exporter.gunicorn.join import SocketMatcher, WorkerSockets
 from exporter.linux.sockets import (TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT,
                                     InetSocket, TcpTimes, UnixSocket)
-from tests.harness import SlowClients, poll, unique_name
+from tests.harness.clients import SlowClients
+from tests.harness.procs import poll, unique_name
 
 # --- literal sockets --------------------------------------------------------------------
 
@@ -309,7 +310,7 @@ def test_a_peer_that_is_a_watched_postgres_says_so(gunicorn_factory, pg, tmp_pat
     scrape says the peer is that Postgres (the address libpq reached, against the port
     the cluster was started on)."""
     from tests.exposition import scrape, value
-    from tests.harness import running_exporter
+    from tests.harness.servers import running_exporter
     from tests.test_postgres import _app_env
     name = unique_name("dep-pg")
     g = gunicorn_factory(workers=1, bind="tcp", app="db_app:app", name=name,
@@ -361,7 +362,7 @@ def test_a_two_second_stall_every_ten_seconds_is_counted(gunicorn_factory, tmp_p
     such a stall by luck; the clock counts each. Oracle: the client's own clock (each
     request's duration)."""
     from tests.exposition import scrape, value
-    from tests.harness import running_exporter
+    from tests.harness.servers import running_exporter
 
     class Slow(socketserver.ThreadingTCPServer):
         daemon_threads = True

@@ -17,7 +17,8 @@ import time
 import psycopg
 import pytest
 
-from exporter.collectors.postgres import APPLICATION_NAME, PostgresCollector, PostgresOptions
+from exporter.collectors.postgres import (APPLICATION_NAME, PostgresCollector, PostgresOptions,
+                                          peer_address)
 from exporter.gunicorn import appsnap, control
 from exporter.linux.procfs import ProcFS
 from tests.exposition import parse_strict, select, value
@@ -46,6 +47,36 @@ def collector(tmp_path):
 
 def collect(c):
     return asyncio.run(c.collect()).servers[0]
+
+
+class _Info:
+    def __init__(self, host, port, hostaddr):
+        self.host, self.port, self.hostaddr = host, port, hostaddr
+
+
+class _OldInfo:                       # libpq before 12: no hostaddr
+    host, port = "db.example", 5432
+
+    @property
+    def hostaddr(self):
+        raise psycopg.NotSupportedError("hostaddr requires libpq 12")
+
+
+@pytest.mark.parametrize("info,want", [
+    (_Info("db.example", 5432, "192.0.2.10"), "192.0.2.10:5432"),
+    (_Info("db.example", 6432, "2001:db8::1"), "[2001:db8::1]:6432"),
+    (_Info("/var/run/postgresql/", 5432, ""), "unix:/var/run/postgresql/.s.PGSQL.5432"),
+    (_Info("/tmp", 5433, None), "unix:/tmp/.s.PGSQL.5433"),
+    (_Info("db.example", 5432, ""), None),
+    (_OldInfo(), None),
+])
+def test_the_server_is_named_as_its_clients_sockets_name_it(info, want):
+    assert peer_address(info) == want
+
+
+def test_the_snapshot_carries_the_address_libpq_reached(monkeypatch, collector):
+    install(monkeypatch, FakeServer(reached=("db.example", 5432, "192.0.2.10")))
+    assert collect(collector()).address == "192.0.2.10:5432"
 
 
 def test_rows_become_the_server_snapshot(monkeypatch, collector):
