@@ -40,6 +40,17 @@ def _ratio_or_count(access_errors: str, log_errors: str) -> str:
             % (_log_events(access_errors), responses, _log_events(log_errors), responses))
 
 
+# The first page of an outage names its cause when the workers already wait on a peer:
+# Prometheus runs this query when it renders the annotation (GunicornDependencySlow,
+# which pages on it, needs a longer window).
+_WAITING_ON = (
+    "{{ with printf \"app_peer:gunicorn_dependency_waiting:ratio{job=%q, instance=%q,"
+    " app=%q, peer!=\\\"other\\\"} > @{dependency_ratio}\" $labels.job $labels.instance"
+    " $labels.app | query }} Most of the requests running wait on a reply from"
+    "{{ range . }} {{ .Labels.peer }}{{ end }}: the cause is there"
+    " (GunicornDependencySlow).{{ end }}")
+
+
 GROUPS: list[tuple[str, list[Alert]]] = [
     ("gunicorn.workers", [
         Alert("GunicornDown", "W4",
@@ -74,7 +85,8 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               "Requests to {{ $labels.app }} on {{ $labels.instance }} have been waiting for"
               " most of the last @{window} (up to {{ $value }} at a scrape): in the accept"
               " queue while every worker is busy, or inside a worker whose threads are all"
-              " taken (whatever the other workers do). They hang until the proxy times out."),
+              " taken (whatever the other workers do). They hang until the proxy times out."
+              + _WAITING_ON),
         Alert("GunicornWorkerPoolSaturated", "W2 W6 C1",
               "avg_over_time(app:gunicorn_workers_busy:ratio[@{window}]) > @{busy_ratio}",
               "Workers of {{ $labels.app }} are busy most of the time",

@@ -17,8 +17,9 @@ Key = tuple[str, str]       # (alertname, app or "")
 
 class Watcher(threading.Thread):
     """Polls /api/v1/alerts every `interval` seconds and keeps, per (alertname, app),
-    the first time it was seen firing, its labels, and every change of its state
-    (`pending`, `firing`, or `inactive` when it is no longer listed)."""
+    the first time it was seen firing, its labels, the annotations it first fired with
+    (what the first notification says), and every change of its state (`pending`,
+    `firing`, or `inactive` when it is no longer listed)."""
 
     def __init__(self, prom: str, interval: float = 0.2):
         super().__init__(daemon=True)
@@ -26,6 +27,7 @@ class Watcher(threading.Thread):
         self.interval = interval
         self.first: dict[Key, float] = {}          # first seen firing (monotonic)
         self.labels: dict[Key, dict] = {}
+        self.annotations: dict[Key, dict] = {}      # as first seen firing
         self.changes: dict[Key, list[tuple[float, str]]] = {}
         self.polls = 0
         self.stop_event = threading.Event()
@@ -46,6 +48,7 @@ class Watcher(threading.Thread):
                 self.labels.setdefault(key, a["labels"])
                 if a.get("state") == "firing":
                     self.first.setdefault(key, now)
+                    self.annotations.setdefault(key, a.get("annotations", {}))
             with self._lock:
                 self.polls += 1
                 for key in set(states) | set(self.changes):

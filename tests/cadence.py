@@ -15,7 +15,8 @@ of light traffic (nothing of ours may fire), every fault starts at once, each on
 own app, and is held:
 
 * sync: 2 sync workers behind nginx, 4 clients in a loop on requests that wait 25 s
-  on the dependency: two requests always wait in the accept queue, C1 for 10 minutes;
+  on the dependency: two requests always wait in the accept queue, C1 for 10 minutes,
+  caused by the dependency (W6): the C1 page names it, GunicornDependencySlow follows;
 * gthread: 2 gthread workers of 4 threads, 16 clients in a loop on 20 s requests:
   requests wait inside the workers, C1 for 10 minutes;
 * imbalance: 2 gthread workers of 4 threads; one worker takes a burst of 8 requests of
@@ -281,6 +282,7 @@ def start_stack(es: contextlib.ExitStack, run: Run) -> dict[str, object]:
 def fault_sync(run: Run, env: dict, done: threading.Event) -> None:
     sc = run.scenarios["sync"]
     loop = RequestLoop(env["nginx"], f"/upstream?port={env['dependency']}", 4, timeout=75)
+    sc.notes["dependency"] = f"127.0.0.1:{env['dependency']}"
     sc.onset = time.monotonic()
     done.wait(HOLD)
     loop.stop()
@@ -388,7 +390,9 @@ def measure(run: Run) -> None:
                                 run.watcher.changes[(alert, app)]],
                     "episodes": [(round(a - sc.onset, 1), None if b is None else round(b - sc.onset, 1))
                                  for a, b in run.watcher.episodes(alert, app)],
-                    "severity": run.watcher.labels.get((alert, app), {}).get("severity", "")}
+                    "severity": run.watcher.labels.get((alert, app), {}).get("severity", ""),
+                    "labels": run.watcher.labels.get((alert, app), {}),
+                    "description": run.watcher.annotations.get((alert, app), {}).get("description", "")}
             for (alert, app) in list(run.watcher.changes) if app == sc.app}
         # the episodes of the page again, from Prometheus' own ALERTS series (15 s steps)
         series = run.query_range(f'ALERTS{{alertstate="firing", app="{sc.app}"}}',

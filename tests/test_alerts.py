@@ -21,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from generate import alerts, recording, rules
 from generate.__main__ import main as generate_main
 from tests.conftest import require
+from tests.harness.clients import SlowClients
 from tests.harness.procs import poll, unique_name
-from tests.harness.servers import running_exporter
+from tests.harness.servers import running_exporter, silent_peer
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
@@ -259,15 +260,19 @@ def _get(url: str, timeout: float = 10):
 def test_rules_read_only_metrics_the_exporter_exports(gunicorn_factory, tmp_path):
     used = rule_metric_names() - PROMETHEUS_SERIES
     # gthread: the class with the most families (worker_connections_limit, threads)
+    # one request waits on a dependency that never answers: the dependency families
     g = gunicorn_factory(worker_class="gthread", threads=2, workers=2, bind="tcp", name=unique_name("alerts"))
-    with running_exporter(tmp_path, "--logs.file", f"{g.name}={g.log_path}") as base:
+    with silent_peer() as port, SlowClients(g, 1, path=f"/upstream?port={port}"), \
+            running_exporter(tmp_path, "--logs.file", f"{g.name}={g.log_path}") as base:
         def scraped():
             status, text = _get(base + "/metrics")
             if status != 200:
                 return None
             names = _sample_names(text)
-            # workers fully read (heartbeat, fds) before we judge what is missing
-            return names if "gunicorn_worker_heartbeat_age_seconds" in names else None
+            # workers fully read (heartbeat, fds), the sampler's clock counting our wait,
+            # before we judge what is missing
+            ready = {"gunicorn_worker_heartbeat_age_seconds", "gunicorn_dependency_waiting_seconds_total"}
+            return names if ready <= names else None
         live = poll(scraped, 20, interval=0.2, message="exporter never reported worker heartbeats")
         # The oom collector learns the apps from the gunicorn collector after a scrape
         # (docs/oom-and-logs.md): per-app OOM series start with the next one.

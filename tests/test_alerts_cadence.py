@@ -31,6 +31,9 @@ RUN_SECONDS = 22 * 60       # the run's own bound: about 15 minutes, on a loaded
 # window needs (C1: requests waiting in all but one of the 5 samples of its 1m window,
 # 45 s), and the watcher's 3 s poll.
 C1_PAGE = 15 + 15 + 45 + 3 + 5
+# GunicornDependencySlow: requests wait on the peer in all but two of the 9 samples of
+# its 2m window, 105 s (the promtool test), plus a scrape, an evaluation and a poll.
+DEPENDENCY_PAGE = 15 + 15 + 105 + 3 + 5
 # A page resolves once its condition has been false for keep_firing_for (2m): the 1m
 # window no longer holds enough waiting samples 30 s after recovery, plus a scrape, an
 # evaluation and a poll.
@@ -123,7 +126,18 @@ def test_pool_exhaustion_held_ten_minutes_pages_once(results, name):
     sc = scenario(results, name)
     start, end = one_page(sc, "GunicornWorkerPoolExhausted", C1_PAGE)
     assert sc["ended"] >= 590, sc["ended"]
-    assert set(pages(sc)) == {"GunicornWorkerPoolExhausted"}, sorted(pages(sc))
+    if name == "sync":
+        # its requests wait 25 s on a dependency: the first page names it, and the cause's
+        # own page follows once its 2-minute window agrees (one episode each)
+        peer = sc["dependency"]
+        description = sc["alerts"]["GunicornWorkerPoolExhausted"]["description"]
+        assert f"wait on a reply from {peer}:" in description, description
+        one_page(sc, "GunicornDependencySlow", DEPENDENCY_PAGE)
+        assert sc["alerts"]["GunicornDependencySlow"]["labels"].get("peer") == peer
+        assert set(pages(sc)) == {"GunicornWorkerPoolExhausted", "GunicornDependencySlow"}, \
+            sorted(pages(sc))
+    else:
+        assert set(pages(sc)) == {"GunicornWorkerPoolExhausted"}, sorted(pages(sc))
     # the fault was as unsteady as users see it: scrapes that found a worker between
     # two requests or nothing waiting did not resolve the page
     print(f"  busy ratio at scrapes: min {min(sc['busy_ratio'])}, waiting min {min(sc['waiting'])}")

@@ -22,6 +22,7 @@ from exporter.linux.sockets import (TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN,
                                     InetSocket, TcpTimes, UnixSocket)
 from tests.harness.clients import SlowClients
 from tests.harness.procs import poll, unique_name
+from tests.harness.servers import silent_peer
 
 # --- literal sockets --------------------------------------------------------------------
 
@@ -119,37 +120,6 @@ def test_by_peer_counts_workers_or_connections_and_folds_the_rest_into_other():
 
 
 # --- real workers, real peers ---------------------------------------------------------
-
-
-class Silent(socketserver.ThreadingTCPServer):
-    """A peer that accepts, reads a line and never answers (until closed)."""
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self):
-        self.closing = threading.Event()
-
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(inner):
-                inner.rfile.readline(256)
-                self.closing.wait(120)
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.port = self.server_address[1]
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.closing.set()
-        self.shutdown()
-        self.server_close()
-
-
-@contextlib.contextmanager
-def silent_peer():
-    s = Silent()
-    try:
-        yield s.port
-    finally:
-        s.close()
 
 
 @contextlib.contextmanager

@@ -362,7 +362,9 @@ def test_five_requests_on_one_sync_worker(tmp_path, bind):
         expect_queued = ends[3] - t0
         expect_integral = sum(end - t0 for end in ends[:4])
         expect_busy = ends[4] - t0
-        assert peak == 4
+        # 4 wait while the worker runs one; 5 if all arrived before its first accept (a
+        # busy host: the worker woke after the last connection was queued)
+        assert peak in (4, 5)
         assert queued - q0 == pytest.approx(expect_queued, abs=0.35)
         assert integral - i0 == pytest.approx(expect_integral, abs=1.0)
         assert busy - b0 == pytest.approx(expect_busy, abs=0.35)

@@ -1,6 +1,7 @@
 """Servers the tests run beside gunicorn: any server (Prometheus, Alertmanager, nginx, ...)
 with `running_server`, and the exporter itself (`python -m exporter`) with
-`running_exporter`; each stopped by its PID at exit."""
+`running_exporter`; each stopped by its PID at exit. `silent_peer`: a dependency, in
+this process, that never answers."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import contextlib
 import json
 import os
 import resource
+import socketserver
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -105,3 +108,34 @@ def running_exporter(tmp_path, *args: str, port: int | None = None,
 class _Base(str):
     """The base URL, with the exporter's pid as `.pid`."""
     pid: int = 0
+
+
+class Silent(socketserver.ThreadingTCPServer):
+    """A peer that accepts, reads a line and never answers (until closed)."""
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self):
+        self.closing = threading.Event()
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(inner):
+                inner.rfile.readline(256)
+                self.closing.wait(120)
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.port = self.server_address[1]
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.closing.set()
+        self.shutdown()
+        self.server_close()
+
+
+@contextlib.contextmanager
+def silent_peer():
+    s = Silent()
+    try:
+        yield s.port
+    finally:
+        s.close()
