@@ -279,26 +279,32 @@ def start_stack(es: contextlib.ExitStack, run: Run) -> dict[str, object]:
 
 # --- the faults -----------------------------------------------------------------------------
 
-def fault_sync(run: Run, env: dict, done: threading.Event) -> None:
-    sc = run.scenarios["sync"]
-    loop = RequestLoop(env["nginx"], f"/upstream?port={env['dependency']}", 4, timeout=75)
-    sc.notes["dependency"] = f"127.0.0.1:{env['dependency']}"
+def held_loop(sc: Scenario, done: threading.Event, target, path: str, clients: int,
+              timeout: float, drain: Gunicorn | None = None) -> None:
+    """`clients` requests of `path` in a loop from the onset for HOLD seconds; the fault
+    ends when they stop, or once `drain` has served what it took."""
+    loop = RequestLoop(target, path, clients, timeout=timeout)
     sc.onset = time.monotonic()
     done.wait(HOLD)
     loop.stop()
-    drained(sc, run.apps["sync"])
+    if drain is not None:
+        drained(sc, drain)
+    else:
+        sc.ended = time.monotonic()
     sc.notes["answers"] = loop.answers
+
+
+def fault_sync(run: Run, env: dict, done: threading.Event) -> None:
+    sc = run.scenarios["sync"]
+    sc.notes["dependency"] = f"127.0.0.1:{env['dependency']}"
+    held_loop(sc, done, env["nginx"], f"/upstream?port={env['dependency']}", 4, 75,
+              drain=run.apps["sync"])
 
 
 def fault_gthread(run: Run, env: dict, done: threading.Event) -> None:
-    sc = run.scenarios["gthread"]
     g = run.apps["gthread"]
-    loop = RequestLoop((g.host, g.port), "/slow?seconds=20", 16, timeout=75)
-    sc.onset = time.monotonic()
-    done.wait(HOLD)
-    loop.stop()
-    drained(sc, g)
-    sc.notes["answers"] = loop.answers
+    held_loop(run.scenarios["gthread"], done, (g.host, g.port), "/slow?seconds=20", 16, 75,
+              drain=g)
 
 
 def fault_imbalance(run: Run, env: dict, done: threading.Event) -> None:
@@ -350,26 +356,15 @@ def fault_gone(run: Run, env: dict, done: threading.Event) -> None:
 
 
 def fault_timeout(run: Run, env: dict, done: threading.Event) -> None:
-    sc = run.scenarios["timeout"]
     g = run.apps["timeout"]
-    loop = RequestLoop((g.host, g.port), f"/upstream?port={env['dependency']}", 1, timeout=60)
-    sc.onset = time.monotonic()
-    done.wait(HOLD)
-    loop.stop()
-    sc.ended = time.monotonic()
-    sc.notes["answers"] = loop.answers
+    held_loop(run.scenarios["timeout"], done, (g.host, g.port),
+              f"/upstream?port={env['dependency']}", 1, 60)
 
 
 def fault_pool(run: Run, env: dict, done: threading.Event) -> None:
     """Both workers check out their whole pool (6 each) and keep it: 12 of 12."""
-    sc = run.scenarios["pool"]
     g = run.apps["pool"]
-    loop = RequestLoop((g.host, g.port), "/db/hold?n=6&seconds=30", 2, timeout=60)
-    sc.onset = time.monotonic()
-    done.wait(HOLD)
-    loop.stop()
-    sc.ended = time.monotonic()
-    sc.notes["answers"] = loop.answers
+    held_loop(run.scenarios["pool"], done, (g.host, g.port), "/db/hold?n=6&seconds=30", 2, 60)
 
 
 FAULTS = {"sync": fault_sync, "gthread": fault_gthread, "imbalance": fault_imbalance,
