@@ -7,7 +7,14 @@ refused and missing upstreams (a stopped app, on a unix socket and on TCP) and t
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
+import re
+import signal
+import socket
+import time
+from collections import Counter
 
 import pytest
 
@@ -16,6 +23,12 @@ from exporter.logs import caddy
 from exporter.logs.files import LogFile
 from exporter.parsing import ConfigError, parse_signatures
 from exporter.snapshot import AppSnapshot, GunicornSnapshot, ListenerSnapshot
+from tests.conftest import require
+from tests.exposition import scrape, select, value
+from tests.harness.caddy import CADDY, Site, running_caddy
+from tests.harness.clients import http_get
+from tests.harness.procs import poll, unique_name
+from tests.harness.servers import running_exporter
 
 # written by Caddy 2.6.2 (Debian bookworm), headers shortened
 REQ = ('"request":{"remote_ip":"127.0.0.1","remote_port":"38578","proto":"HTTP/1.1",'
@@ -59,12 +72,12 @@ def test_access_entries_are_requests_with_latency():
     e = caddy.parse(ACCESS_504)
     assert (e.status, e.seconds, e.signatures) == (504, 1.002022757, ("http_response", "http_504"))
     # Caddy 2.8+: log_append upstream {http.reverse_proxy.upstream.address}
-    for value, want in (("unix//run/shop.sock", "unix:/run/shop.sock"),
+    for field, want in (("unix//run/shop.sock", "unix:/run/shop.sock"),
                         ("tcp/127.0.0.1:8000", "127.0.0.1:8000"), ("127.0.0.1:8000", "127.0.0.1:8000"),
                         ("tcp6/[::1]:8000", "[::1]:8000"), ("unix/relative", None), ("x" * 300, None),
                         (8000, None), ("", None)):
-        line = ACCESS_200[:-1] + ',"upstream":' + json.dumps(value) + "}"
-        assert caddy.parse(line).address == want, value
+        line = ACCESS_200[:-1] + ',"upstream":' + json.dumps(field) + "}"
+        assert caddy.parse(line).address == want, field
 
 
 def test_reverse_proxy_errors_name_their_signature_and_address():
@@ -152,3 +165,124 @@ def test_collector_attributes_caddy_lines_by_the_listener_they_name():
 def test_caddy_signature_names_are_reserved():
     with pytest.raises(ConfigError, match="built in"):
         parse_signatures(["caddy_connect_refused=x"])
+
+
+# --- a real Caddy --------------------------------------------------------------------
+
+def _caddy_lines(path) -> list[dict]:
+    """Caddy's own log, read independently of the exporter's parser."""
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_real_caddy_requests_and_proxy_errors_per_app(gunicorn_factory, tmp_path):
+    """Four apps behind one Caddy 2.6, a site each. Requests and latency per app against
+    the client's status codes and clock and Caddy's access log; then a graceful stop
+    (unix socket file gone: 502), a stop on TCP (refused: 502), a kill -9 of a master and
+    its workers (stale socket file, refused: 502) and a stuck app (Caddy's
+    response_header_timeout and read_timeout: 504) against the client's statuses and
+    Caddy's error log. Error entries are attributed by the address Caddy dialled, the
+    timeout without one by its file's app."""
+    require(os.path.exists(CADDY), "caddy is not installed (Debian package caddy)")
+    names = {k: unique_name("caddy-" + k) for k in ("fast", "thr", "stale", "stuck")}
+    fast = gunicorn_factory(workers=2, bind="unix", name=names["fast"])
+    thr = gunicorn_factory(worker_class="gthread", threads=2, workers=1, bind="tcp", name=names["thr"])
+    stale = gunicorn_factory(workers=1, bind="unix", name=names["stale"])
+    stuck = gunicorn_factory(workers=1, bind=["unix", "tcp"], name=names["stuck"], timeout=30)
+    stuck_tcp = stuck.binds[1]
+    sites = [Site(f"unix/{fast.unix_path}"), Site(thr.bind), Site(f"unix/{stale.unix_path}"),
+             Site(f"unix/{stuck.unix_path}", transport="response_header_timeout 1s",
+                  routes={"/r": (stuck_tcp, "read_timeout 1s"),
+                          "/u": (f"unix/{stuck.unix_path}", "read_timeout 1s")})]
+    errors, stuck_errors = tmp_path / "caddy-errors.log", tmp_path / "caddy-stuck-errors.log"
+    error_logs = [(stuck_errors, "include http.log.error.log3"),
+                  (errors, "include http.log.error\nexclude http.log.error.log3")]
+    with running_caddy(tmp_path, sites, error_logs):
+        files = [f"{names[k]}={s.access_log}" for k, s in zip(names, sites)]
+        files += [f"{names['stuck']}={stuck_errors}", str(errors)]
+        args = [a for f in files for a in ("--logs.file", f)]
+        with running_exporter(tmp_path, *args, "--no-collector.postgres", "--no-collector.statsd") as base:
+            poll(lambda: all(value(scrape(base), "gunicorn_up", app=n) == 1 for n in names.values()),
+                 30, interval=0.2, message="the exporter did not see the four apps")
+            client: dict[str, list[tuple[int, float]]] = {k: [] for k in names}
+
+            def get(key: str, path: str, n: int = 1) -> None:
+                for _ in range(n):
+                    t0 = time.monotonic()
+                    status, _ = http_get(("127.0.0.1", sites[list(names).index(key)].port), path)
+                    client[key].append((status, time.monotonic() - t0))
+
+            get("fast", "/status?code=200&seconds=0.1", 6)
+            get("fast", "/status?code=500", 3)
+            get("fast", "/status?code=404", 2)
+            get("thr", "/slow?seconds=0.05", 5)
+            get("stale", "/", 2)
+            get("stuck", "/slow?seconds=3", 2)          # response_header_timeout: 504
+            get("stuck", "/r/slow?seconds=3", 1)        # read_timeout, TCP: 504
+            get("stuck", "/u/slow?seconds=1.5", 1)      # read_timeout, unix: not applied
+            fast.stop()                                 # graceful: the socket file goes
+            get("fast", "/", 3)
+            thr.stop()                                  # TCP: nothing listens
+            get("thr", "/", 3)
+            workers = stale.worker_pids()
+            stale.kill_master()                         # the socket file stays ...
+            for pid in workers:                         # ... and nobody listens on it
+                os.kill(pid, signal.SIGKILL)
+            poll(lambda: _refused(stale.unix_path), 10, message="the stale socket still accepts")
+            get("stale", "/", 3)
+
+            def events(s, app: str, name: str) -> float:
+                return value(s, "gunicorn_log_events_total", app=app, signature=name) or 0
+
+            want = {("fast", "caddy_upstream_missing"): 3, ("thr", "caddy_connect_refused"): 3,
+                    ("stale", "caddy_connect_refused"): 3, ("stuck", "caddy_upstream_timeout"): 3}
+            s = poll(lambda: (s := scrape(base)) and all(
+                events(s, names[k], sig) >= n for (k, sig), n in want.items()) and all(
+                sum(_requests(s, names[k]).values()) >= len(client[k]) for k in names) and s,
+                30, interval=0.3, message="the exporter did not count what Caddy logged")
+
+    # the client's status codes, Caddy's access logs and the exporter agree, per app
+    for key, site in zip(names, sites):
+        logged = [e for e in _caddy_lines(site.access_log) if e["logger"].startswith("http.log.access")]
+        assert Counter(str(st) for st, _ in client[key]) == Counter(str(e["status"]) for e in logged) \
+            == _requests(s, names[key]), key
+        total = value(s, "gunicorn_request_duration_seconds_sum", app=names[key], source="access_log")
+        count = value(s, "gunicorn_request_duration_seconds_count", app=names[key], source="access_log")
+        assert count == len(logged) and total == pytest.approx(sum(e["duration"] for e in logged), abs=1e-6)
+        assert total <= sum(t for _, t in client[key])   # the client waited at least that long
+        assert events(s, names[key], "http_response") == len(logged)
+        for code in (502, 504):
+            assert events(s, names[key], f"http_{code}") == sum(st == code for st, _ in client[key])
+    assert [st for st, _ in client["fast"][-3:]] == [502] * 3
+    assert [st for st, _ in client["stuck"]] == [504] * 3 + [200]
+    assert all(0.9 < t < 2.5 for _, t in client["stuck"][:3])  # Caddy's 1 s, not the app's 3 s
+    # Caddy 2.6 applies read_timeout to TCP upstreams only (what the doctor assumes)
+    assert client["stuck"][3][1] > 1.5
+    # the proxy signatures against Caddy's error logs: one per error entry, by the
+    # address Caddy dialled (the app had gone), or the file's app for the timeout
+    msgs = Counter(e["msg"] for e in _caddy_lines(errors))
+    assert msgs == {f"dial unix {fast.unix_path}: connect: no such file or directory": 3,
+                    f"dial tcp {thr.bind}: connect: connection refused": 3,
+                    f"dial unix {stale.unix_path}: connect: connection refused": 3}
+    stuck_msgs = Counter(re.sub(r"^read tcp 127\.0\.0\.1:\d+->", "read tcp ->", e["msg"])
+                         for e in _caddy_lines(stuck_errors))
+    assert stuck_msgs == {"net/http: timeout awaiting response headers": 2,
+                          f"read tcp ->{stuck_tcp}: i/o timeout": 1}, stuck_msgs
+    for (key, sig), n in want.items():
+        assert events(s, names[key], sig) == n, (key, sig)
+    caddy_sigs = [x.name for x in caddy.SIGNATURES]
+    assert sum(v for (n, lbl), v in s.items() if n == "gunicorn_log_events_total"
+               and dict(lbl)["signature"] in caddy_sigs) == sum(want.values())
+    assert all(value(s, "gunicorn_log_access_unparsed_lines_total", file=str(x.access_log)) == 0
+               for x in sites)
+
+
+def _refused(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as c:
+        return c.connect_ex(path) == errno.ECONNREFUSED
+
+
+def _requests(s, app: str) -> Counter:
+    return Counter({dict(lbl)["status"]: int(v) for lbl, v in
+                    select(s, "gunicorn_requests_total", app=app, source="access_log").items()})
