@@ -13,12 +13,14 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from collections import Counter
 
 import pytest
 
 from exporter.collectors.logs import LogsCollector
+from exporter.doctor import caddy as doctor_caddy
 from exporter.logs import caddy
 from exporter.logs.files import LogFile
 from exporter.parsing import ConfigError, parse_signatures
@@ -286,3 +288,140 @@ def _refused(path: str) -> bool:
 def _requests(s, app: str) -> Counter:
     return Counter({dict(lbl)["status"]: int(v) for lbl, v in
                     select(s, "gunicorn_requests_total", app=app, source="access_log").items()})
+
+
+# --- the doctor reads a Caddyfile ---------------------------------------------------
+
+CADDYFILE = """\
+{
+\tadmin off
+\t# a comment { with a brace
+}
+(proxied) {
+\treverse_proxy unix//run/snip.sock {
+\t\ttransport http {
+\t\t\tresponse_header_timeout 45s
+\t\t}
+\t}
+}
+shop.example.com, www.shop.example.com {
+\tencode gzip
+\thandle_path /api/* {
+\t\treverse_proxy @api localhost:8000 127.0.0.1:8001 {
+\t\t\tto unix//run/shop.sock
+\t\t\ttransport http {
+\t\t\t\tdial_timeout 2s
+\t\t\t\tread_timeout 1m30s
+\t\t\t\tresponse_header_timeout "2m"
+\t\t\t}
+\t\t}
+\t}
+\treverse_proxy /slow/* http://10.0.0.5:9000 {
+\t\ttransport http {
+\t\t\tresponse_header_timeout 500ms
+\t\t}
+\t}
+\timport sites/*.caddy
+\timport proxied
+}
+:8080 {
+\treverse_proxy unix//run/forever.sock [::1]:7000 {$UPSTREAM} {http.request.header.X}
+\treverse_proxy /php/* unix//run/php.sock {
+\t\ttransport fastcgi
+\t}
+}
+"""
+
+
+def test_caddyfile_timeouts_literal(tmp_path):
+    (tmp_path / "sites").mkdir()
+    (tmp_path / "sites" / "extra.caddy").write_text(
+        "reverse_proxy unix//run/extra.sock {\n\ttransport http {\n\t\tread_timeout 10s\n\t}\n}\n")
+    (tmp_path / "Caddyfile").write_text(CADDYFILE)
+    cfg = doctor_caddy.load(str(tmp_path / "Caddyfile"))
+    assert cfg.problems == [] and len(cfg.files) == 2
+    f = str(tmp_path / "Caddyfile")
+
+    def t(listener):
+        return doctor_caddy.timeout_for(cfg, [listener])
+    # read_timeout (90 s) is shorter than response_header_timeout (120 s), on TCP
+    assert t("127.0.0.1:8000") == (90.0, f"read_timeout at {f}:19 for the reverse_proxy at {f}:15")
+    assert t("[::1]:8000")[0] == t("0.0.0.0:8001")[0] == 90.0      # localhost; wildcard listener
+    # ... but not on a unix socket: there only response_header_timeout counts
+    assert t("unix:/run/shop.sock") == (120.0, f"response_header_timeout at {f}:20 for the "
+                                               f"reverse_proxy at {f}:15")
+    assert t("10.0.0.5:9000")[0] == 0.5
+    assert t("unix:/run/snip.sock")[0] == 45.0                     # from the snippet
+    # no response_header_timeout: Caddy waits for ever (0), read_timeout ignored on unix
+    got = t("unix:/run/extra.sock")
+    assert got[0] == 0.0 and "read_timeout does not apply to unix sockets" in got[1], got
+    assert t("unix:/run/forever.sock")[0] == 0.0 and t("[::1]:7000")[0] == 0.0
+    assert t("unix:/run/php.sock") is None and t("127.0.0.1:9999") is None
+    assert [doctor_caddy.parse_time(x) for x in ("30s", "1m30s", "500ms", "1.5h", "2d", "30", "", "5x")] \
+        == [30, 90, 0.5, 5400, 172800, None, None, None]
+    # a single site without braces, and a Caddyfile that does not parse
+    (tmp_path / "one").write_text("localhost:80\nreverse_proxy unix//run/one.sock\n")
+    assert doctor_caddy.timeout_for(doctor_caddy.load(str(tmp_path / "one")), ["unix:/run/one.sock"])[0] == 0
+    for bad in ("x {\n\treverse_proxy unix//run/a.sock\n", "}\n", 'x {\n\tfoo "unterminated\n}\n'):
+        (tmp_path / "bad").write_text(bad)
+        got = doctor_caddy.load(str(tmp_path / "bad"))
+        assert got.passes == [] and got.problems, bad
+    (tmp_path / "loop").write_text("x {\n\timport loop\n}\n")            # imports itself
+    assert "read already" in "\n".join(doctor_caddy.load(str(tmp_path / "loop")).problems)
+
+
+def test_timeout_vs_caddy_literal():
+    from tests.test_doctor import _app, _one, _run
+    from exporter.doctor import rules
+    from exporter.doctor.model import Facts, NginxConfig, ProxyPass
+    caddy_cfg = NginxConfig("/etc/caddy/Caddyfile", passes=[
+        ProxyPass(("unix:/run/slow.sock",), 20.0, "response_header_timeout at /C:3"),
+        ProxyPass(("unix:/run/zero.sock",), 0.0, "Caddy's default"),
+        ProxyPass(("unix:/run/ok.sock",), 0.0, "Caddy's default")])
+    nginx_cfg = NginxConfig("/etc/nginx/nginx.conf", passes=[
+        ProxyPass(("unix:/run/ok.sock",), 10.0, "proxy_read_timeout at /n:1")])
+
+    def app(name, timeout):
+        return _app(name, timeout=timeout, listeners=[ListenerSnapshot(f"unix:/run/{name}.sock", "unix", 0, 128)])
+    facts = Facts(caddy=caddy_cfg)
+    f = _one(_run(rules.timeout_vs_proxy, app("slow", 30), facts=facts), "timeout-vs-proxy")
+    assert f.evidence["proxy_timeout"].value == 20.0 and "--timeout a little below" in f.advice
+    f = _one(_run(rules.timeout_vs_proxy, app("zero", 0), facts=facts), "timeout-vs-proxy")
+    assert f.evidence["proxy_timeout"].value == 0.0 and "waits for ever too" in f.advice
+    assert _run(rules.timeout_vs_proxy, app("zero", 30), facts=facts) == []   # gunicorn gives up first
+    # nginx (10 s) and a Caddy that waits for ever in front of one app: the shorter counts
+    f = _one(_run(rules.timeout_vs_proxy, app("ok", 30), facts=Facts(nginx=nginx_cfg, caddy=caddy_cfg)),
+             "timeout-vs-proxy")
+    assert f.evidence["proxy_timeout"].value == 10.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_doctor_reads_the_caddyfile_caddy_runs(gunicorn_factory, tmp_path):
+    """The doctor against real gunicorns and a Caddyfile that the real Caddy validates:
+    gunicorn's 30 s behind Caddy's 20 s response_header_timeout (unix socket) and
+    --timeout 0 behind a reverse_proxy with no timeout (TCP, via localhost) are W8; 30 s
+    behind a Caddy that waits for ever is not."""
+    from tests.test_doctor import _find, _name, doctor
+    require(os.path.exists(CADDY), "caddy is not installed (Debian package caddy)")
+    behind, zero, fine = _name("cdy20"), _name("cdy0"), _name("cdyok")
+    g1 = gunicorn_factory(workers=1, bind="unix", name=behind, timeout=30)
+    g2 = gunicorn_factory(workers=1, bind="tcp", name=zero, timeout=0)
+    g3 = gunicorn_factory(workers=1, bind="unix", name=fine, timeout=30)
+    conf = tmp_path / "Caddyfile"
+    conf.write_text(f"{{\n\tadmin off\n}}\nhttp://:1 {{\n"
+                    f"\treverse_proxy unix/{g1.unix_path} {{\n\t\ttransport http {{\n"
+                    f"\t\t\tresponse_header_timeout 20s\n\t\t}}\n\t}}\n}}\n"
+                    f"http://:2 {{\n\treverse_proxy localhost:{g2.port}\n}}\n"
+                    f"http://:3 {{\n\treverse_proxy unix/{g3.unix_path}\n}}\n")
+    r = subprocess.run([CADDY, "validate", "--config", str(conf), "--adapter", "caddyfile"],
+                       capture_output=True, text=True, timeout=30,
+                       env={"HOME": str(tmp_path), "PATH": os.environ.get("PATH", "")})
+    assert r.returncode == 0, r.stderr
+    _rc, findings, _ = doctor(behind, zero, fine, caddy_config=str(conf))
+    f = _find(findings, behind, "timeout-vs-proxy")
+    assert (f["evidence"]["timeout"]["value"], f["evidence"]["proxy_timeout"]["value"]) == (30, 20)
+    assert f"response_header_timeout at {conf}:7" in f["evidence"]["proxy_timeout"]["source"]
+    f = _find(findings, zero, "timeout-vs-proxy")
+    assert f["evidence"]["proxy_timeout"]["value"] == 0 and "waits for ever" in f["advice"]
+    assert _find(findings, fine, "timeout-vs-proxy") is None
