@@ -47,42 +47,13 @@ class Node:
     block: list["Node"] | None = None
 
 
-class ParseError(ValueError):
-    pass
+ParseError = nginx.ParseError
 
 
 def tokens(text: str):
     """(token, line, quoted) of the Caddyfile lexer: words split by white space, "quoted"
-    (backslash escapes a quote) and `backquoted` strings, # comments at a word's start."""
-    i, n, line = 0, len(text), 1
-    while i < n:
-        c = text[i]
-        if c == "\n":
-            line += 1
-            i += 1
-        elif c in " \t\r":
-            i += 1
-        elif c == "#":
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-        elif c in "\"`":
-            start, j, out = line, i + 1, []
-            while j < n and text[j] != c:
-                if c == '"' and text[j] == "\\" and text[j + 1:j + 2] == '"':
-                    j += 1
-                line += text[j] == "\n"
-                out.append(text[j])
-                j += 1
-            if j >= n:
-                raise ParseError(f"line {start}: unterminated quoted string")
-            yield "".join(out), start, True
-            i = j + 1
-        else:
-            j = i
-            while j < n and text[j] not in " \t\r\n":
-                j += 1
-            yield text[i:j], line, False
-            i = j
+    and `backquoted` strings, # comments at a word's start."""
+    return nginx.tokens(text, punct="", quotes="\"`", escape_any=False)
 
 
 def parse_time(text: str) -> float | None:
