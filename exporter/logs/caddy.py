@@ -4,8 +4,9 @@ Caddy 2 writes one JSON object per line (zap's encoder, `format json`, its defau
 files). Two kinds of entry are read, told apart by their `logger`:
 
 * **access** (`http.log.access`, `http.log.access.log0`, ...; a site's `log` directive):
-  `status` and `duration` (seconds, Caddy's default `duration_format`): one request, with
-  latency, whatever the app's worker class. An `upstream` field, which Caddy 2.8 and later
+  `status` and `duration` (seconds, Caddy's default `duration_format`; another format
+  writes a string: the request counts without latency): one request, with latency,
+  whatever the app's worker class. An `upstream` field, which Caddy 2.8 and later
   write with `log_append upstream {http.reverse_proxy.upstream.address}` (`unix//run/x.sock`,
   `tcp/127.0.0.1:8000`), names the gunicorn listener the request went to.
 * **error** (`http.log.error...`, written by the default logger, or by a global `log`
@@ -162,11 +163,11 @@ def _access(obj: dict, status: int | None) -> Entry | bool:
     if status is None:
         return False
     seconds = obj.get("duration")
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
+    if isinstance(seconds, str) or seconds is None:
+        seconds = None          # duration_format string (or none): the request, no latency
+    elif isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
             not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
-        if "duration" in obj:
-            return False
-        seconds = None
+        return False
     names = ("http_response",) + ((f"http_{status}",) if status in (502, 504) else ())
     return Entry("access", status, None if seconds is None else float(seconds),
                  upstream_address(obj.get("upstream")), names)
