@@ -32,6 +32,7 @@ from exporter.gunicorn.version import site_dirs_from_maps  # noqa: E402
 from exporter.labels import bounded  # noqa: E402
 from exporter.linux import kmsg  # noqa: E402
 from exporter.linux.procfs import ProcFS  # noqa: E402
+from exporter.logs import caddy  # noqa: E402
 
 OLD_SITE_DIR_RE = re.compile(r"(/\S*?/(?:site|dist)-packages)/")  # before this change
 
@@ -42,6 +43,17 @@ def maps_text(lines: int) -> str:
                    for i in range(lines))
 
 
+def caddy_access(uri: str = "/", headers: int = 2) -> str:
+    """An access entry as Caddy 2.6 writes it, with `headers` request headers."""
+    hdrs = ",".join(f'"X-H{i}":["{"v" * 20}"]' for i in range(headers))
+    return ('{"level":"info","ts":1796598358.8062773,"logger":"http.log.access.log0",'
+            '"msg":"handled request","request":{"remote_ip":"127.0.0.1","remote_port":"38578",'
+            f'"proto":"HTTP/1.1","method":"GET","host":"shop","uri":"{uri}","headers":{{{hdrs}}}}},'
+            '"user_id":"","duration":0.001532858,"size":2,"status":200,'
+            '"resp_headers":{"Server":["Caddy","gunicorn"]}}')
+
+
+CADDY_LINES = [caddy_access(f"/item/{i}", 8) for i in range(10_000)]
 
 
 CASES = {
@@ -77,6 +89,15 @@ CASES = {
     "kmsg: 4 KiB crafted OOM record":
         (lambda m=("oom-kill:constraint=CONSTRAINT_NONE" + ",task=" + "x" * 60 + ",pid=1") * 40:
          kmsg.parse_oom(m[:4096]), "4 KiB"),
+    "Caddy line: 32 KiB nested JSON":
+        (lambda t='{"logger":"http.log.access","x":' + "[" * 16_000 + "]" * 16_000 + "}":
+         caddy.parse(t[:caddy.MAX_LINE]), "depth 16,000"),
+    "Caddy line: 32 KiB of request headers":
+        (lambda t=caddy_access("/", 950): caddy.parse(t), "950 headers"),
+    "Caddy line: 1 MiB (over the limit)":
+        (lambda t=caddy_access("/" + "x" * (1 << 20)): caddy.parse(t), "1 MiB"),
+    "Caddy: 10,000 ordinary access entries (8 headers)":
+        (lambda: [caddy.parse(x) for x in CADDY_LINES], "10,000 lines of 590 B"),
     "kmsg: 4 KiB 'Killed process' record":
         (lambda m="Out of memory: Killed process 1 (" + "(" * 4000: kmsg.parse_oom(m), "4 KiB"),
 }

@@ -143,7 +143,7 @@ OPTIONS: tuple[Option, ...] = (
       "kernel log device read for OOM kill records; 'none' = use cgroup and /proc/vmstat counters only"),
     O("logs.file", "log_files", parse_log_files, (),
       "[APP=]PATH: follow this log file (gunicorn error log, application log, nginx error/access "
-      "log) and count error signatures in it, against APP unless a line names its app (repeatable)",
+      "log, Caddy's JSON access/error log) and count error signatures in it, against APP unless a line names its app (repeatable)",
       repeatable=True),
     O("logs.signature", "log_signatures", parse_signatures, (),
       "NAME=REGEX: count log lines matching REGEX as signature NAME, in addition to the built-in "
@@ -186,9 +186,13 @@ OPTIONS: tuple[Option, ...] = (
       "doctor: time between its two collections (busy workers against CPU, W1); 0 = one "
       "collection, without that rule"),
     O("doctor.proxy-timeout", "doctor_proxy_timeout", _positive_duration, 60.0,
-      "timeout of the proxy in front of the apps (W8), for apps no nginx location proxies to"),
+      "timeout of the proxy in front of the apps (W8), for apps no nginx location or Caddy "
+      "reverse_proxy proxies to"),
     O("doctor.nginx-config", "doctor_nginx_config", parse_optional_path, "/etc/nginx/nginx.conf",
       "nginx config read statically for proxy_read_timeout (and its includes); 'none' = do not read"),
+    O("doctor.caddy-config", "doctor_caddy_config", parse_optional_path, "/etc/caddy/Caddyfile",
+      "Caddyfile read statically for reverse_proxy's response_header_timeout and read_timeout "
+      "(and its imports); 'none' = do not read"),
     O("doctor.gthread-connections-per-thread", "doctor_gthread_ratio", _ratio, 4.0,
       "gthread --worker-connections above this many per thread is advised against (C3, W9)",
       shown="4"),

@@ -9,6 +9,7 @@ import os
 import pwd
 import re
 
+from exporter.logs.caddy import SIGNATURES as _CADDY_SIGNATURES
 from exporter.logs.access import parse_access_formats as _access_formats
 from exporter.logs.files import LogFile, parse_log_file
 from exporter.logs.signatures import Signature, SignatureError, merge, parse_user_signature
@@ -182,6 +183,9 @@ def parse_signatures(values) -> tuple[Signature, ...]:
     try:
         sigs = tuple(parse_user_signature(v) for v in _as_list(values))
         merge(sigs)  # duplicate names, limits
+        for s in sigs:
+            if s.name in {c.name for c in _CADDY_SIGNATURES}:
+                raise SignatureError(f"signature name {s.name!r} is built in; choose another name")
     except SignatureError as e:
         raise ConfigError(str(e)) from None
     return sigs

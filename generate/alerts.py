@@ -194,7 +194,8 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " {{ $labels.app }} on {{ $labels.instance }} held connections whose client had"
               " already hung up: the proxy or platform times out before gunicorn does."),
         Alert("GunicornProxyTimeouts", "C1 W8",
-              _ratio_or_count("http_504", "http_504|nginx_upstream_timeout|heroku_h12"),
+              _ratio_or_count("http_504", "http_504|nginx_upstream_timeout|caddy_upstream_timeout"
+                                          "|heroku_h12"),
               "The proxy keeps timing out on {{ $labels.app }}",
               "Requests of {{ $labels.app }} on {{ $labels.instance }} time out at the proxy"
               " ({{ printf \"%.3g\" $value }}: the share of the answered requests, 0 to 1,"
@@ -241,7 +242,8 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " to it."),
         Alert("GunicornProxyCannotConnect", "C1 C2 W4",
               _ratio_or_count("http_502", "http_502|nginx_upstream_eagain|nginx_connect_refused"
-                                          "|nginx_upstream_missing"),
+                                          "|nginx_upstream_missing|caddy_upstream_eagain"
+                                          "|caddy_connect_refused|caddy_upstream_missing"),
               "The proxy cannot reach {{ $labels.app }}",
               "The proxy answers 502 or cannot connect to {{ $labels.app }} on"
               " {{ $labels.instance }} ({{ printf \"%.3g\" $value }}: the share of the"

@@ -222,9 +222,13 @@ def workers(t: dict[str, float]) -> list[Panel]:
                    f"rate(gunicorn_worker_cpu_seconds_total{{{S}}}[$__rate_interval])",
                    unit="percentunit"),
         (timeseries("Worker churn",
-                    "Workers spawned per second (control socket) and worker slots whose process "
-                    "changed: --max-requests recycling, timeouts (W5), OOM kills (C7).",
+                    "Workers spawned per second, kill signals the master sent and its reloads "
+                    "(control socket), and worker slots whose process changed: --max-requests "
+                    "recycling, timeouts (W5), OOM kills (C7: spawns without kill signals).",
                     [(rate("gunicorn_workers_spawned_total"), "{{app}} @ {{instance}} spawned/s"),
+                     (rate("gunicorn_worker_kill_signals_total"),
+                      "{{app}} @ {{instance}} kill signals/s"),
+                     (increase("gunicorn_master_reloads_total"), "{{app}} @ {{instance}} reloads"),
                      (f"sum by (instance, app) (changes(gunicorn_worker_start_time_seconds{{{S}}}[$__rate_interval]))",
                       "{{app}} @ {{instance}} slots restarted")]), 12, 8),
         (table("Apps", "gunicorn release, worker class and user of each app (gunicorn_info).",

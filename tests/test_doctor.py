@@ -419,13 +419,15 @@ def _name(tag: str) -> str:
     return f"doc-{tag}-{uuid.uuid4().hex[:8]}"
 
 
-def doctor(*names: str, args=(), interval="0", nginx_config="none", timeout=60):
+def doctor(*names: str, args=(), interval="0", nginx_config="none", caddy_config="none",
+           timeout=60):
     """Run `gunicorn-exporter doctor --format json` for these apps only: (exit code,
     findings, stderr); the output is validated against the schema."""
     include = "|".join(re.escape(n) for n in names)
     r = subprocess.run([sys.executable, "-m", "exporter", "doctor", "--format", "json",
                         "--gunicorn.include", f"({include})", "--doctor.interval", interval,
-                        "--doctor.nginx-config", nginx_config, *args],
+                        "--doctor.nginx-config", nginx_config,
+                        "--doctor.caddy-config", caddy_config, *args],
                        capture_output=True, text=True, timeout=timeout)
     assert "Traceback" not in r.stderr, r.stderr
     findings = json.loads(r.stdout)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import json
 import os
 import platform
 import re
@@ -251,3 +252,19 @@ def test_the_real_program_serves_the_same_exposition(tmp_path):
         with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
             served = r.read().decode("utf-8")
     assert comparable(served) == comparable(scrape(argv))
+
+
+def test_show_stats_counters_are_the_answers_own_and_range_checked(scraped):
+    """The three `show stats` counters come out as the recorded answers say (gunicorn 27:
+    workers_spawned, workers_killed, reloads), and a value that is not a counter is
+    dropped rather than exposed."""
+    s = parse_strict(scraped[0])
+    for app in CONTROLLED:
+        raw = control_answer(app)
+        first = 4 + int.from_bytes(raw[:4], "big")          # the second frame: show stats
+        answer = json.loads(raw[first + 4:])["data"]
+        assert value(s, "gunicorn_workers_spawned_total", app=app) == answer["workers_spawned"]
+        assert value(s, "gunicorn_worker_kill_signals_total", app=app) == answer["workers_killed"]
+        assert value(s, "gunicorn_master_reloads_total", app=app) == answer["reloads"]
+    assert [appsnap._count(v) for v in (0, 7, 2**53 - 1)] == [0, 7, 2**53 - 1]
+    assert [appsnap._count(v) for v in (-1, 2**53, True, 1.5, "3", None, [1])] == [None] * 7

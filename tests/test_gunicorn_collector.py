@@ -283,6 +283,44 @@ def test_control_socket_is_asked_again_only_when_workers_change(gunicorn_factory
     assert calls.count(g.pid) == 1              # too old: asked again
 
 
+def test_control_socket_kill_and_reload_counts_match_gunicorns_log(gunicorn_factory):
+    """workers_killed and reloads of `show stats` against gunicorn's own log. A worker
+    killed from outside (kill -9) is a spawn without a kill signal; a reload (HUP) is one
+    reload (one 'Handling signal: hup' line), a new worker per slot and at least one kill
+    signal per old worker (each logs its exit; gunicorn counts signals, and may signal a
+    worker twice); TTOU at least one more."""
+    g = gunicorn_factory(bind="unix", workers=2, name=unique_name("ctl-kills"))
+    collector = GunicornCollector()
+    a = wait_control(collector, g)
+    assert (a.workers_spawned, a.workers_killed, a.reloads) == (2, 0, 0)
+    victim = g.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    a = poll(lambda: (a := app_for(collector, g)) and a.workers_spawned == 3 and
+             victim not in {w.pid for w in a.workers} and a, 20,
+             message="the respawn after kill -9 was not seen")
+    assert a.workers_killed == 0 and a.reloads == 0
+    assert f"Worker (pid:{victim}) was sent SIGKILL!" in g.log_text()
+
+    exited = re.compile(r"Worker exiting \(pid: (\d+)\)")
+    old = set(g.worker_pids())
+    os.kill(g.pid, signal.SIGHUP)
+    a = poll(lambda: (a := app_for(collector, g)) and a.reloads == 1 and len(a.workers) == 2
+             and not old & {w.pid for w in a.workers} and a.workers_spawned == 5 and
+             old <= {int(p) for p in exited.findall(g.log_text())} and a, 30,
+             message="the reload was not seen")
+    log = g.log_text()
+    assert a.reloads == log.count("Handling signal: hup") == 1
+    assert a.workers_spawned == len(g.booted_pids()) == 5
+    assert a.workers_killed >= len(old & {int(p) for p in exited.findall(log)}) == 2
+    after_reload = a.workers_killed
+
+    os.kill(g.pid, signal.SIGTTOU)
+    a = poll(lambda: (a := app_for(collector, g)) and len(a.workers) == 1 and
+             a.workers_killed > after_reload and a, 30, message="the TTOU kill was not seen")
+    assert len({int(p) for p in exited.findall(g.log_text())}) == 3
+    assert a.reloads == 1 and a.workers_spawned == len(g.booted_pids()) == 5
+
+
 def test_worker_fd_limit_is_the_kernels_and_read_again_after_its_refresh(gunicorn_factory,
                                                                         monkeypatch):
     """gunicorn_worker_max_fds is the soft RLIMIT_NOFILE the kernel reports for the

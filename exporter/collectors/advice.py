@@ -43,9 +43,11 @@ class AdviceContext:
 class AdviceCollector(Collector):
     name = "advice"
 
-    def __init__(self, procfs: ProcFS | None = None, nginx_config: str = ""):
+    def __init__(self, procfs: ProcFS | None = None, nginx_config: str = "",
+                 caddy_config: str = ""):
         self.procfs = procfs or ProcFS()
         self.nginx_config = nginx_config
+        self.caddy_config = caddy_config
         self._masters: list[AppSnapshot] = []
         self._facts = Facts()
         self._facts_key: frozenset | None = None
@@ -58,7 +60,7 @@ class AdviceCollector(Collector):
         key = frozenset((a.master_pid, a.master_start_time) for a in masters)
         if key != self._facts_key or time.monotonic() - self._facts_at > FACTS_TTL:
             self._facts = await asyncio.to_thread(read_facts, self.procfs, masters,
-                                                  self.nginx_config)
+                                                  self.nginx_config, self.caddy_config)
             self._facts_key, self._facts_at = key, time.monotonic()
         return AdviceContext(self._facts, self._last, self._last_at)
 
@@ -85,4 +87,5 @@ def join(ctx: AdviceContext, others: Mapping[str, object], *, thresholds: Thresh
 
 
 def advice_collector(config) -> AdviceCollector:
-    return AdviceCollector(ProcFS(config.procfs), config.doctor_nginx_config)
+    return AdviceCollector(ProcFS(config.procfs), config.doctor_nginx_config,
+                           config.doctor_caddy_config)

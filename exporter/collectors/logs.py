@@ -16,6 +16,12 @@ collector's (bounded) set, signatures from the configured table.
 Access log lines are also counted as requests by status and duration
 (exporter/logs/access.py, `--logs.access-format`), for the file's app (`APP=PATH`, else
 the app its gunicorn error log lines proved, else `unknown`): docs/requests.md.
+
+Caddy's JSON lines (exporter/logs/caddy.py) are decoded instead: access entries are
+requests of the app whose listener their `upstream` field names, else of the file's app;
+reverse_proxy errors count their signature against the app whose listener they dialled,
+else the file's app. The built-in text signatures are not tried on them (a client's URI
+is text inside them); user signatures are.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 
 from exporter.collectors.base import Collector
 from exporter.collectors.attribution import AppIndex
+from exporter.logs import caddy
 from exporter.logs.access import DEFAULT_COMPILED, AccessLog
 from exporter.logs.files import LogFile
 from exporter.logs.signatures import Matcher, Signature, merge
@@ -47,8 +54,10 @@ class LogsCollector(Collector):
         # access log lines -> requests by status and duration (exporter/logs/access.py)
         self.access = AccessLog(tuple(access_formats) if access_formats is not None else
                                 DEFAULT_COMPILED)
-        self.signatures = merge(signatures)
-        self.matcher = Matcher(self.signatures)
+        self.matcher = Matcher(merge(signatures))
+        self.signatures = self.matcher.signatures + caddy.SIGNATURES
+        self.caddy = caddy.CaddyLog(self.access)
+        self.user_matcher = Matcher(tuple(s for s in self.signatures if not s.builtin))
         self.interval = interval
         self.max_line = max_line
         self.index = index or AppIndex()
@@ -79,6 +88,10 @@ class LogsCollector(Collector):
         return on_line
 
     def handle_line(self, line: str, file_app: str | None = None, path: str | None = None) -> list[str]:
+        if line[:1] == "{":
+            names = self._caddy(line, file_app, path)
+            if names is not None:
+                return names
         # an access log line counts for its file's app: a client writes part of the line
         # (the URL), so the pid and upstream hints in it are not trusted for requests
         self.access.feed(line, lambda: file_app or self._learned.get(path or "") or UNKNOWN_APP,
@@ -88,15 +101,30 @@ class LogsCollector(Collector):
             return names
         app = self.app_of(line, file_app, path)
         for name in names:
-            key = (app, name)
-            if key in self._events:
-                self._events[key] += 1
-            elif len(self._events) < MAX_SERIES:
-                self._zero(app)
-                self._events[key] = self._events.get(key, 0) + 1
-            else:
-                self._dropped += 1
+            self._count(app, name)
         return names
+
+    def _caddy(self, line: str, file_app: str | None, path: str | None) -> list[str] | None:
+        """A Caddy JSON line's signatures (None: not one): the app of the listener the
+        entry names (exporter/logs/caddy.py), else the file's."""
+        fallback = file_app or self._learned.get(path or "") or UNKNOWN_APP
+        events = self.caddy.feed(line, lambda a: self.index.listener(a) or fallback, path)
+        if events is None:
+            return None
+        events += [(fallback, n) for n in self.user_matcher.match(line)]
+        for app, name in events:
+            self._count(app, name)
+        return [name for _app, name in events]
+
+    def _count(self, app: str, name: str) -> None:
+        key = (app, name)
+        if key in self._events:
+            self._events[key] += 1
+        elif len(self._events) < MAX_SERIES:
+            self._zero(app)
+            self._events[key] = self._events.get(key, 0) + 1
+        else:
+            self._dropped += 1
 
     def app_of(self, line: str, file_app: str | None, path: str | None = None) -> str:
         h = self.matcher.hints(line)

@@ -4,8 +4,9 @@
     rules.py     rules over settings, processes and the kernel (W11, W8, C3/W9, W10, W1,
                  W2/I3, the shared control socket)
     dbrules.py   rules over database connections (C6, C5)
-    facts.py     host facts the collectors do not measure (CPUs, control sockets, nginx)
+    facts.py     host facts the collectors do not measure (CPUs, control sockets, nginx, Caddy)
     nginx.py     nginx's proxy_read_timeout, read statically from its config files
+    caddy.py     Caddy's reverse_proxy timeouts, read statically from a Caddyfile
     evaluate.py  the collectors' data -> the rules' View -> findings
     main.py      the command line
 

@@ -11,7 +11,7 @@
 * the control socket each master listens on: a listening unix socket named `*.ctl`
   that the master holds (its fd table, the host's unix socket table through netlink
   sock_diag; only in the exporter's own network namespace);
-* nginx's proxy timeouts (exporter/doctor/nginx.py).
+* nginx's proxy timeouts (exporter/doctor/nginx.py), Caddy's (exporter/doctor/caddy.py).
 
 Every fact is optional: one that cannot be read is left out, and the rules that need it
 say nothing about that app. Parsers are pure functions, tested on literal text.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 
-from exporter.doctor import nginx
+from exporter.doctor import caddy, nginx
 from exporter.doctor.model import CpuFact, Facts, HostFact, MemoryRoom
 from exporter.gunicorn.memdetail import read_memory
 from exporter.linux import sockdiag
@@ -223,7 +223,8 @@ def workers_uss(procfs: ProcFS, app: AppSnapshot) -> list[int]:
     return out
 
 
-def read_facts(procfs: ProcFS, apps: list[AppSnapshot], nginx_config: str) -> Facts:
+def read_facts(procfs: ProcFS, apps: list[AppSnapshot], nginx_config: str,
+               caddy_config: str = "") -> Facts:
     """Facts for the running masters in `apps`; never raises for what it cannot read."""
     facts = Facts(host=host_fact())
     masters = [a for a in apps if a.up and a.master_pid]
@@ -253,4 +254,6 @@ def read_facts(procfs: ProcFS, apps: list[AppSnapshot], nginx_config: str) -> Fa
         pass
     if nginx_config:
         facts.nginx = nginx.load(nginx_config)
+    if caddy_config:
+        facts.caddy = caddy.load(caddy_config)
     return facts

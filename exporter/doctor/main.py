@@ -98,15 +98,18 @@ async def collect(cfg) -> tuple[list[Finding] | None, list[str]]:
             if not s.up:
                 notes.append(f"postgres {s.server} is down or refused the login: no DB checks for it")
         apps = [a for a in g.apps if a.up and a.master_pid]
-        facts = await asyncio.to_thread(read_facts, ProcFS(cfg.procfs), apps, cfg.doctor_nginx_config)
+        facts = await asyncio.to_thread(read_facts, ProcFS(cfg.procfs), apps, cfg.doctor_nginx_config,
+                                        cfg.doctor_caddy_config)
         if facts.host is not None:
             h = facts.host
             notes.append(f"host (psutil): {h.cpus} CPUs, {h.memory_total / 2**30:.1f} GiB memory "
                          f"({h.memory_available / 2**30:.1f} GiB available), swap "
                          f"{h.swap_used / 2**30:.1f} of {h.swap_total / 2**30:.1f} GiB used")
-        if facts.nginx is not None:
-            notes.extend(f"nginx config: {p}" for p in facts.nginx.problems
-                         if not (p.startswith(cfg.doctor_nginx_config) and "No such file" in p))
+        for proxy, read, path in (("nginx config", facts.nginx, cfg.doctor_nginx_config),
+                                  ("Caddyfile", facts.caddy, cfg.doctor_caddy_config)):
+            if read is not None:
+                notes.extend(f"{proxy}: {p}" for p in read.problems
+                             if not (p.startswith(path) and "No such file" in p))
         view = view_of(g, snap.data("netstat", HostSnapshot), pg, previous, interval, facts,
                        Thresholds.from_config(cfg))
         notes.append(f"checked {len(view.apps)} app(s): " + (", ".join(a.app for a in view.apps) or "none found"))

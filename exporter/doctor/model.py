@@ -93,7 +93,8 @@ class MemoryRoom:
 
 @dataclass(frozen=True)
 class ProxyPass:
-    """One nginx proxy_pass and the proxy_read_timeout in force where it is."""
+    """One nginx proxy_pass and the proxy_read_timeout in force where it is (or one
+    Caddy reverse_proxy upstream and its timeout: 0 = Caddy waits for ever)."""
     targets: tuple[str, ...]   # 'unix:/run/shop.sock', '127.0.0.1:8000'
     timeout: float
     where: str                 # 'FILE:LINE of proxy_read_timeout' or "nginx's default"
@@ -113,6 +114,7 @@ class Facts:
     cpus: dict[int, CpuFact] = field(default_factory=dict)           # master pid ->
     control_sockets: dict[int, str] = field(default_factory=dict)    # master pid -> path
     nginx: NginxConfig | None = None
+    caddy: NginxConfig | None = None     # a Caddyfile's reverse_proxy timeouts (caddy.py)
     host: HostFact | None = None
     memory_room: dict[int, MemoryRoom] = field(default_factory=dict)  # master pid ->
     # master pid -> USS of its workers, read here when the snapshot has none yet

@@ -48,8 +48,11 @@ class ParseError(ValueError):
     pass
 
 
-def tokens(text: str):
-    """(token, line, quoted) for nginx's syntax: words, quoted strings, { } ; and # comments."""
+def tokens(text: str, punct: str = "{};", quotes: str = "\"'", escape_any: bool = True):
+    """(token, line, quoted) for nginx's syntax: words, quoted strings, { } ; and # comments.
+    Caddy's (exporter/doctor/caddy.py): no punctuation (braces are words), "double" and
+    `back` quotes, a backslash escaping only a quote (`escape_any=False`)."""
+    stops = " \t\r\n" + punct + quotes
     i, n, line = 0, len(text), 1
     while i < n:
         c = text[i]
@@ -61,13 +64,13 @@ def tokens(text: str):
         elif c == "#":
             j = text.find("\n", i)
             i = n if j < 0 else j
-        elif c in "{};":
+        elif c in punct:
             yield c, line, False
             i += 1
-        elif c in "\"'":
+        elif c in quotes:
             start, j, out = line, i + 1, []
             while j < n and text[j] != c:
-                if text[j] == "\\" and j + 1 < n:
+                if text[j] == "\\" and j + 1 < n and (escape_any or text[j + 1] == c):
                     j += 1
                 line += text[j] == "\n"
                 out.append(text[j])
@@ -78,7 +81,7 @@ def tokens(text: str):
             i = j + 1
         else:
             j = i
-            while j < n and text[j] not in " \t\r\n;{}\"'":
+            while j < n and text[j] not in stops:
                 if text[j] == "$" and text[j + 1:j + 2] == "{":   # ${variable}
                     end = text.find("}", j)
                     j = n if end < 0 else end

@@ -6,7 +6,7 @@ checks, and why, is in docs/doctor.md. The Postgres rules are in dbrules.py.
 
 from __future__ import annotations
 
-from exporter.doctor import nginx
+from exporter.doctor import caddy, nginx
 from exporter.doctor.model import Evidence as E
 from exporter.doctor.model import Finding, View, rule, source_of
 from exporter.snapshot import AppSnapshot
@@ -99,10 +99,14 @@ def queue_limit_low(v: View):
 
 
 def _proxy_timeout(v: View, a: AppSnapshot) -> tuple[float, str]:
-    found = nginx.timeout_for(v.facts.nginx, [lst.address for lst in a.listeners])
-    if found is not None:
-        return found
-    return v.t.proxy_timeout, "--doctor.proxy-timeout (no nginx proxy_pass to this app was found)"
+    """The shortest proxy timeout in front of the app (0: a Caddy that waits for ever)."""
+    listeners = [lst.address for lst in a.listeners]
+    found = [f for f in (nginx.timeout_for(v.facts.nginx, listeners),
+                         caddy.timeout_for(v.facts.caddy, listeners)) if f is not None]
+    if found:
+        return min(found, key=lambda f: (f[0] or float("inf"), f[1]))
+    return v.t.proxy_timeout, ("--doctor.proxy-timeout (no nginx proxy_pass or Caddy "
+                               "reverse_proxy to this app was found)")
 
 
 @rule("timeout-vs-proxy", "W8")
@@ -111,10 +115,18 @@ def timeout_vs_proxy(v: View):
         if a.timeout is None:
             continue
         proxy, where = _proxy_timeout(v, a)
-        suggest = max(1, int(proxy) - 5)
+        suggest = max(1, int(proxy) - 5) if proxy else 30
         ev = {"timeout": E(a.timeout, source_of(a, "timeout")), "proxy_timeout": E(proxy, where),
               "worker_class": E(a.worker_class, source_of(a, "worker_class"))}
-        if a.timeout == 0:
+        if a.timeout == 0 and not proxy:
+            advice = ("--timeout 0 turns gunicorn's watchdog off, and the proxy in front (Caddy "
+                      "without response_header_timeout) waits for ever too: a worker stuck in a "
+                      "request is never killed and its client never answered; the worker is "
+                      "lost to the pool (W8, W5). Set gunicorn's --timeout (e.g. 30 s) and "
+                      "Caddy's response_header_timeout a little above it.")
+        elif not proxy:
+            continue                    # gunicorn gives up first: nothing outlives the proxy
+        elif a.timeout == 0:
             advice = ("--timeout 0 turns gunicorn's watchdog off: a worker stuck in a request (or, "
                       "for threaded and async classes, in a blocked main loop) is never killed, "
                       f"while the proxy gives up after {proxy:g} s and answers 504; the worker "

@@ -23,6 +23,13 @@ SOURCE_SETTINGS = ("workers", "worker_class", "threads", "worker_connections", "
                    "keepalive", "backlog", "bind")
 
 
+def _count(value) -> int | None:
+    """A counter of `show stats`: a non-negative integer below 2**53, else None."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**53:
+        return None
+    return value
+
+
 def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_time: float,
               db_ports, db_paths, max_peers: int = 10) -> AppSnapshot:
     """One running master's AppSnapshot: its settings (the control socket's proven answer
@@ -40,9 +47,8 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
     target = stats.get("workers_target")
     if isinstance(target, int) and not isinstance(target, bool):
         s.set("workers", target, "control_socket")
-    spawned = stats.get("workers_spawned")
-    if not isinstance(spawned, int) or isinstance(spawned, bool) or not 0 <= spawned < 2**53:
-        spawned = None
+    spawned, killed, reloads = (_count(stats.get(k)) for k in
+                                ("workers_spawned", "workers_killed", "reloads"))
 
     worker_class = s.worker_class
     threads = s.get("threads")
@@ -73,6 +79,8 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
         control_socket=bool(ctl),
         master_start_time=raw.start_time,
         workers_spawned=spawned,
+        workers_killed=killed,
+        reloads=reloads,
         user=user,
         uid=p.uid,
         errors=list(raw.errors),

@@ -47,6 +47,8 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
     master_start = _g("gunicorn_master_start_time_seconds", "Start time of the master process since the epoch.", ["app"])
     answer_age = _g("gunicorn_control_socket_answer_age_seconds", "Seconds since the control socket answer whose settings this scrape uses came: it is asked again when workers change and every 60 s, beside the scrape; a master that stops answering keeps its last answer, growing older.", ["app"])
     spawned = CounterMetricFamily("gunicorn_workers_spawned", "Workers the master has spawned since it started (control socket only).", labels=["app"])
+    killed = CounterMetricFamily("gunicorn_worker_kill_signals", "SIGTERM and SIGKILL signals the master has sent to its workers since it started (gunicorn's workers_killed): retiring workers after a reload or TTOU, shutting down, escalating a WORKER TIMEOUT; a worker slow to exit is signalled again each master loop, and workers killed by others (OOM killer, kill -9) are not in it (control socket only).", labels=["app"])
+    reloads = CounterMetricFamily("gunicorn_master_reloads", "Reloads (HUP) the master has done since it started: each replaces every worker (control socket only).", labels=["app"])
     source = _g("gunicorn_setting_source_info", "Where the exporter learned each setting: control_socket, cmdline, env, config_file, default, kernel (backlog of the listening sockets) or unknown (not knowable: its gauge is absent); always 1.", ["app", "setting", "source"])
     errors = _g("gunicorn_exporter_app_errors", "Parts of this app's data that could not be collected in this scrape (0 = complete; the exporter's log says what failed).", ["app"])
     orphans = _g("gunicorn_orphan_workers", "Worker processes of the app whose master is gone (killed with -9 while they were busy); they serve nothing new and exit after their current request.", ["app"])
@@ -83,8 +85,10 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
             _maybe(conn_limit, [a.app], a.worker_connections)
         _maybe(backlog, [a.app], a.backlog)
         _maybe(master_start, [a.app], a.master_start_time)
-        if a.workers_spawned is not None:
-            spawned.add_metric([a.app], a.workers_spawned)
+        for family, value in ((spawned, a.workers_spawned), (killed, a.workers_killed),
+                              (reloads, a.reloads)):
+            if value is not None:
+                family.add_metric([a.app], value)
         _maybe(answer_age, [a.app], a.control_answer_age)
         for setting, where in sorted(a.settings_source.items()):
             source.add_metric([a.app, setting, where], 1)
@@ -118,7 +122,7 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
         orphans.add_metric([app], n)
 
     yield from (up, info, workers, desired, timeout, keepalive, capacity, conn_limit, busy,
-                backlog, master_start, answer_age, spawned, source, errors, orphans, w_info, w_conn, w_beat,
+                backlog, master_start, answer_age, spawned, killed, reloads, source, errors, orphans, w_info, w_conn, w_beat,
                 w_rss, w_uss, w_pss, w_cpu, w_threads, w_fds, w_maxfds, w_start, w_db, l_len, l_max, l_drops)
     yield from _render_app_namespaces(snap)
     yield from render_dependencies(snap)
