@@ -327,15 +327,15 @@ def test_access_formats_on_literal_lines():
 
 def test_access_log_counts_and_bounds():
     log = AccessLog(parse_access_formats(["nginx", "gunicorn"]))
-    assert log.feed(NGINX_LINE, lambda: "shop", "/n") is True
-    assert log.feed(GUNICORN_LINE, lambda: "shop", "/g") is True
+    assert log.feed(NGINX_LINE, lambda: "shop", "/n") == ("shop", "502")
+    assert log.feed(GUNICORN_LINE, lambda: "shop", "/g") == ("shop", "404")
     assert log.feed('1.2.3.4 - - [x] "GET / HTTP/1.1" 2000 1 "-" "-"', lambda: "shop", "/g") is False
     assert log.feed("[2025-11-22 01:53:10 +0000] [123] [INFO] Booting worker", lambda: 1 / 0) is None
     pathological = '"' + " HTTP/" * 3000 + '"' * 3000
     assert log.feed(pathological, lambda: "shop", "/g") is False
     shop = log.table.apps["shop"]
     assert shop.statuses == {"502": 1.0, "404": 1.0} and shop.count == 1
-    assert log.files == {"/n": [1, 0], "/g": [1, 2]}
+    assert log.files == {"/n": [1, 0, 0], "/g": [1, 2, 0]}
 
 
 def test_access_lines_count_for_their_file_not_for_pids_a_client_writes():
