@@ -192,3 +192,15 @@ def test_route_regexes_are_bounded():
     # a pattern that backtracks exponentially in Python's re is linear in RE2
     name, regex = parse_route("x=(a|aa)*b")
     assert regex.search("a" * MAX_PATH) is None
+
+
+def test_a_file_of_mixed_formats_parses_every_line():
+    # the format of a file's last line is tried first; any other still fits after it
+    log = AccessLog(DEFAULT_COMPILED)
+    nginx = ('10.0.0.1 - - [01/May/2024:10:00:00 +0000] "GET / HTTP/1.1" 502 1 "-" "-" 0.1 0.1 "-"')
+    uvicorn = '127.0.0.1:5 - "GET / HTTP/1.1" 404'
+    gunicorn = gunicorn_line(PRESETS["gunicorn-timed"])
+    for line in (nginx, gunicorn, gunicorn, uvicorn, nginx, uvicorn):
+        assert log.feed(line, lambda: "shop", "/a")[1] in ("502", "500", "404"), line
+    assert log.files["/a"] == [6, 0, 0]
+    assert log.table.apps["shop"].statuses == {"502": 2.0, "500": 2.0, "404": 2.0}

@@ -65,6 +65,7 @@ class LogsCollector(Collector):
         self._started = False
         self._learned: dict[str, str] = {}   # file path -> app its gunicorn lines belong to
         self._rejected: dict[str, int] = {}  # file path -> lines whose pid was not believed
+        self._parents: dict[int, str | None] = {}   # pid -> app of its parent, this collection
         for f in self.files:
             self._zero(f.app or UNKNOWN_APP)
 
@@ -151,7 +152,13 @@ class LogsCollector(Collector):
 
     def _parent_app(self, pid: int) -> str | None:
         """The app of a process the gunicorn collector has not seen yet (a worker that is
-        booting): its parent's, if that is a known master (/proc/PID/stat)."""
+        booting): its parent's, if that is a known master (/proc/PID/stat, read once per
+        pid and collection: a flood of forged pids costs one small read each, bounded)."""
+        if pid in self._parents:
+            return self._parents[pid]
+        if len(self._parents) >= 4096:
+            return None
+        self._parents[pid] = None
         try:
             with open(os.path.join(self.procfs, str(pid), "stat"), "rb") as f:
                 data = f.read(4096)
@@ -159,7 +166,8 @@ class LogsCollector(Collector):
         except (OSError, ValueError, IndexError):
             return None
         hit = self.index.pid(ppid)
-        return hit[0] if hit and hit[1] == "master" else None
+        app = self._parents[pid] = hit[0] if hit and hit[1] == "master" else None
+        return app
 
     def _zero(self, app: str) -> None:
         """Every signature of an app exists from 0, so that rate() sees the first match."""
@@ -193,6 +201,7 @@ class LogsCollector(Collector):
         """Every app the gunicorn collector has seen gets its signature counters (at 0
         until a line comes), so that increase() sees the first one."""
         gun = snapshot.data("gunicorn", GunicornSnapshot)
+        self._parents.clear()
         if gun is None:
             return
         # a sync worker's request ends by its timeout: a longer duration is malformed

@@ -118,15 +118,25 @@ class AccessLog:
         self.queue = Queue()
         self.limits: dict[str, float] = {}        # app -> longest plausible duration
         self.files: dict[str, list[int]] = {}     # path -> [parsed, unparsed, malformed]
+        self._last: dict[str, AccessFormat] = {}  # path -> the format of its last line
 
-    def parse(self, line: str):
+    def parse(self, line: str, path: str = ""):
         """(format, match) | None (not an access log line) | False (looks like one, no
-        format fits)."""
+        format fits). The format that fit the file's last line is tried first: a file
+        holds one format, and a line that fails a format costs a scan."""
         if len(line) <= MAX_LINE:
-            for f in self.formats:
-                m = f.regex.match(line)
+            last = self._last.get(path)
+            if last is not None:
+                m = last.regex.match(line)
                 if m is not None:
-                    return f, m
+                    return last, m
+            for f in self.formats:
+                if f is not last:
+                    m = f.regex.match(line)
+                    if m is not None:
+                        if len(self._last) < 4096 or path in self._last:
+                            self._last[path] = f
+                        return f, m
         return False if looks_like_access(line) else None
 
     def feed(self, line: str, app_of, path: str | None = None,
@@ -134,7 +144,7 @@ class AccessLog:
         """Count one line; `app_of()` names its app (called only for a request not named
         by its upstream). Returns (app, status) for a request, False for a line that
         looks like one but fits no format, None for a line that is not one."""
-        hit = self.parse(line)
+        hit = self.parse(line, path or "")
         if hit is None:
             return None
         counts = self.files.get(path or "")

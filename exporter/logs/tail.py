@@ -50,7 +50,8 @@ _STRUCTURE = ino.IN_CREATE | ino.IN_MOVED_TO | ino.IN_MOVED_FROM | ino.IN_DELETE
 class FileTailer:
     def __init__(self, path: str, on_line: Callable[..., None], *, interval: float = 1.0,
                  max_line: int = 64 * 1024, max_read_per_poll: int = 8 * 1024 * 1024,
-                 from_end: bool = True, timed: bool = False, inotify: bool = True):
+                 from_end: bool = True, timed: bool = False, inotify: bool = True,
+                 recover: bool = True):
         self.path = path
         self.dir, self.base = os.path.split(path)
         self.on_line = on_line
@@ -60,6 +61,7 @@ class FileTailer:
         self.from_end = from_end
         self.timed = timed
         self.use_inotify = inotify
+        self.recover = recover       # read a copytruncate copy's unread rest
         # health counters (read by the collector)
         self.lines = 0
         self.truncated_lines = 0
@@ -270,7 +272,7 @@ class FileTailer:
     def _recover(self, out: list[str]) -> None:
         """copytruncate: read what the copy holds past our position (see the module doc)."""
         head, tail, pos = self._head, self._tail, self._pos
-        if len(head) < FINGERPRINT or len(tail) < min(FINGERPRINT, pos) or not pos:
+        if not self.recover or len(head) < FINGERPRINT or len(tail) < min(FINGERPRINT, pos) or not pos:
             return
         try:
             with os.scandir(self.dir or ".") as it:
