@@ -204,3 +204,26 @@ def test_a_file_of_mixed_formats_parses_every_line():
         assert log.feed(line, lambda: "shop", "/a")[1] in ("502", "500", "404"), line
     assert log.files["/a"] == [6, 0, 0]
     assert log.table.apps["shop"].statuses == {"502": 2.0, "500": 2.0, "404": 2.0}
+
+
+def test_route_label_beside_statsd_series_renders_a_valid_exposition():
+    from prometheus_client.exposition import generate_latest
+
+    from exporter.metrics import render_requests
+    from exporter.snapshot import AppRequests, RequestsSnapshot
+    from tests.exposition import parse_strict, value
+    routed = RequestsSnapshot("access_log", (0.1, 1.0), routes={
+        ("shop", "user"): AppRequests({"200": 2}, [2, 0, 0], 0.1, 2),
+        ("shop", "other"): AppRequests({"404": 1}, [0, 1, 0], 0.5, 1)})
+    statsd = RequestsSnapshot("statsd", (0.1, 1.0), {"shop": AppRequests({"200": 3}, [3, 0, 0], 0.1, 3)})
+
+    class Families:
+        def collect(self):
+            return iter(render_requests([statsd, routed]))
+    text = generate_latest(Families()).decode()
+    series = parse_strict(text)
+    assert value(series, "gunicorn_requests_total", app="shop", source="access_log", status="200",
+                 route="user") == 2
+    assert value(series, "gunicorn_request_duration_seconds_count", app="shop", source="access_log",
+                 route="other") == 1
+    assert 'gunicorn_requests_total{app="shop",route="",source="statsd",status="200"} 3.0' in text

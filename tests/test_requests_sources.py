@@ -118,3 +118,37 @@ def test_queue_time_of_five_simultaneous_requests_against_the_clients_clock(guni
         assert total == pytest.approx(sum(client_queue), abs=0.25), (total, client_queue)
         print(f"\nqueue seconds: exporter sum {total:.4f}, clients {sum(client_queue):.4f} "
               f"({', '.join(f'{q:.3f}' for q in client_queue)})")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_routes_on_django_style_paths_through_a_real_exporter(gunicorn_factory, tmp_path):
+    access = tmp_path / "access.log"
+    routes = tmp_path / "routes"
+    routes.write_text("# Django-style: ids in the path\n"
+                      "user_orders=^/users/\\d+/orders/(\\d+/)?$\n"
+                      "user=^/users/\\d+/$\n")
+    g = gunicorn_factory(workers=1, bind="tcp", name=unique_name("django"), extra_args=[
+        "--access-logfile", str(access), "--access-logformat",
+        '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" "%({x-request-start}i)s" %(D)s'])
+    with running_exporter(tmp_path, "--logs.file", f"{g.name}={access}", "--requests.route-file",
+                          str(routes), "--requests.route", "status=^/status$", *EXPORTER_ARGS) as base:
+        sent = {"user_orders": 0, "user": 0, "status": 0, "other": 0}
+        for i in range(4):
+            for path, route in ((f"/users/{i}/orders/", "user_orders"), (f"/users/{i}/orders/{i * 7}/", "user_orders"),
+                                (f"/users/{i}/", "user"), ("/status?code=503", "status"),
+                                (f"/users/{i}/orders/{i}/refund", "other")):
+                status, _ = g.get(path)
+                assert status in (404, 503), (path, status)
+                sent[route] += 1
+        want = {r: n for r, n in sent.items()}
+
+        def counted():
+            s = scrape(base)
+            got = {dict(k)["route"]: v for k, v in select(
+                s, "gunicorn_request_duration_seconds_count", app=g.name, source="access_log").items()}
+            return s if got == want else None
+        s = poll(counted, 20, message=f"routes not counted as {want}")
+        assert _requests(s, g.name, route="status") == {"503": 4}
+        assert _requests(s, g.name, route="user_orders") == {"404": 8}
+        assert _requests(s, g.name, route="other") == {"404": 4}
