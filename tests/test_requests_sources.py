@@ -152,3 +152,26 @@ def test_routes_on_django_style_paths_through_a_real_exporter(gunicorn_factory, 
         assert _requests(s, g.name, route="status") == {"503": 4}
         assert _requests(s, g.name, route="user_orders") == {"404": 8}
         assert _requests(s, g.name, route="other") == {"404": 4}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent"])
+def test_every_wsgi_class_counts_status_and_latency_from_gunicorns_access_log(
+        gunicorn_factory, tmp_path, worker_class):
+    access = tmp_path / "access.log"
+    g = gunicorn_factory(worker_class=worker_class, workers=1, bind="tcp",
+                         name=unique_name(f"cls-{worker_class}"), extra_args=[
+                             "--access-logfile", str(access), "--access-logformat",
+                             '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" '
+                             '"%({x-request-start}i)s" %(D)s'])
+    with running_exporter(tmp_path, "--logs.file", f"{g.name}={access}", *EXPORTER_ARGS) as base:
+        elapsed = []
+        for code in (200, 200, 500, 404):
+            t0 = time.monotonic()
+            assert g.get(f"/status?code={code}&seconds=0.1")[0] == code
+            elapsed.append(time.monotonic() - t0)
+        s = poll(lambda: (s := scrape(base)) and _requests(s, g.name) == {"200": 2, "500": 1, "404": 1}
+                 and s, 20, message=f"{worker_class}: requests not counted")
+        total = value(s, "gunicorn_request_duration_seconds_sum", app=g.name, source="access_log")
+        assert 0.4 <= total <= sum(elapsed), (total, elapsed)
