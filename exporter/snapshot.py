@@ -310,6 +310,7 @@ class LogsSnapshot:
     signatures: tuple[str, ...] = ()
     dropped: int = 0    # matches not counted because the series limit was reached
     requests: "RequestsSnapshot | None" = None   # access log lines (exporter/logs/access.py)
+    proxy_requests: "RequestsSnapshot | None" = None   # the same from a proxy's (nginx) log
     queue: "QueueSnapshot | None" = None         # X-Request-Start of access log lines
 
 

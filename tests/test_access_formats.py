@@ -203,7 +203,8 @@ def test_a_file_of_mixed_formats_parses_every_line():
     for line in (nginx, gunicorn, gunicorn, uvicorn, nginx, uvicorn):
         assert log.feed(line, lambda: "shop", "/a")[1] in ("502", "500", "404"), line
     assert log.files["/a"] == [6, 0, 0]
-    assert log.table.apps["shop"].statuses == {"502": 2.0, "500": 2.0, "404": 2.0}
+    assert log.table.apps["shop"].statuses == {"500": 2.0, "404": 2.0}
+    assert log.proxy.apps["shop"].statuses == {"502": 2.0}          # nginx's lines: proxy_log
 
 
 def test_route_label_beside_statsd_series_renders_a_valid_exposition():

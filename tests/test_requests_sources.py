@@ -30,9 +30,9 @@ from tests.harness.servers import running_exporter, running_nginx
 EXPORTER_ARGS = ("--no-collector.postgres", "--no-collector.statsd", "--logs.poll-interval", "1s")
 
 
-def _requests(series, app, **labels):
+def _requests(series, app, source="access_log", **labels):
     return {dict(k)["status"]: v for k, v in
-            select(series, "gunicorn_requests_total", app=app, source="access_log", **labels).items()}
+            select(series, "gunicorn_requests_total", app=app, source=source, **labels).items()}
 
 
 def _nginx_required():
@@ -68,16 +68,16 @@ def test_uvicorn_worker_requests_from_its_access_log_and_latency_from_nginx(guni
         assert value(s1, "gunicorn_log_access_unparsed_lines_total", file=str(access)) == 0
         # uvicorn's format has no duration: requests by status only
         assert value(s1, "gunicorn_request_duration_seconds_count", app=g.name, source="access_log") is None
-        s2 = poll(lambda: (s := scrape(proxied)) and _requests(s, g.name) == want and s, 20,
+        s2 = poll(lambda: (s := scrape(proxied)) and _requests(s, g.name, "proxy_log") == want and s, 20,
                   message="nginx's access log lines were not counted for the app")
-        assert _requests(s2, "unknown") == {}
-        count = value(s2, "gunicorn_request_duration_seconds_count", app=g.name, source="access_log")
-        total = value(s2, "gunicorn_request_duration_seconds_sum", app=g.name, source="access_log")
+        assert _requests(s2, "unknown", "proxy_log") == {} and _requests(s2, g.name) == {}
+        count = value(s2, "gunicorn_request_duration_seconds_count", app=g.name, source="proxy_log")
+        total = value(s2, "gunicorn_request_duration_seconds_sum", app=g.name, source="proxy_log")
         assert count == 17
         # nginx's $request_time lies between the app's sleeps and the clients' round trips
         assert 0.9 <= total <= sum(e for _, _, e in elapsed), total
         slow_le_025 = value(s2, "gunicorn_request_duration_seconds_bucket", app=g.name,
-                            source="access_log", le=floatToGoString(0.25))
+                            source="proxy_log", le=floatToGoString(0.25))
         assert slow_le_025 == 14
 
 

@@ -182,6 +182,7 @@ class LogsCollector(Collector):
         snap = LogsSnapshot(events=dict(self._events), dropped=self._dropped,
                             signatures=tuple(s.name for s in self.signatures),
                             requests=self.access.table.snapshot() if self.files else None,
+                            proxy_requests=self.access.proxy.snapshot() if self.files else None,
                             queue=self.access.queue.snapshot() if self.files else None)
         tailers = {t.path: t for t in self.tailers}
         for f in self.files:

@@ -114,7 +114,10 @@ class AccessLog:
         self.formats = formats
         self.routes = routes                      # exporter/logs/routes.Routes or None
         self.upstream_app = upstream_app or (lambda address: None)
+        # the app's own log (gunicorn, uvicorn) and a proxy's (nginx, which also holds the
+        # answers it made itself and the time in the queue): two sources, never summed
         self.table = RequestTable("access_log", routed=routes is not None)
+        self.proxy = RequestTable("proxy_log", routed=routes is not None)
         self.queue = Queue()
         self.limits: dict[str, float] = {}        # app -> longest plausible duration
         self.files: dict[str, list[int]] = {}     # path -> [parsed, unparsed, malformed]
@@ -177,9 +180,10 @@ class AccessLog:
         key = app
         if self.routes is not None:
             key = (app, self.routes.route(m.group("request")))
-        st = self.table.get(key)
+        table = self.proxy if f.dialect == "nginx" else self.table
+        st = table.get(key)
         if st is None:
-            self.table.dropped += 1
+            table.dropped += 1
             return app, status
         st.status(status_label(status))
         if seconds is not None:
