@@ -22,6 +22,7 @@ from exporter.collectors.gunicorn import GunicornOptions
 from exporter.collectors.postgres import PostgresOptions
 from exporter.postgres.dsn import dsn_endpoint, read_dsn_file, server_label
 from exporter.options import BY_KEY, OPTIONS
+from exporter.logs.routes import RouteError, parse_routes
 from exporter.parsing import ConfigError, parse_bool
 
 ENV_PREFIX = "GUNICORN_EXPORTER_"
@@ -86,6 +87,15 @@ class _Methods:
                 if h.startswith("/"):
                     paths.append(os.path.join(h, f".s.PGSQL.{port}"))
         return tuple(ports), tuple(dict.fromkeys(paths))
+
+    def request_routes(self):
+        """The routes of --requests.route and --requests.route-file, or None (ConfigError
+        when a file cannot be read, a line is bad, or there are too many names)."""
+        try:
+            return parse_routes(self.request_route_values, self.request_route_files,
+                                self.request_max_routes)
+        except RouteError as e:
+            raise ConfigError(f"requests.route: {e}") from None
 
     def gunicorn_options(self) -> GunicornOptions:
         ports, paths = self.database_endpoints()
@@ -196,6 +206,10 @@ def _build(args: argparse.Namespace, environ, errors: list[str]) -> Config:
                 _apply(cfg, key, value)
             except ConfigError as e:
                 errors.append(f"{where}: {e}")
+    try:
+        cfg.request_routes()
+    except ConfigError as e:
+        errors.append(str(e))
     if not cfg.db_ports:
         errors.append("gunicorn.db-port: at least one port is needed")
     if not cfg.sampler_interval:

@@ -18,7 +18,7 @@ from exporter.parsing import (DEFAULT_PORT, ConfigError, _log_level, _max_names,
                               parse_line_length, parse_listen_address,
                               parse_log_files, parse_max_masters, parse_max_peers,
                               parse_ports,
-                              parse_receive_buffer, parse_regex, parse_signatures,
+                              parse_receive_buffer, parse_regex, parse_routes, parse_signatures,
                               parse_optional_path, parse_statsd_prefixes, parse_users, _path,
                               _positive_duration, _positive_int, _ratio, _strings,
                               _telemetry_path)
@@ -157,6 +157,16 @@ OPTIONS: tuple[Option, ...] = (
       "an nginx log_format, or the presets gunicorn, combined, nginx (combined plus "
       "$request_time $upstream_response_time); repeatable", repeatable=True,
       comma_split=False, shown="nginx,gunicorn"),
+    O("requests.route", "request_route_values", parse_routes, (),
+      "NAME=REGEX: access log requests whose path matches REGEX (RE2 syntax, searched in the "
+      "path without its query string) count under route=NAME; the first match wins, the rest "
+      "is route=\"other\"; no route label without one (repeatable)", repeatable=True,
+      comma_split=False),
+    O("requests.route-file", "request_route_files", _strings, (),
+      "file of NAME=REGEX routes, one a line (# comments), read at start (repeatable)",
+      repeatable=True),
+    O("requests.max-routes", "request_max_routes", _positive_int, 50,
+      "route names allowed (each multiplies the access log request series)"),
     O("statsd.listen-address", "statsd_listen_address", _listen_address, "127.0.0.1:8125",
       "UDP address gunicorn's --statsd-host sends to"),
     O("statsd.prefix", "statsd_prefixes", parse_statsd_prefixes, {},

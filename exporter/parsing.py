@@ -12,6 +12,7 @@ import re
 from exporter.logs.caddy import SIGNATURES as _CADDY_SIGNATURES
 from exporter.logs.access import parse_access_formats as _access_formats
 from exporter.logs.files import LogFile, parse_log_file
+from exporter.logs.routes import parse_route as _parse_route
 from exporter.logs.signatures import Signature, SignatureError, merge, parse_user_signature
 from exporter.statsd.parse import parse_prefix_map
 
@@ -212,6 +213,17 @@ def parse_line_length(value) -> int:
     if not MIN_LINE <= n <= MAX_LINE:
         raise ConfigError(f"{value!r} must be between {MIN_LINE} bytes and 16MiB")
     return n
+
+
+def parse_routes(values) -> tuple[str, ...]:
+    """--requests.route NAME=REGEX values, each checked (exporter/logs/routes.py)."""
+    out = tuple(str(v) for v in _as_list(values))
+    try:
+        for v in out:
+            _parse_route(v)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return out
 
 
 def parse_access_formats(values):

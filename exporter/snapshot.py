@@ -300,6 +300,9 @@ class LogFileStats:
     errors: int
     access_lines: int = 0           # lines parsed as access log entries
     access_unparsed: int = 0        # lines that look like access log entries, no format fits
+    malformed: dict[str, int] = field(default_factory=dict)  # reason -> lines not counted
+    lines_lost: int = 0             # lines the file held that the exporter could not read
+    lines_recovered: int = 0        # read from a copytruncate copy
 
 
 @dataclass
@@ -309,6 +312,8 @@ class LogsSnapshot:
     signatures: tuple[str, ...] = ()
     dropped: int = 0    # matches not counted because the series limit was reached
     requests: "RequestsSnapshot | None" = None   # access log lines (exporter/logs/access.py)
+    proxy_requests: "RequestsSnapshot | None" = None   # the same from a proxy's (nginx) log
+    queue: "QueueSnapshot | None" = None         # X-Request-Start of access log lines
 
 
 # --- requests: gunicorn's statsd stream, access logs (exporter/statsd/, logs/access.py) ---
@@ -327,6 +332,17 @@ class RequestsSnapshot:
     source: str                     # 'statsd' or 'access_log'
     bounds: tuple[float, ...] = ()  # histogram upper bounds in seconds (+Inf implied)
     apps: dict[str, AppRequests] = field(default_factory=dict)
+    # with --requests.route: (app, route) -> requests (then `apps` is empty)
+    routes: dict[tuple[str, str], AppRequests] = field(default_factory=dict)
+
+
+@dataclass
+class QueueSnapshot:
+    """Time requests waited between the proxy and gunicorn (X-Request-Start), per app."""
+    bounds: tuple[float, ...] = ()  # histogram upper bounds in seconds (+Inf implied)
+    apps: dict[str, AppRequests] = field(default_factory=dict)   # histogram only
+    skew: dict[str, int] = field(default_factory=dict)           # app -> lines not observed
+    unmeasured: dict[str, int] = field(default_factory=dict)     # app -> lines read late
 
 
 @dataclass

@@ -406,6 +406,15 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " took longer than {{ $value | humanizeDuration }} over 5 minutes (p99,"
               " threshold @{p99_seconds} s, source {{ $labels.source }}): a slow dependency,"
               " or requests nearing the proxy's timeout."),
+        Alert("GunicornRequestQueueHigh", "W2 C1",
+              "app:gunicorn_request_queue_seconds:p90_rate5m > @{p90_seconds}\n"
+              "and app:gunicorn_request_queue:rate5m > @{min_rate}",
+              "Requests of {{ $labels.app }} wait before gunicorn starts them",
+              "One request in ten of {{ $labels.app }} on {{ $labels.instance }} waited more"
+              " than {{ $value | humanizeDuration }} between the proxy and gunicorn over 5"
+              " minutes (p90 of X-Request-Start to the request's start, threshold"
+              " @{p90_seconds} s): every worker is busy and requests queue (too few workers,"
+              " or slow requests holding them)."),
     ]),
     ("gunicorn.exporter", [
         Alert("GunicornExporterDown", "",

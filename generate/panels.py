@@ -39,6 +39,7 @@ THRESHOLDS: dict[str, tuple[str, str, str]] = {
     "error_ratio_critical": ("GunicornErrorRatioHigh", "error_ratio", "red"),
     # p99 request duration in seconds over 5 minutes (W6, W8)
     "latency_p99_warning": ("GunicornLatencyHigh", "p99_seconds", "orange"),
+    "queue_p90_warning": ("GunicornRequestQueueHigh", "p90_seconds", "orange"),
     # heartbeat age / --timeout, the oldest worker (W5)
     "heartbeat_warning": ("GunicornWorkerNearTimeout", "heartbeat_ratio", "orange"),
     # heartbeat age / --timeout, the mean of the busy sync workers (W6)

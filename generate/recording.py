@@ -95,13 +95,21 @@ RECORDING_RULES: list[tuple[str, str]] = [
      "gunicorn_worker_open_fds{@{selector}} / (gunicorn_worker_max_fds{@{selector}} > 0)"),
     # Requests from gunicorn's statsd stream or an access log (docs/requests.md), per app
     # and source (statsd, access_log: never summed, a proxy's log also holds its own 502s).
+    # With --requests.route the access log series also carry `route`: summed away here.
     ("app:gunicorn_requests:rate5m",
-     "sum without (status) (rate(gunicorn_requests_total{@{selector}}[5m]))"),
+     "sum without (status, route) (rate(gunicorn_requests_total{@{selector}}[5m]))"),
     ("app:gunicorn_requests_errors:ratio_rate5m",
-     "sum without (status) (rate(gunicorn_requests_total{@{selector}, status=~\"5..\"}[5m]))\n"
+     "sum without (status, route) (rate(gunicorn_requests_total{@{selector}, status=~\"5..\"}[5m]))\n"
      "  / (app:gunicorn_requests:rate5m > 0)"),
     ("app:gunicorn_request_duration_seconds:p95_rate5m",
-     "histogram_quantile(0.95, rate(gunicorn_request_duration_seconds_bucket{@{selector}}[5m]))"),
+     "histogram_quantile(0.95, sum without (route) "
+     "(rate(gunicorn_request_duration_seconds_bucket{@{selector}}[5m])))"),
     ("app:gunicorn_request_duration_seconds:p99_rate5m",
-     "histogram_quantile(0.99, rate(gunicorn_request_duration_seconds_bucket{@{selector}}[5m]))"),
+     "histogram_quantile(0.99, sum without (route) "
+     "(rate(gunicorn_request_duration_seconds_bucket{@{selector}}[5m])))"),
+    # Time requests waited between the proxy and gunicorn (X-Request-Start, docs/requests.md)
+    ("app:gunicorn_request_queue:rate5m",
+     "rate(gunicorn_request_queue_seconds_count{@{selector}}[5m])"),
+    ("app:gunicorn_request_queue_seconds:p90_rate5m",
+     "histogram_quantile(0.9, rate(gunicorn_request_queue_seconds_bucket{@{selector}}[5m]))"),
 ]

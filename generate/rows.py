@@ -138,13 +138,26 @@ def requests(t: dict[str, float]) -> list[Panel]:
                     f"60 s. It {NEEDS_REQUESTS}. W6, W8.",
                     latency, unit="s", threshold=alert_steps(t, "latency_p99_warning"),
                     no_value=f"No data: {NEEDS_REQUESTS}"), 12, 8),
+        (timeseries("Queue time p50 / p90 (proxy to gunicorn)",
+                    "Quantiles of gunicorn_request_queue_seconds per app: the time from a request's "
+                    "arrival at the proxy (its X-Request-Start header) to gunicorn's start of it, the "
+                    "wait gunicorn's own duration leaves out. Dashed: the p90 alert threshold "
+                    f"({pct(t, 'queue_p90_warning')} s over 5 minutes). Needs the proxy to set "
+                    "X-Request-Start and gunicorn's access log to log it (docs/requests.md#queue-time). "
+                    "W2, C1.",
+                    [(f"histogram_quantile({q}, sum by (job, instance, app, le) (rate("
+                      f"gunicorn_request_queue_seconds_bucket{{{S}}}[$__rate_interval])))",
+                      "{{app}} @ {{instance}} " + name) for q, name in ((0.5, "p50"), (0.9, "p90"))],
+                    unit="s", threshold=alert_steps(t, "queue_p90_warning"),
+                    no_value="No data: no access log with X-Request-Start (docs/requests.md#queue-time)"),
+         12, 8),
         (timeseries("gunicorn log messages by level",
                     "Messages gunicorn logged at critical, error, warning or exception level "
                     "(gunicorn_log_messages_total, from its statsd gunicorn.log.* counters): "
                     f"exceptions rise with 500s. It {NEEDS_REQUESTS}.",
                     [(increase("gunicorn_log_messages_total", S, "instance, app, level"),
                       "{{app}} @ {{instance}} {{level}}")],
-                    bars=True, decimals=0, no_value=f"No data: {NEEDS_REQUESTS}"), 12, 8),
+                    bars=True, decimals=0, no_value=f"No data: {NEEDS_REQUESTS}"), 24, 8),
         (timeseries("statsd receiver",
                     "Datagrams the exporter's statsd socket receives per second, lines it could not "
                     "parse, lines it could attribute to no app (by reason: unknown_sender = no "

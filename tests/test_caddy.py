@@ -159,11 +159,12 @@ def test_collector_attributes_caddy_lines_by_the_listener_they_name():
     assert ev[("edge", "slow_uri")] == 1                       # user signatures see the line
     assert ev[("shop", "worker_timeout")] == ev[("edge", "worker_timeout")] == 0
     assert ev[("shop", "caddy_upstream_eagain")] == 0          # every app has every signature
-    req = snap.requests.apps
+    req = snap.proxy_requests.apps          # a proxy's record, as nginx's lines
+    assert snap.requests.apps == {}
     assert req["shop"].statuses == {"200": 1} and req["edge"].statuses == {"200": 1, "504": 1}
     assert req["edge"].duration_count == 2
     assert abs(req["edge"].duration_sum - (1.002022757 + 0.001532858)) < 1e-9
-    assert c.access.files == {path: [3, 1]}   # three access entries, one malformed
+    assert c.access.files == {path: [3, 1, 0]}   # three access entries, one malformed
 
 
 def test_caddy_signature_names_are_reserved():
@@ -251,8 +252,8 @@ def test_real_caddy_requests_and_proxy_errors_per_app(gunicorn_factory, tmp_path
         logged = [e for e in _caddy_lines(site.access_log) if e["logger"].startswith("http.log.access")]
         assert Counter(str(st) for st, _ in client[key]) == Counter(str(e["status"]) for e in logged) \
             == _requests(s, names[key]), key
-        total = value(s, "gunicorn_request_duration_seconds_sum", app=names[key], source="access_log")
-        count = value(s, "gunicorn_request_duration_seconds_count", app=names[key], source="access_log")
+        total = value(s, "gunicorn_request_duration_seconds_sum", app=names[key], source="proxy_log")
+        count = value(s, "gunicorn_request_duration_seconds_count", app=names[key], source="proxy_log")
         assert count == len(logged) and total == pytest.approx(sum(e["duration"] for e in logged), abs=1e-6)
         assert total <= sum(t for _, t in client[key])   # the client waited at least that long
         assert events(s, names[key], "http_response") == len(logged)
@@ -289,7 +290,7 @@ def _refused(path: str) -> bool:
 
 def _requests(s, app: str) -> Counter:
     return Counter({dict(lbl)["status"]: int(v) for lbl, v in
-                    select(s, "gunicorn_requests_total", app=app, source="access_log").items()})
+                    select(s, "gunicorn_requests_total", app=app, source="proxy_log").items()})
 
 
 # --- the doctor reads a Caddyfile ---------------------------------------------------

@@ -73,6 +73,12 @@ def test_collector_flags_and_env():
     (["--scrape.timeout", "soon"], "is not a duration"),
     (["--no-such-flag"], "unrecognized arguments"),
     (["--config.file", "/nonexistent/x.toml"], "cannot read config file"),
+    (["--requests.route", r"user=(a)\1"], "RE2 accepts"),
+    (["--requests.route", "other=^/x"], "not 'other'"),
+    (["--requests.route", "a=^/a", "--requests.route", "b=^/b", "--requests.max-routes", "1"],
+     "at most --requests.max-routes (1)"),
+    (["--requests.route-file", "/nonexistent/routes"], "route file /nonexistent/routes"),
+    (["--logs.access-format", '"%(a)s" %(s)s "%(f)s"'], "could shift"),
 ])
 def test_bad_flags_exit_2_with_one_message(args, message):
     r = run_cli(*args)

@@ -23,7 +23,7 @@ from exporter.postgres.model import attribute, budgets, build_server_snapshot
 from exporter.linux.cgroup import PodIdentity
 from exporter.gunicorn.dependencies import Dependency
 from exporter.snapshot import PostgresSnapshot
-from exporter.snapshot import AppRequests, RequestsSnapshot, StatsdSnapshot
+from exporter.snapshot import AppRequests, QueueSnapshot, RequestsSnapshot, StatsdSnapshot
 from exporter.snapshot import (AdviceSnapshot, AppOom, AppSnapshot, CollectorResult, GunicornSnapshot,
                                HostSnapshot, ListenerSnapshot, LogFileStats, LogsSnapshot,
                                OomSnapshot, SamplerListener, SamplerSnapshot, Snapshot,
@@ -105,6 +105,8 @@ def full_snapshot() -> Snapshot:
     logs.requests = RequestsSnapshot("access_log", (0.1, 1.0), {"shop": AppRequests(
         {"404": 1}, [1, 0, 0], 0.05, 1)})
     logs.files[0].access_lines = 1
+    logs.queue = QueueSnapshot((0.1, 1.0), {"shop": AppRequests({}, [0, 1, 0], 0.3, 1)},
+                               skew={"shop": 1}, unmeasured={"shop": 0})
     return Snapshot(results={
         "postgres": CollectorResult("postgres", True, 0.01, data=pgsnap),
         "gunicorn": CollectorResult("gunicorn", True, 0.02, data=gunicorn),

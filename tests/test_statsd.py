@@ -327,15 +327,17 @@ def test_access_formats_on_literal_lines():
 
 def test_access_log_counts_and_bounds():
     log = AccessLog(parse_access_formats(["nginx", "gunicorn"]))
-    assert log.feed(NGINX_LINE, lambda: "shop", "/n") is True
-    assert log.feed(GUNICORN_LINE, lambda: "shop", "/g") is True
+    assert log.feed(NGINX_LINE, lambda: "shop", "/n") == ("shop", "502")
+    assert log.feed(GUNICORN_LINE, lambda: "shop", "/g") == ("shop", "404")
     assert log.feed('1.2.3.4 - - [x] "GET / HTTP/1.1" 2000 1 "-" "-"', lambda: "shop", "/g") is False
     assert log.feed("[2025-11-22 01:53:10 +0000] [123] [INFO] Booting worker", lambda: 1 / 0) is None
     pathological = '"' + " HTTP/" * 3000 + '"' * 3000
     assert log.feed(pathological, lambda: "shop", "/g") is False
-    shop = log.table.apps["shop"]
-    assert shop.statuses == {"502": 1.0, "404": 1.0} and shop.count == 1
-    assert log.files == {"/n": [1, 0], "/g": [1, 2]}
+    shop = log.table.apps["shop"]                  # gunicorn's own log
+    assert shop.statuses == {"404": 1.0} and shop.count == 0
+    proxied = log.proxy.apps["shop"]               # nginx's: another source, never summed
+    assert proxied.statuses == {"502": 1.0} and proxied.count == 1
+    assert log.files == {"/n": [1, 0, 0], "/g": [1, 2, 0]}
 
 
 def test_access_lines_count_for_their_file_not_for_pids_a_client_writes():
@@ -366,13 +368,13 @@ def test_request_families_render_as_a_valid_exposition():
 
     class Families:
         def collect(self):
-            return iter(render_requests([t.apps.snapshot(), log.table.snapshot()]))
+            return iter(render_requests([t.apps.snapshot(), log.proxy.snapshot()]))
     series = parse_strict(generate_latest(Families()).decode())
     assert value(series, "gunicorn_requests_total", app="shop", source="statsd", status="200") == 1
-    assert value(series, "gunicorn_requests_total", app="shop", source="access_log", status="502") == 1
+    assert value(series, "gunicorn_requests_total", app="shop", source="proxy_log", status="502") == 1
     assert value(series, "gunicorn_request_duration_seconds_bucket", app="shop", source="statsd", le="0.05") == 1
-    assert value(series, "gunicorn_request_duration_seconds_bucket", app="shop", source="access_log", le="0.5") == 0
-    assert value(series, "gunicorn_request_duration_seconds_count", app="shop", source="access_log") == 1
+    assert value(series, "gunicorn_request_duration_seconds_bucket", app="shop", source="proxy_log", le="0.5") == 0
+    assert value(series, "gunicorn_request_duration_seconds_count", app="shop", source="proxy_log") == 1
 
 
 def test_resolver_proves_verifies_and_notices_a_reused_port():

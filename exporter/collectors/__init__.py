@@ -73,7 +73,8 @@ REGISTRY: dict[str, Spec] = {
         True, "error signatures counted in the log files named by --logs.file",
         lambda cfg, sh: LogsCollector(cfg.log_files, cfg.log_signatures,
                                       interval=cfg.log_poll_interval, max_line=cfg.log_max_line,
-                                      index=sh.index, access_formats=cfg.log_access_formats)),
+                                      index=sh.index, access_formats=cfg.log_access_formats,
+                                      routes=cfg.request_routes(), procfs=cfg.procfs)),
     "statsd": Spec(
         True, "gunicorn's own statsd stream (--statsd-host) on --statsd.listen-address: requests, "
         "latency, status and log messages per app, senders attributed by the kernel",

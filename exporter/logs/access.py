@@ -1,124 +1,39 @@
-"""Access log lines as requests: status and duration, per app, from the files the logs
-collector follows (`--logs.file`), in the formats of `--logs.access-format`.
-
-A format is gunicorn's `access_log_format` (`%(x)s` atoms) or an nginx `log_format`
-(`$variable` atoms), or a preset name:
-
-* `gunicorn`: gunicorn's default, `%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"`
-  (no duration: requests by status only);
-* `combined`: nginx's `combined`;
-* `nginx`: `combined` plus ` $request_time $upstream_response_time`.
+"""Access log lines as requests: status, duration, the time each request waited before
+gunicorn started it, and its route, per app, from the files the logs collector follows
+(`--logs.file`), in the formats of `--logs.access-format` (exporter/logs/formats.py).
 
 Used fields: the status (`%(s)s`, `$status`) and one duration, the most precise the
 format has: gunicorn `%(D)s` (microseconds), `%(L)s` (seconds, decimal), `%(M)s`
 (milliseconds), `%(T)s` (whole seconds); nginx `$request_time`, else
-`$upstream_response_time` (the sum of its comma / colon separated list). A `-` duration
-counts the request without one.
+`$upstream_response_time` (the sum of its list). A `-` duration counts the request
+without one. A duration above the app's limit (`limits`: its timeout plus a margin for a
+sync app, else MAX_DURATION) is counted as malformed and not observed.
 
-Each format becomes one anchored regular expression whose every atom is a possessive
-character class that cannot cross the literal text after it (`[^"]*+` before a quote),
-so matching is linear in the line and never backtracks; two atoms with no text between
-them are refused. Lines longer than MAX_LINE are not parsed (counted as unparsed when
-they look like access log lines). A line is tried against the formats in the order
-given, after a substring test on each format's longest literal text.
+* `$upstream_addr` (nginx) names the app: the gunicorn listener the kernel showed at that
+  address (exporter/collectors/attribution.py); else the file's app.
+* `%({x-request-start}i)s` (gunicorn): the proxy's arrival time (New Relic's `t=<sec>`,
+  `t=<msec>`, `t=<usec>`); queue = (end - duration) - arrival, where the end is when the
+  exporter read the line (`read_at`, from inotify: docs/requests.md states the bound).
+  Negative or over MAX_QUEUE: counted as clock skew, not observed.
+* routes (exporter/logs/routes.py): the request's path, cut to routes.MAX_PATH, names a
+  route; the request then counts under (app, route).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from typing import Callable
 
+from exporter.logs.formats import (DEFAULT_FORMATS, MAX_FORMATS, MAX_LINE, AccessFormat,
+                                   compile_format)
+from exporter.logs.signatures import error_line
 from exporter.statsd.parse import status_label
-from exporter.statsd.stats import RequestTable
+from exporter.statsd.stats import BOUNDS, RequestTable, Stats
+from exporter.snapshot import QueueSnapshot
 
-MAX_LINE = 16 * 1024
-MAX_FORMATS = 16
-MAX_FORMAT_LEN = 1024
-
-GUNICORN_DEFAULT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
-NGINX_COMBINED = ('$remote_addr - $remote_user [$time_local] "$request" $status '
-                  '$body_bytes_sent "$http_referer" "$http_user_agent"')
-PRESETS = {"gunicorn": GUNICORN_DEFAULT, "combined": NGINX_COMBINED,
-           "nginx": NGINX_COMBINED + " $request_time $upstream_response_time"}
-DEFAULT_FORMATS = ("nginx", "gunicorn")
-
-_GUNICORN_ATOM = re.compile(r"%\(([A-Za-z]|\{[^}]{1,64}\}[ioe])\)s")
-_NGINX_ATOM = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-# duration atoms by preference: name -> seconds per unit
-_GUNICORN_DURATIONS = {"D": 1e-6, "L": 1.0, "M": 1e-3, "T": 1.0}
-_NGINX_DURATIONS = {"request_time": 1.0, "upstream_response_time": 1.0}
-_NUMBER = r"\d{1,12}(?:\.\d{1,9})?"
-_LIST = rf"(?:{_NUMBER}(?:(?:, | : ){_NUMBER}){{0,15}}|-)"
-
-
-@dataclass(frozen=True)
-class AccessFormat:
-    text: str
-    regex: re.Pattern
-    needle: str             # the longest literal text: a line without it cannot match
-    scale: float | None     # seconds per unit of the duration field; None: no duration
-
-    def parse(self, line: str) -> tuple[str, float | None] | None:
-        """(status code, seconds or None) of a line in this format, or None."""
-        if self.needle not in line:
-            return None
-        m = self.regex.fullmatch(line)
-        if m is None:
-            return None
-        seconds = None
-        if self.scale is not None:
-            raw = m.group("dur")
-            if raw != "-":
-                seconds = sum(float(x) for x in re.split(r", | : ", raw)) * self.scale
-        return m.group("status"), seconds
-
-
-def compile_format(text: str) -> AccessFormat:
-    """An AccessFormat from a preset name or a format string; ValueError when it has no
-    status field, two fields without text between them, or is too long."""
-    spec = PRESETS.get(text.strip(), text)
-    if not spec or len(spec) > MAX_FORMAT_LEN:
-        raise ValueError(f"{text[:80]!r}: empty or longer than {MAX_FORMAT_LEN} characters")
-    nginx = "%(" not in spec
-    atom_re, durations = (_NGINX_ATOM, _NGINX_DURATIONS) if nginx else \
-        (_GUNICORN_ATOM, _GUNICORN_DURATIONS)
-    pieces: list[tuple[str, str]] = []        # ('lit', text) | ('atom', name)
-    pos = 0
-    for m in atom_re.finditer(spec):
-        if m.start() > pos:
-            pieces.append(("lit", spec[pos:m.start()]))
-        pieces.append(("atom", m.group(1) or (m.group(2) if nginx else m.group(1))))
-        pos = m.end()
-    if pos < len(spec):
-        pieces.append(("lit", spec[pos:]))
-    names = [p[1] for p in pieces if p[0] == "atom"]
-    status = "status" if nginx else "s"
-    if names.count(status) != 1:
-        raise ValueError(f"{text[:80]!r}: needs exactly one status field "
-                         f"({'$status' if nginx else '%(s)s'})")
-    dur = next((d for d in durations if d in names), None)
-    out, needle = [], ""
-    for i, (kind, value) in enumerate(pieces):
-        if kind == "lit":
-            out.append(re.escape(value))
-            needle = value if len(value) > len(needle) else needle
-            continue
-        nxt = pieces[i + 1] if i + 1 < len(pieces) else None
-        if nxt is not None and nxt[0] == "atom":
-            raise ValueError(f"{text[:80]!r}: two fields with nothing between them")
-        if value == status:
-            out.append(r"(?P<status>\d{3})")
-        elif value == dur:
-            out.append(rf"(?P<dur>{_LIST if value == 'upstream_response_time' else _NUMBER + '|-'})")
-        elif value == "t" and not nginx:
-            out.append(r"\[[^\]\n]*+\]")           # gunicorn's [time] has a space inside
-        elif nxt is None:
-            out.append(r"[^\n]*+")
-        else:
-            out.append(f"[^{re.escape(nxt[1][0])}\\n]*+")
-    scale = durations[dur] if dur else None
-    return AccessFormat(spec, re.compile("".join(out)), needle, scale)
-
+MAX_DURATION = 3600.0        # seconds: longer is malformed whatever the app
+TIMEOUT_MARGIN = 30.0        # a sync worker's request ends by its timeout (plus this)
+MAX_QUEUE = 3600.0           # seconds: a longer wait is a clock, not a queue
+_JAN_2000 = 946684800.0
 
 # the formats used when --logs.access-format is not given, compiled once
 DEFAULT_COMPILED = tuple(compile_format(f) for f in DEFAULT_FORMATS)
@@ -132,47 +47,162 @@ def parse_access_formats(values) -> tuple[AccessFormat, ...]:
 
 
 def looks_like_access(line: str) -> bool:
-    """A line that holds an HTTP request line in quotes (`"GET / HTTP/1.1"`)."""
-    return '"' in line and " HTTP/" in line
+    """A line that holds an HTTP request line in quotes (`"GET / HTTP/1.1"`) and is not a
+    gunicorn or nginx error log line (nginx's name the request too)."""
+    return '"' in line and " HTTP/" in line and not error_line(line)
+
+
+def request_start(raw: str, now: float) -> float | None:
+    """The proxy's arrival time in seconds since the epoch from an X-Request-Start value:
+    `t=<seconds with a fraction>`, `t=<milliseconds>`, `t=<microseconds>` or the number
+    alone (New Relic's agents: the largest unit that gives a time after 2000)."""
+    raw = raw.strip()
+    if raw.startswith("t="):
+        raw = raw[2:]
+    if not raw or len(raw) > 24 or not raw.replace(".", "", 1).isdigit():
+        return None
+    value = float(raw)
+    for divisor in (1e6, 1e3, 1.0):
+        t = value / divisor
+        if t > _JAN_2000:
+            return t if t < now + 10 * 365 * 86400 else None
+    return None
+
+
+def upstream_address(raw: str) -> str:
+    """The upstream that answered: the last of nginx's `a, b : c` list."""
+    for sep in (" : ", ", "):
+        raw = raw.rpartition(sep)[2]
+    return raw.strip()
+
+
+class Queue:
+    """Queue time per app: a histogram, and the lines whose arrival time made no sense
+    (skew) or whose end time was not seen promptly (unmeasured)."""
+
+    def __init__(self, max_apps: int = 256):
+        self.max_apps = max_apps
+        self.apps: dict[str, Stats] = {}
+        self.skew: dict[str, int] = {}
+        self.unmeasured: dict[str, int] = {}
+
+    def add(self, app: str, raw: str, seconds: float | None, read_at: float | None) -> None:
+        if app not in self.apps and len(self.apps) >= self.max_apps:
+            return
+        st = self.apps.setdefault(app, Stats())
+        if seconds is None or read_at is None:
+            self.unmeasured[app] = self.unmeasured.get(app, 0) + 1
+            return
+        arrival = request_start(raw, read_at)
+        queue = -1.0 if arrival is None else read_at - seconds - arrival
+        if queue < 0 or queue > MAX_QUEUE:
+            self.skew[app] = self.skew.get(app, 0) + 1
+        else:
+            st.observe(queue)
+
+    def snapshot(self) -> QueueSnapshot:
+        return QueueSnapshot(bounds=BOUNDS,
+                             apps={a: s.snapshot() for a, s in sorted(self.apps.items())},
+                             skew=dict(self.skew), unmeasured=dict(self.unmeasured))
 
 
 class AccessLog:
     """Requests counted from access log lines, per app (source `access_log`)."""
 
-    def __init__(self, formats: tuple[AccessFormat, ...]):
+    def __init__(self, formats: tuple[AccessFormat, ...], routes=None,
+                 upstream_app: Callable[[str], str | None] | None = None):
         self.formats = formats
-        self.table = RequestTable("access_log")
-        self.files: dict[str, list[int]] = {}       # path -> [parsed, unparsed]
+        self.routes = routes                      # exporter/logs/routes.Routes or None
+        self.upstream_app = upstream_app or (lambda address: None)
+        # the app's own log (gunicorn, uvicorn) and a proxy's (nginx, which also holds the
+        # answers it made itself and the time in the queue): two sources, never summed
+        self.table = RequestTable("access_log", routed=routes is not None)
+        self.proxy = RequestTable("proxy_log", routed=routes is not None)
+        self.queue = Queue()
+        self.limits: dict[str, float] = {}        # app -> longest plausible duration
+        self.files: dict[str, list[int]] = {}     # path -> [parsed, unparsed, malformed]
+        self._last: dict[str, AccessFormat] = {}  # path -> the format of its last line
 
-    def parse(self, line: str) -> tuple[str, float | None] | None | bool:
-        """(status, seconds) | None (not an access log line) | False (looks like one,
-        no format fits)."""
+    def parse(self, line: str, path: str = ""):
+        """(format, match) | None (not an access log line) | False (looks like one, no
+        format fits). The format that fit the file's last line is tried first: a file
+        holds one format, and a line that fails a format costs a scan."""
         if len(line) <= MAX_LINE:
+            last = self._last.get(path)
+            if last is not None:
+                m = last.regex.match(line)
+                if m is not None:
+                    return last, m
             for f in self.formats:
-                hit = f.parse(line)
-                if hit is not None:
-                    return hit
+                if f is not last:
+                    m = f.regex.match(line)
+                    if m is not None:
+                        if len(self._last) < 4096 or path in self._last:
+                            self._last[path] = f
+                        return f, m
         return False if looks_like_access(line) else None
 
-    def feed(self, line: str, app_of, path: str | None = None) -> bool | None:
-        """Count one line; `app_of()` names its app (called only for a request).
-        True: counted; False: unparsed; None: not an access log line."""
-        hit = self.parse(line)
+    def feed(self, line: str, app_of, path: str | None = None,
+             read_at: float | None = None) -> str | None:
+        """Count one line; `app_of()` names its app (called only for a request not named
+        by its upstream). Returns (app, status) for a request, False for a line that
+        looks like one but fits no format, None for a line that is not one."""
+        hit = self.parse(line, path or "")
         if hit is None:
             return None
-        counts = self.files.setdefault(path or "", [0, 0]) if len(self.files) < 4096 \
-            else [0, 0]
+        counts = self.counts(path)
         if hit is False:
             counts[1] += 1
             return False
         counts[0] += 1
-        st = self.table.get(app_of())
+        f, m = hit
+        app = None
+        if f.has_upstream:
+            up = m.group("upstream")
+            if up and up != "-":
+                app = self.upstream_app(upstream_address(up))
+        if app is None:
+            app = app_of()
+        status = m.group("status")
+        seconds = None
+        if f.scale is not None:
+            raw = m.group("dur")
+            if raw != "-":
+                seconds = (float(raw) if f.dialect != "nginx" else
+                           sum(map(float, raw.replace(" : ", ", ").split(", ")))) * f.scale
+        seconds = self.record(self.proxy if f.dialect == "nginx" else self.table, app,
+                              status, seconds, m.group("request"), counts)
+        if seconds is not False and f.has_start:
+            raw = m.group("start")
+            if raw and raw != "-":
+                self.queue.add(app, raw, seconds, read_at)
+        return app, status
+
+    def counts(self, path: str | None) -> list[int]:
+        """The file's [parsed, unparsed, malformed] line counts (at most 4096 files)."""
+        counts = self.files.get(path or "")
+        if counts is None:
+            counts = [0, 0, 0]
+            if len(self.files) < 4096:
+                self.files[path or ""] = counts
+        return counts
+
+    def record(self, table: RequestTable, app: str, status, seconds: float | None,
+               request: str | None, counts: list[int]) -> float | None | bool:
+        """One request of `app` into `table` (an access log's or a proxy's): its status,
+        its route when routes are set, and its duration unless longer than the app's
+        longest plausible one (then the line counts as malformed and no duration is
+        observed). Returns the duration observed, False when the table is full."""
+        if seconds is not None and seconds > self.limits.get(app, MAX_DURATION):
+            counts[2] += 1
+            seconds = None
+        key = app if self.routes is None else (app, self.routes.route(request))
+        st = table.get(key)
         if st is None:
-            self.table.dropped += 1
-            return True
-        status, seconds = hit
+            table.dropped += 1
+            return False
         st.status(status_label(status))
         if seconds is not None:
             st.observe(seconds)
         st.lines += 1
-        return True
+        return seconds

@@ -39,14 +39,12 @@ import re
 from dataclasses import dataclass
 
 from exporter.logs.signatures import Signature
-from exporter.statsd.parse import status_label
 
 MAX_LINE = 32 * 1024
 MAX_DEPTH = 8
 MAX_SECONDS = 7 * 86400.0
 MAX_MSG = 1024
 MAX_ADDRESS = 256
-MAX_FILES = 4096
 
 _NEVER = re.compile(r"(?!)")       # decoded, never matched as text
 
@@ -80,6 +78,7 @@ class Entry:
     seconds: float | None = None   # access: Caddy's duration
     address: str | None = None     # the gunicorn listener named, as the app index has it
     signatures: tuple[str, ...] = ()
+    uri: str | None = None         # access: the request's target (routes)
 
 
 def _refuse(name: str):
@@ -169,8 +168,11 @@ def _access(obj: dict, status: int | None) -> Entry | bool:
             not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
         return False
     names = ("http_response",) + ((f"http_{status}",) if status in (502, 504) else ())
+    request = obj.get("request")
+    uri = request.get("uri") if isinstance(request, dict) else None
     return Entry("access", status, None if seconds is None else float(seconds),
-                 upstream_address(obj.get("upstream")), names)
+                 upstream_address(obj.get("upstream")), names,
+                 uri if isinstance(uri, str) else None)
 
 
 def _error(msg: str, status: int | None) -> Entry | None:
@@ -186,8 +188,9 @@ def _error(msg: str, status: int | None) -> Entry | None:
 
 
 class CaddyLog:
-    """Counts Caddy lines: access entries into an AccessLog's request table and its
-    per-file counts, and returns every entry's (app, signature) events."""
+    """Counts Caddy lines: access entries into an AccessLog's proxy request table (routes
+    and duration bounds as for nginx's lines) and its per-file counts, and returns every
+    entry's (app, signature) events."""
 
     def __init__(self, access):
         self.access = access          # exporter.logs.access.AccessLog
@@ -198,20 +201,14 @@ class CaddyLog:
         entry = parse(line)
         if entry is None:
             return None
-        files = self.access.files
-        counts = files.setdefault(path or "", [0, 0]) if len(files) < MAX_FILES else [0, 0]
+        counts = self.access.counts(path)
         if entry is False:
             counts[1] += 1
             return []
         app = app_of(entry.address)
         if entry.kind == "access":
             counts[0] += 1
-            st = self.access.table.get(app)
-            if st is None:
-                self.access.table.dropped += 1
-            else:
-                st.status(status_label(entry.status))
-                if entry.seconds is not None:
-                    st.observe(entry.seconds)
-                st.lines += 1
+            # a proxy's record of the request, as nginx's: source proxy_log
+            self.access.record(self.access.proxy, app, entry.status, entry.seconds,
+                               entry.uri, counts)
         return [(app, name) for name in entry.signatures]

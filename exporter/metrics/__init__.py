@@ -100,8 +100,9 @@ def _writable(sample) -> bool:
 def _requests_guarded(snapshot: Snapshot) -> Iterator[Metric]:
     """The request families, from every collector that counts requests (statsd, access
     logs): one family each, a `source` label per collector."""
-    parts = [r.data.requests for r in snapshot.results.values()
-             if r.success and isinstance(getattr(r.data, "requests", None), RequestsSnapshot)]
+    parts = [part for r in snapshot.results.values() if r.success
+             for part in (getattr(r.data, "requests", None), getattr(r.data, "proxy_requests", None))
+             if isinstance(part, RequestsSnapshot)]
     if not parts:
         return
     try:

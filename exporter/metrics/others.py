@@ -11,7 +11,8 @@ from prometheus_client.utils import floatToGoString
 
 from exporter.metrics.family import _g, _maybe
 from exporter.snapshot import (AdviceSnapshot, HostSnapshot, LogsSnapshot, OomSnapshot,
-                               PostgresSnapshot, RequestsSnapshot, StatsdSnapshot)
+                               PostgresSnapshot, QueueSnapshot, RequestsSnapshot,
+                               StatsdSnapshot)
 
 
 def render_host(snap: HostSnapshot) -> Iterator[Metric]:
@@ -97,7 +98,14 @@ def render_logs(snap: LogsSnapshot) -> Iterator[Metric]:
     err = CounterMetricFamily("gunicorn_log_read_errors", "Polls of the log file that failed (permission denied, not a regular file...).", labels=["file"])
     access = CounterMetricFamily("gunicorn_log_access_lines", "Lines of the log file parsed as access log entries (--logs.access-format): counted in gunicorn_requests_total{source=\"access_log\"}.", labels=["file"])
     unparsed = CounterMetricFamily("gunicorn_log_access_unparsed_lines", "Lines of the log file that look like access log entries (a quoted HTTP request line) but fit no --logs.access-format, skipped.", labels=["file"])
+    malformed = CounterMetricFamily("gunicorn_log_malformed_lines", "Lines of the log file not believed, by reason: duration (an access log duration longer than the app's timeout plus 30 s for a sync app, or an hour: the request is counted, its duration is not), pid (a gunicorn line whose writer belongs to another app than the file's, or whose message is about a worker of another app than its writer's: not counted).", labels=["file", "reason"])
+    lost = CounterMetricFamily("gunicorn_log_lines_lost", "Lines the exporter knows the file held and did not read (a copytruncate copy's rest past 64 MiB).", labels=["file"])
+    recovered = CounterMetricFamily("gunicorn_log_lines_recovered", "Lines read from a copytruncate copy: written before the copy, not yet read when the file was truncated.", labels=["file"])
     for f in snap.files:
+        for reason in ("duration", "pid"):
+            malformed.add_metric([f.path, reason], f.malformed.get(reason, 0))
+        lost.add_metric([f.path], f.lines_lost)
+        recovered.add_metric([f.path], f.lines_recovered)
         access.add_metric([f.path], f.access_lines)
         unparsed.add_metric([f.path], f.access_unparsed)
         lines.add_metric([f.path], f.lines)
@@ -105,7 +113,26 @@ def render_logs(snap: LogsSnapshot) -> Iterator[Metric]:
         rot.add_metric([f.path], f.rotations)
         up.add_metric([f.path], 1 if f.open else 0)
         err.add_metric([f.path], f.errors)
-    yield from (lines, cut, rot, up, err, access, unparsed)
+    yield from (lines, cut, rot, up, err, access, unparsed, malformed, lost, recovered)
+    if snap.queue is not None:
+        yield from render_queue(snap.queue)
+
+
+def render_queue(q: QueueSnapshot) -> Iterator[Metric]:
+    hist = HistogramMetricFamily("gunicorn_request_queue_seconds", "Time a request waited between its arrival at the proxy (X-Request-Start, logged by gunicorn's access log) and gunicorn's start of it (the line's end, seen through inotify, minus its duration), in seconds.", labels=["app"])
+    skew = CounterMetricFamily("gunicorn_request_queue_clock_skew", "Access log lines whose X-Request-Start gave a negative queue time, one over an hour, or no time at all: not observed (the proxy's and the host's clocks differ, or a client sent the header).", labels=["app"])
+    unmeasured = CounterMetricFamily("gunicorn_request_queue_unmeasured", "Access log lines with an X-Request-Start whose queue time was not measured: no duration in the line, or the line was not read as it was written (no inotify, or read by the fallback poll).", labels=["app"])
+    les = [floatToGoString(b) for b in q.bounds] + ["+Inf"]
+    for app, a in sorted(q.apps.items()):
+        if len(a.buckets) == len(les):
+            cumulative, acc = [], 0.0
+            for le, n in zip(les, a.buckets):
+                acc += n
+                cumulative.append((le, acc))
+            hist.add_metric([app], cumulative, a.duration_sum)
+        skew.add_metric([app], q.skew.get(app, 0))
+        unmeasured.add_metric([app], q.unmeasured.get(app, 0))
+    yield from (hist, skew, unmeasured)
 
 
 def render_postgres(snap: PostgresSnapshot) -> Iterator[Metric]:
@@ -191,14 +218,20 @@ def render_statsd(snap: StatsdSnapshot) -> Iterator[Metric]:
 
 
 def render_requests(parts: list[RequestsSnapshot]) -> Iterator[Metric]:
-    total = CounterMetricFamily("gunicorn_requests", "Requests answered by the app, by status code (codes outside the HTTP registry are 'other') and source: statsd (gunicorn's --statsd-host stream) or access_log (--logs.file lines).", labels=["app", "source", "status"])
-    hist = HistogramMetricFamily("gunicorn_request_duration_seconds", "Time gunicorn took to answer a request (statsd: gunicorn.request.duration), or the duration field of an access log line, in seconds.", labels=["app", "source"])
+    # a route label only when routes are configured (--requests.route); statsd's series
+    # then carry route="" (an empty label is no label to Prometheus)
+    routed = any(p.routes for p in parts)
+    extra = ["route"] if routed else []
+    total = CounterMetricFamily("gunicorn_requests", "Requests answered by the app, by status code (codes outside the HTTP registry are 'other') and source: statsd (gunicorn's --statsd-host stream) or access_log (--logs.file lines); route with --requests.route.", labels=["app", "source", "status"] + extra)
+    hist = HistogramMetricFamily("gunicorn_request_duration_seconds", "Time gunicorn took to answer a request (statsd: gunicorn.request.duration), or the duration field of an access log line, in seconds.", labels=["app", "source"] + extra)
     logs = CounterMetricFamily("gunicorn_log_messages", "Messages gunicorn logged at level critical, error, warning, or exception (its statsd gunicorn.log.* counters).", labels=["app", "source", "level"])
     for part in parts:
         les = [floatToGoString(b) for b in part.bounds] + ["+Inf"]
-        for app, a in sorted(part.apps.items()):
+        items = [((app, ""), a) for app, a in sorted(part.apps.items())] + sorted(part.routes.items())
+        for (app, route), a in items:
+            r = [route] if routed else []
             for status, n in sorted(a.statuses.items()):
-                total.add_metric([app, part.source, status], n)
+                total.add_metric([app, part.source, status] + r, n)
             for level, n in sorted(a.log_levels.items()):
                 logs.add_metric([app, part.source, level], n)
             if a.duration_count and len(a.buckets) == len(les):
@@ -206,7 +239,7 @@ def render_requests(parts: list[RequestsSnapshot]) -> Iterator[Metric]:
                 for le, n in zip(les, a.buckets):
                     acc += n
                     cumulative.append((le, acc))
-                hist.add_metric([app, part.source], cumulative, a.duration_sum)
+                hist.add_metric([app, part.source] + r, cumulative, a.duration_sum)
     yield from (total, hist, logs)
 
 

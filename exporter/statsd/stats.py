@@ -66,13 +66,14 @@ class RequestTable:
     """app -> Stats, at most `max_apps` apps; what does not fit is counted in `dropped`
     (lines)."""
 
-    def __init__(self, source: str, max_apps: int = MAX_APPS):
+    def __init__(self, source: str, max_apps: int = MAX_APPS, routed: bool = False):
         self.source = source
         self.max_apps = max_apps
+        self.routed = routed            # keys are (app, route) (exporter/logs/routes.py)
         self.apps: dict[str, Stats] = {}
         self.dropped = 0
 
-    def get(self, app: str) -> Stats | None:
+    def get(self, app) -> Stats | None:
         st = self.apps.get(app)
         if st is None and len(self.apps) < self.max_apps:
             st = self.apps[app] = Stats()
@@ -92,5 +93,7 @@ class RequestTable:
             del self.apps[name]
 
     def snapshot(self) -> RequestsSnapshot:
-        return RequestsSnapshot(source=self.source, bounds=BOUNDS,
-                                apps={a: s.snapshot() for a, s in sorted(self.apps.items())})
+        items = {a: s.snapshot() for a, s in sorted(self.apps.items())}
+        if self.routed:
+            return RequestsSnapshot(source=self.source, bounds=BOUNDS, routes=items)
+        return RequestsSnapshot(source=self.source, bounds=BOUNDS, apps=items)

@@ -139,3 +139,52 @@ def silent_peer():
         yield s.port
     finally:
         s.close()
+
+
+# nginx's log_format of the `nginx-upstream` preset (exporter/logs/formats.py), and the
+# header the docs tell users to set (docs/requests.md)
+NGINX_UPSTREAM_FORMAT = ("'$remote_addr - $remote_user [$time_local] \"$request\" $status "
+                         "$body_bytes_sent \"$http_referer\" \"$http_user_agent\" "
+                         "$request_time $upstream_response_time \"$upstream_addr\"'")
+
+
+@contextlib.contextmanager
+def running_nginx(base: Path, upstream: str, *, location: str = "", http: str = ""):
+    """nginx (as root, one worker) on 127.0.0.1:<free port> proxying to ``upstream``
+    ('unix:/path' or 'host:port'), its access log in the `nginx-upstream` format at
+    ``base/nginx-access.log``, its error log at ``base/nginx-error.log``. Yields
+    (port, access log path, error log path); stopped by PID at exit."""
+    import shutil
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if nginx is None:
+        raise FileNotFoundError("nginx is not installed (apt-get install -y nginx-light)")
+    base = Path(base)
+    ndir = base / "nginx"
+    ndir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    access, error = base / "nginx-access.log", base / "nginx-error.log"
+    (ndir / "nginx.conf").write_text(
+        f"user root;\nworker_processes 1;\npid {ndir}/nginx.pid;\n"
+        f"error_log {error} error;\n"
+        "events { worker_connections 256; }\n"
+        "http {\n"
+        f"  log_format upstream {NGINX_UPSTREAM_FORMAT};\n"
+        f"  access_log {access} upstream;\n"
+        f"  client_body_temp_path {ndir}/body; proxy_temp_path {ndir}/proxy;\n"
+        f"  fastcgi_temp_path {ndir}/fcgi; uwsgi_temp_path {ndir}/uwsgi; scgi_temp_path {ndir}/scgi;\n"
+        f"  upstream app {{ server {upstream}; }}\n"
+        f"  {http}\n"
+        f"  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; {location} }} }}\n"
+        "}\n")
+    with running_server([nginx, "-p", str(ndir), "-c", str(ndir / "nginx.conf"), "-g", "daemon off;"],
+                        base / "nginx.out", lambda: _listening(port), "nginx"):
+        yield port, access, error
+
+
+def _listening(port: int) -> bool:
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
