@@ -142,7 +142,14 @@ class StacksCollector(Collector):
         now = time.monotonic()
         for death in self.schedule.observe(readings, now):
             self._postmortem(death, now)
-        for w in self.schedule.due(now):
+        self._start_due()
+
+    def _start_due(self) -> None:
+        """Start the captures that are due (after a round, and as each capture ends:
+        when many workers get stuck at once, they are captured back to back while the
+        CPU budget lasts, not max-concurrent per round)."""
+        loop = asyncio.get_running_loop()
+        for w in self.schedule.due(time.monotonic()):
             task = loop.create_task(self._capture(w))
             self._captures.add(task)
             task.add_done_callback(self._captures.discard)
@@ -171,6 +178,8 @@ class StacksCollector(Collector):
             rec = store.record(c)
             self.store.add(rec)
             log.info("%s", store.line(rec))
+        if self._task is not None and not self._task.done():
+            self._start_due()
         return c
 
     def _postmortem(self, death: Death, now: float) -> None:

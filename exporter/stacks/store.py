@@ -28,7 +28,7 @@ def record(c: Capture, kind: str = "capture", **extra) -> dict:
         "timeout_seconds": c.timeout, "trigger": c.trigger,
         "dependency": None if c.dependency is None else
         {"peer": c.dependency[0], "wait_seconds": round(c.dependency[1], 1)},
-        "outcome": c.outcome, "frame": c.frame,
+        "outcome": c.outcome, "frame": c.frame, "capture_seconds": round(c.seconds, 3),
     }
     out.update(extra)
     if c.error:
