@@ -250,4 +250,34 @@ def test_debug_stacks_is_not_there_without_the_collector(tmp_path):
         assert e.value.code == 404
 
 
+def test_a_capture_is_bounded_in_time_and_output_and_measured():
+    """reader.run: a program that ignores SIGTERM is killed at the deadline (its whole
+    session), one that floods its output at the cap; the CPU it used is its rusage."""
+    import subprocess
+    import sys
+
+    from exporter.stacks import reader
+    t = time.monotonic()
+    r = reader.run(["sh", "-c", "trap '' TERM; sleep 30 & sleep 30; wait"], 0.5)
+    assert r.timed_out and r.returncode is None and 0.5 <= time.monotonic() - t < 1.5
+    r = reader.run(["sh", "-c", "yes"], 10, max_output=100_000)
+    assert r.oversized and len(r.stdout) <= 100_000 and r.seconds < 5
+    r = reader.run([sys.executable, "-c",
+                    "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"],
+                   10)
+    assert r.returncode == 0 and 0.25 <= r.cpu_seconds < 2, r
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        spy = reader.find_py_spy()
+        assert spy is not None
+        got = reader.capture(spy, sleeper.pid, None, 5.0)
+        assert got.outcome == "not_python" and "python" in got.error.lower(), got
+        start = reader.start_ticks(sleeper.pid)
+        assert reader.capture(spy, sleeper.pid, start + 1, 5.0).outcome == "gone"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert reader.capture(spy, sleeper.pid, None, 5.0).outcome == "gone"
+
+
 from tests.test_web import client_context, get, pki, tls_exporter  # noqa: E402,F401

@@ -80,18 +80,14 @@ class Run:
     oversized: bool = False
 
 
-def run(argv: list[str], timeout: float, max_output: int = MAX_OUTPUT,
-        started=None) -> Run:
+def run(argv: list[str], timeout: float, max_output: int = MAX_OUTPUT) -> Run:
     """Run argv with its output read until EOF and its exit, within `timeout` seconds
-    and `max_output` bytes (then SIGKILL). `started(popen)` is told the process (so that
-    it can be killed at shutdown)."""
+    and `max_output` bytes (then SIGKILL of its session)."""
     t0 = time.monotonic()
     deadline = t0 + timeout
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=ENV, close_fds=True,
                          start_new_session=True)
-    if started is not None:
-        started(p)
     out, err = bytearray(), bytearray()
     timed_out = oversized = False
     try:
@@ -171,7 +167,7 @@ def _kill(p: subprocess.Popen) -> None:
 
 
 def capture(binary: str, pid: int, start: int | None, timeout: float,
-            proc: str = "/proc", started=None, max_output: int = MAX_OUTPUT) -> Result:
+            proc: str = "/proc", max_output: int = MAX_OUTPUT) -> Result:
     """The worker's stack, or why not. `start`: its start time in ticks (None: take the
     one /proc says now)."""
     before = start_ticks(pid, proc)
@@ -179,7 +175,7 @@ def capture(binary: str, pid: int, start: int | None, timeout: float,
         return Result("gone", error="the worker was gone before the capture")
     try:
         r = run([binary, "dump", "--nonblocking", "--json", "--pid", str(pid)], timeout,
-                max_output, started)
+                max_output)
     except OSError as e:
         return Result("failed", error=f"cannot run {binary}: {e.strerror or e}")
     if start_ticks(pid, proc) != before:
