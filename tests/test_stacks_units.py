@@ -282,6 +282,16 @@ def test_a_captured_worker_gone_at_its_timeout_was_killed_there():
     assert s.workers == {}
 
 
+def test_a_dead_worker_in_a_collection_learnt_after_its_death_is_not_followed_again():
+    s = Schedule()
+    s.learn([worker(1, timeout=3.0, age=2.5)], 0.0)
+    alive(s, {1: 2.5}, 1.0)
+    [d] = s.observe({(1, 1001.0): Reading(False)}, 2.0)
+    assert d.at_timeout
+    s.learn([worker(1, timeout=3.0, age=2.9)], 2.1)      # the scrape from before its death
+    assert s.workers == {} and s.observe({}, 3.0) == []
+
+
 def test_a_worker_missing_from_a_scrape_but_alive_is_forgotten_quietly():
     s = Schedule()
     s.learn([worker(1, timeout=3.0, age=2.9)], 0.0)

@@ -107,6 +107,7 @@ class Schedule:
     max_cpu: float = 0.01
     workers: dict[tuple[int, float], Worker] = field(default_factory=dict)
     tokens: float | None = None     # CPU seconds that may be spent now
+    _dead: dict[tuple[int, float], float] = field(default_factory=dict)  # key -> when, oldest first
     _refilled: float | None = None
 
     # --- what the scrapes found ----------------------------------------------------
@@ -120,6 +121,8 @@ class Schedule:
         for key, w in seen[:MAX_WORKERS]:
             keys.add(key)
             old = self.workers.get(key)
+            if old is None and key in self._dead:
+                continue            # a collection from before its death, learnt after it
             if old is None:
                 w.read_at = now
                 if len(self.workers) < MAX_WORKERS:
@@ -152,6 +155,9 @@ class Schedule:
                     deaths.append(Death(w, age, w.timeout is not None and w.age is not None
                                         and age >= w.timeout))
                     del self.workers[key]
+                    self._dead[key] = now
+                    if len(self._dead) > MAX_WORKERS:
+                        self._dead.pop(next(iter(self._dead)))
                 continue
             if w.missing and not w.running:
                 del self.workers[key]
