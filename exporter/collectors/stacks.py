@@ -19,8 +19,8 @@ How it runs, off the scrape's path:
 How it learns of a kill at the timeout: from its own readings only. A worker it has
 captured in this stuck episode whose process and heartbeat file are gone, with a
 heartbeat age (last reading plus the time since) at or over its --timeout, was killed
-by the master at its timeout (the master kills a worker whose heartbeat is older than
---timeout, nothing else does that to a worker whose heartbeat is that old): one
+by the master at its timeout (that is when the master kills it; another end at that
+very moment, an OOM kill, a shutdown, would be read the same way): one
 `stack_postmortem` line with its last stack. The logs collector counts the master's
 `WORKER TIMEOUT` lines independently (`gunicorn_log_events_total{signature=
 "worker_timeout"}`), when the error log is followed; nothing here depends on it.
