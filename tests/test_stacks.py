@@ -192,9 +192,15 @@ def test_a_gthread_worker_waiting_on_a_dependency_is_captured_by_its_wait(tmp_pa
                 gc, stacks = GunicornCollector(), StacksCollector(tick=3600)
                 await stacks.start()
                 try:
-                    snap = await gc.collect()
-                    [app] = [a for a in snap.apps if a.app == name]
-                    assert app.worker_class == "gthread" and len(app.workers) == 2
+                    deadline = time.monotonic() + 20
+                    while True:     # as a later scrape would: the settings, both workers
+                        snap = await gc.collect()
+                        [app] = [a for a in snap.apps if a.app == name]
+                        if app.worker_class == "gthread" and len(app.workers) == 2 \
+                                or time.monotonic() > deadline:
+                            break
+                        await asyncio.sleep(0.2)
+                    assert app.worker_class == "gthread" and len(app.workers) == 2, app
                     for w in app.workers:      # both beat: the heartbeat does not trigger
                         assert w.heartbeat_age is not None and w.heartbeat_age < 5
                         if w.pid == pid:

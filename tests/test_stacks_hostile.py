@@ -114,20 +114,21 @@ def test_a_hostile_stuck_worker_costs_its_own_capture_only(exporter, kind):
         for _ in range(5):
             took.append(timed_scrape(exporter)[1])
         print(f"{kind}: outcomes {sorted(outcomes)}, capture {rec['capture_seconds']} s, "
-              f"scrapes max {max(took):.3f} s")
-        assert max(took) < 1.0, took
+              f"scrapes median {statistics.median(took):.3f} s, max {max(took):.3f} s")
+        # no scrape waited for a capture (the host is shared: no tighter bound on one)
+        assert max(took) < TIMEOUT and statistics.median(took) < 0.5, took
 
 
 def test_a_reader_that_never_answers_is_killed_at_the_capture_timeout(tmp_path):
     """py-spy itself is bounded: here it is replaced by a program that ignores SIGTERM
-    and never exits. Each capture ends at --stacks.capture-timeout, the program is
-    killed, and the scrapes meanwhile are as fast as ever."""
+    and never exits. Each capture ends at --stacks.capture-timeout (5 s), the program
+    is killed, and no scrape meanwhile waits for it (each takes far less than 5 s)."""
     hang = tmp_path / "py-spy"
     pids = tmp_path / "pids"
     hang.write_text(f"#!/bin/sh\necho $$ >> {pids}\ntrap '' TERM\nexec sleep 1000\n")
     hang.chmod(0o755)
     with throwaway_user() as user, running_exporter(
-            tmp_path, *ARGS[:-1], "1s", "--stacks.py-spy", str(hang)) as base:
+            tmp_path, *ARGS[:-1], "5s", "--stacks.py-spy", str(hang)) as base:
         log = tmp_path / f"exporter-{base.rsplit(':', 1)[1]}.log"
         name = f"fake-silent-{secrets.token_hex(2)}"
         fake_gunicorn(user, ["--timeout", "30", name], mode="workers",
@@ -140,12 +141,13 @@ def test_a_reader_that_never_answers_is_killed_at_the_capture_timeout(tmp_path):
             took.append(time.monotonic() - t)
             return (value(series, "gunicorn_stack_captures_total", app=name,
                           outcome="timeout") or 0) >= 2
-        poll(timed_out, 30, interval=0.1, message="the captures did not time out")
+        poll(timed_out, 40, interval=0.1, message="the captures did not time out")
         recs = poll(lambda: [r for r in records(log, name) if r["outcome"] == "timeout"], 5)
         for rec in recs:
-            assert 1.0 <= rec["capture_seconds"] < 1.5, rec
-        print(f"scrapes while the reader hung: max {max(took):.3f} s of {len(took)}")
-        assert max(took) < 0.5, took
+            assert 5.0 <= rec["capture_seconds"] < 6.0, rec
+        print(f"scrapes while the reader hung: median {statistics.median(took):.3f} s, "
+              f"max {max(took):.3f} s of {len(took)}")
+        assert max(took) < 2.5 and statistics.median(took) < 0.5, took
         for pid in map(int, pids.read_text().split()):      # every run was killed
             poll(lambda: not pid_alive(pid), 5, message=f"reader {pid} still runs")
 
@@ -204,5 +206,5 @@ def test_two_hundred_stuck_workers_are_captured_within_the_budget(tmp_path, real
         assert readers <= 0.01 * (20 + elapsed) + 2 * 0.05, readers
         assert late <= 0.01 * (time.monotonic() - t5) + 2 * 0.05, late
         assert counted < 200          # not every stuck worker, though all are stuck
-        assert med["stacks"] <= med["none"] * 1.5 + 0.02, med
-        assert max(times["stacks"]) < 1.0
+        assert med["stacks"] <= med["none"] * 1.5 + 0.05, med
+        assert max(times["stacks"]) < 2.5    # a shared host: no tighter bound on one scrape

@@ -17,7 +17,7 @@ FAKE_MODE:
             sleep (a cheap stuck worker), garbage (its interpreter state overwritten with
             random bytes, Python 3.11), deep (a stack 5,000 frames deep), names (frames
             named by 100,000-character strings), exit (exits the moment a py-spy process
-            names its pid; 300 threads make py-spy take about 80 ms to read it), stopped
+            names its pid; 300 threads make py-spy take tens of ms to read it), stopped
             (SIGSTOPs itself: it never runs, never answers anything), argv (re-executes
             itself as `.../gunicorn` with arguments of 200 kB of control characters,
             invalid UTF-8 and bidirectional overrides; FAKE_MODE=idle: it only waits).
@@ -96,9 +96,24 @@ def map_long_paths() -> list:
     return maps
 
 
+BEAT: list = []     # a fake worker's heartbeat fd
+
+
+def stale() -> None:
+    """Make this worker look stuck: its last beat long ago. Called once it is ready, so
+    that a reader sees the worker as it is meant to be, not half-started."""
+    fd = BEAT[0] if BEAT else int(os.environ.get("FAKE_BEAT_FD", "-1"))
+    if fd >= 0:
+        os.utime(fd, (1.0, 1.0))     # a monotonic beat long ago (gunicorn >= 22 style)
+
+
 def down(n: int) -> None:
-    """A stack n frames deep, then wait."""
-    return signal.pause() if n == 0 else down(n - 1)
+    """A stack n frames deep, then look stuck and wait."""
+    if n == 0:
+        stale()
+        while True:
+            signal.pause()
+    return down(n - 1)
 
 
 def run_worker(kind: str) -> None:
@@ -108,6 +123,7 @@ def run_worker(kind: str) -> None:
         runtime = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, "_PyRuntime"))
         interp = ctypes.c_void_p.from_address(runtime + 40).value   # interpreters.head
         ctypes.memmove(interp + 8, os.urandom(24), 24)
+        stale()
     elif kind in ("deep", "garbage"):
         sys.setrecursionlimit(10_000)
         down(5000)
@@ -117,7 +133,8 @@ def run_worker(kind: str) -> None:
         down(50)
     elif kind == "exit":
         for _ in range(300):        # py-spy takes about 80 ms to read 300 threads
-            threading.Thread(target=down, args=(10,), daemon=True).start()
+            threading.Thread(target=lambda: threading.Event().wait(), daemon=True).start()
+        stale()
         me = b"\0%d\0" % os.getpid()
         first_seen: dict = {}
         while True:        # poll: py-spy's command line names the pid it reads
@@ -137,11 +154,13 @@ def run_worker(kind: str) -> None:
                 first_seen.clear()
             threading.Event().wait(0.002)
     elif kind == "stopped":
+        stale()
         os.kill(os.getpid(), signal.SIGSTOP)
     elif kind == "argv":
         junk = "".join(chr(c) for c in range(1, 32)) * 3000 + "\udcff\udcfe"
         os.execve(sys.executable, [sys.executable, sys.argv[0], junk, "\u202e" * 1000, junk],
-                  dict(os.environ, FAKE_MODE="idle"))
+                  dict(os.environ, FAKE_MODE="idle", FAKE_BEAT_FD=str(BEAT[0])))
+    stale()
     while True:
         signal.pause()
 
@@ -152,7 +171,8 @@ def fork_workers(n: int, kind: str) -> None:
     for _ in range(n):
         fd, path = tempfile.mkstemp(prefix="wgunicorn-", dir=DIR)
         os.unlink(path)
-        os.utime(fd, (1.0, 1.0))      # a monotonic beat long ago (gunicorn >= 22 style)
+        now = time.monotonic()
+        os.utime(fd, (now, now))      # a beat now; the worker makes it stale once ready
         beats.append(fd)
     for fd in beats:
         if os.fork() == 0:
@@ -164,6 +184,7 @@ def fork_workers(n: int, kind: str) -> None:
                 if other != fd:
                     os.close(other)
             os.set_inheritable(fd, True)
+            BEAT.append(fd)
             for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)     # as a gunicorn worker does
             try:
@@ -174,6 +195,7 @@ def fork_workers(n: int, kind: str) -> None:
 
 def main() -> None:
     if MODE == "idle":          # a worker re-executed (argv): no arbiter signal handlers
+        stale()
         while True:
             signal.pause()
     for sig in (signal.SIGHUP, signal.SIGUSR2):
