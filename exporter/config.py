@@ -20,6 +20,7 @@ from exporter import __version__
 from exporter.collectors import REGISTRY
 from exporter.collectors.gunicorn import GunicornOptions
 from exporter.collectors.postgres import PostgresOptions
+from exporter.collectors.stacks import StacksOptions
 from exporter.postgres.dsn import dsn_endpoint, read_dsn_file, server_label
 from exporter.options import BY_KEY, OPTIONS
 from exporter.logs.routes import RouteError, parse_routes
@@ -96,6 +97,13 @@ class _Methods:
                                 self.request_max_routes)
         except RouteError as e:
             raise ConfigError(f"requests.route: {e}") from None
+
+    def stacks_options(self) -> StacksOptions:
+        return StacksOptions(
+            timeout_share=self.stacks_timeout_share, min_wait=self.stacks_min_wait,
+            interval=self.stacks_interval, max_concurrent=self.stacks_max_concurrent,
+            max_cpu=self.stacks_max_cpu, capture_timeout=self.stacks_capture_timeout,
+            py_spy=self.stacks_py_spy)
 
     def gunicorn_options(self) -> GunicornOptions:
         ports, paths = self.database_endpoints()
@@ -216,6 +224,10 @@ def _build(args: argparse.Namespace, environ, errors: list[str]) -> Config:
         cfg.collectors["sampler"] = False        # --sampler.interval 0 turns it off
     elif cfg.sampler_interval < 0.01:
         errors.append("sampler.interval: at least 10ms (or 0 to turn the sampler off)")
+    if not 0 < cfg.stacks_timeout_share <= 1:
+        errors.append("stacks.timeout-share: a share of --timeout above 0, at most 1")
+    if not cfg.stacks_max_cpu > 0:
+        errors.append("stacks.max-cpu: a share of a core above 0 (e.g. 0.01)")
     return cfg
 
 

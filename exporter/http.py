@@ -1,4 +1,4 @@
-"""The HTTP side: /metrics, a landing page at /, and /-/healthy, served by aiohttp's
+"""The HTTP side: /metrics, a landing page at /, /-/healthy and /debug/stacks, served by aiohttp's
 low-level server (`aiohttp.web.Server`: it parses HTTP/1.1 as RFC 9112 asks), behind
 the connection limits of `exporter/guard.py`, with TLS, basic auth, headers and the rate
 limit of `--web.config.file` (`exporter/webconfig.py`, `exporter/webauth.py`).
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 SCRAPE_TIMEOUT_OFFSET = 0.5
 WEB_CONFIG_POLL = 5.0          # seconds between checks for a changed web config or certificate
 GZIP_MIN = 1024
+DEBUG_STACKS = "/debug/stacks"     # the stacks collector's last captures (--collector.stacks)
 # RFC 9112 3.2 / RFC 3986 3.2.2: Host = uri-host [ ":" port ], possibly empty
 HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
 
@@ -164,6 +165,8 @@ class Exporter:
             return text(200, "OK\n")
         elif path == "/":
             response = self.landing()
+        elif path == DEBUG_STACKS:
+            response = self.debug_stacks(request)
         else:
             return text(404, "Not Found\n")
         if len(response.body) >= GZIP_MIN and \
@@ -189,6 +192,25 @@ class Exporter:
         encoder, content_type = choose(headers.get("Accept", ""))
         return web.Response(body=encoder(families), headers={"Content-Type": content_type})
 
+    def _stacks(self):
+        return next((c for c in self.scraper.collectors if c.name == "stacks"), None)
+
+    def debug_stacks(self, request: web.BaseRequest) -> web.Response:
+        """The last stack captures per app (exporter/stacks/store.py, bounded): JSON, or
+        text for a browser (`Accept: text/html` or text/plain, or `?format=text|json`)."""
+        stacks = self._stacks()
+        if stacks is None:
+            return text(404, "the stacks collector is off (--collector.stacks)\n")
+        fmt = request.query.get("format", "")
+        if fmt not in ("json", "text"):
+            accept = request.headers.get("Accept", "").lower()
+            fmt = "text" if ("text/html" in accept or "text/plain" in accept) \
+                and "application/json" not in accept else "json"
+        content_type = "text/plain; charset=utf-8" if fmt == "text" else "application/json"
+        return web.Response(body=stacks.debug_stacks(fmt), headers={
+            "Content-Type": content_type, "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff"})
+
     def web_counts(self) -> tuple[int, dict[str, int]]:
         """(open connections, refusals by reason) for gunicorn_exporter_web_*."""
         refused = dict(self.refused)
@@ -198,11 +220,13 @@ class Exporter:
 
     def landing(self) -> web.Response:
         path = html.escape(self.config.telemetry_path)
+        stacks = (f'<li><a href="{DEBUG_STACKS}">Stacks of stuck workers</a></li>'
+                  if self._stacks() is not None else "")
         page = f"""<!doctype html>
 <html><head><title>gunicorn-exporter</title></head>
 <body><h1>gunicorn-exporter {__version__}</h1>
 <p>Prometheus exporter that watches gunicorn masters and workers from outside.</p>
-<ul><li><a href="{path}">Metrics</a></li><li><a href="/-/healthy">Health</a></li></ul>
+<ul><li><a href="{path}">Metrics</a></li><li><a href="/-/healthy">Health</a></li>{stacks}</ul>
 </body></html>
 """
         return web.Response(body=page.encode(), headers={

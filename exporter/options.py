@@ -191,6 +191,25 @@ OPTIONS: tuple[Option, ...] = (
       repeatable=True, shown="threads"),
     O("postgres.max-application-names", "postgres_max_application_names", _max_names, 20,
       "application_name values kept per server; the rest are reported as 'other'"),
+    # stacks of stuck workers (--collector.stacks, off by default; docs/security.md)
+    O("stacks.timeout-share", "stacks_timeout_share", _ratio, 0.5,
+      "a worker whose heartbeat age passes this share of its --timeout (and half a second; "
+      "for sync workers at least 0.5, as an idle one beats every timeout/2) is stuck: its "
+      "stack is captured"),
+    O("stacks.min-wait", "stacks_min_wait", _positive_duration, 5.0,
+      "a worker that has waited on one dependency this long is stuck: its stack is captured"),
+    O("stacks.interval", "stacks_interval", _positive_duration, 10.0,
+      "at most one capture per worker in this time"),
+    O("stacks.max-concurrent", "stacks_max_concurrent", _positive_int, 2,
+      "at most this many captures (py-spy processes) at once"),
+    O("stacks.max-cpu", "stacks_max_cpu", _ratio, 0.01,
+      "share of one core the captures may use on average (each py-spy run's own CPU time); "
+      "captures wait while it is spent"),
+    O("stacks.capture-timeout", "stacks_capture_timeout", _positive_duration, 2.0,
+      "time limit for one capture; then py-spy is killed"),
+    O("stacks.py-spy", "stacks_py_spy", _path, None,
+      "the py-spy executable (default: the one installed beside the exporter's Python, "
+      "else the first on PATH)", shown=""),
     # configuration advice: `gunicorn-exporter doctor` and gunicorn_advice (docs/doctor.md)
     O("doctor.interval", "doctor_interval", parse_duration, 5.0,
       "doctor: time between its two collections (busy workers against CPU, W1); 0 = one "

@@ -357,3 +357,14 @@ class StatsdSnapshot:
     kernel_drops: int | None = None  # datagrams the kernel dropped at the socket (sk_drops)
     receive_buffer: int | None = None   # SO_RCVBUF in force, bytes
     requests: RequestsSnapshot = field(default_factory=lambda: RequestsSnapshot("statsd"))
+
+
+# --- stacks of stuck workers (exporter/collectors/stacks.py) -----------------------------
+
+@dataclass
+class StacksSnapshot:
+    reader_available: bool = False  # py-spy was found
+    # (app, worker slot, `function (file:line)`): stuck workers captured while stuck
+    stuck: list[tuple[str, int, str]] = field(default_factory=list)
+    captures: dict[tuple[str, str], int] = field(default_factory=dict)  # (app, outcome) -> n
+    cpu_seconds: float = 0.0        # the captures' CPU (their rusage), since start

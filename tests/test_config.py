@@ -21,7 +21,8 @@ def test_defaults():
     assert cfg.listen_addresses == (":10188",) and cfg.web_systemd_socket is False
     assert cfg.telemetry_path == "/metrics"
     assert cfg.collectors == {"gunicorn": True, "netstat": True, "oom": True, "logs": True,
-                              "statsd": True, "sampler": True, "postgres": True, "advice": True}
+                              "statsd": True, "sampler": True, "postgres": True, "advice": True,
+                              "stacks": False}
     assert cfg.db_ports == (5432, 6432)
 
 

@@ -27,7 +27,7 @@ from exporter.snapshot import AppRequests, QueueSnapshot, RequestsSnapshot, Stat
 from exporter.snapshot import (AdviceSnapshot, AppOom, AppSnapshot, CollectorResult, GunicornSnapshot,
                                HostSnapshot, ListenerSnapshot, LogFileStats, LogsSnapshot,
                                OomSnapshot, SamplerListener, SamplerSnapshot, Snapshot,
-                               WorkerSnapshot)
+                               StacksSnapshot, WorkerSnapshot)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "metrics.md"
@@ -121,6 +121,9 @@ def full_snapshot() -> Snapshot:
             listeners=[SamplerListener("shop", "unix:/run/shop.sock", 4, 4.0, 10.0)])),
         "advice": CollectorResult("advice", True, 0.0, data=AdviceSnapshot(
             [("shop", "C3", "gthread-worker-connections", "warning")])),
+        "stacks": CollectorResult("stacks", True, 0.0, data=StacksSnapshot(
+            reader_available=True, stuck=[("shop", 0, "view (shop/views.py:42)")],
+            captures={("shop", "ok"): 3, ("shop", "gone"): 1}, cpu_seconds=0.03)),
     }, collected_at=1_700_000_200.0)
 
 

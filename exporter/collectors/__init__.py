@@ -29,6 +29,7 @@ from exporter.collectors.logs import LogsCollector
 from exporter.collectors.netstat import NetstatCollector
 from exporter.collectors.oom import OomCollector
 from exporter.collectors.sampler import SamplerCollector
+from exporter.collectors.stacks import StacksCollector
 from exporter.collectors.statsd import StatsdCollector
 from exporter.doctor.model import Thresholds
 from exporter.linux.procfs import ProcFS
@@ -95,6 +96,10 @@ REGISTRY: dict[str, Spec] = {
         lambda cfg, sh: advice.advice_collector(cfg),
         reads=("gunicorn", "netstat", "postgres"),
         join=lambda cfg: functools.partial(advice.join, thresholds=Thresholds.from_config(cfg))),
+    "stacks": Spec(
+        False, "the stacks of stuck workers and the last stack of every worker killed at its "
+        "timeout, read with py-spy (needs CAP_SYS_PTRACE or the workers' user; docs/security.md)",
+        lambda cfg, sh: StacksCollector(cfg.stacks_options(), proc=cfg.procfs)),
 }
 
 

@@ -32,13 +32,14 @@ from exporter.metrics.family import _g
 from exporter.metrics.gunicorn import render_gunicorn, render_sampler
 from exporter.metrics.others import (render_advice, render_host, render_logs, render_oom,
                                      render_postgres, render_requests, render_statsd)
+from exporter.metrics.stacks import render_stacks
 
 __all__ = ["RENDERERS", "render", "render_web", "render_gunicorn", "render_sampler",
            "render_host", "render_oom", "render_logs", "render_postgres", "render_statsd",
-           "render_requests", "render_advice"]
+           "render_requests", "render_advice", "render_stacks"]
 from exporter.snapshot import (AdviceSnapshot, GunicornSnapshot, HostSnapshot, LogsSnapshot,
                                OomSnapshot, PostgresSnapshot, RequestsSnapshot,
-                               SamplerSnapshot, Snapshot, StatsdSnapshot)
+                               SamplerSnapshot, Snapshot, StacksSnapshot, StatsdSnapshot)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 RENDERERS = {GunicornSnapshot: render_gunicorn, HostSnapshot: render_host,
              OomSnapshot: render_oom, LogsSnapshot: render_logs,
              PostgresSnapshot: render_postgres, SamplerSnapshot: render_sampler,
-             StatsdSnapshot: render_statsd, AdviceSnapshot: render_advice}
+             StatsdSnapshot: render_statsd, AdviceSnapshot: render_advice,
+             StacksSnapshot: render_stacks}
 
 
 def render(snapshot: Snapshot) -> Iterator[Metric]:
