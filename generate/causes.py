@@ -1,15 +1,17 @@
 """The dashboard's "Why busy" row: what the busy workers wait on (their dependencies:
-exporter/gunicorn/dependencies.py, docs/metrics.md#dependencies)."""
+exporter/gunicorn/dependencies.py, docs/metrics.md#dependencies) and the code stuck
+workers are in (--collector.stacks: docs/metrics.md#stacks-of-stuck-workers)."""
 
 from __future__ import annotations
 
-from generate.panels import S, Panel, timeseries
+from generate.panels import S, Panel, table, timeseries
 
 NO_DEPENDENCIES = "No outbound connection of a worker (or none read: see the exporter's privileges)"
+NO_STUCK = "No stuck worker (or --collector.stacks is off)"
 
 
 def why_busy(t: dict[str, float]) -> list[Panel]:
-    """Peers by waiting workers, the longest wait, connections by state."""
+    """Peers by waiting workers, the longest wait, connections by state, stuck frames."""
     return [
         (timeseries("Workers waiting on a dependency",
                     "gunicorn_dependency_waiting_workers: workers (sync) or connections (gthread, "
@@ -32,5 +34,13 @@ def why_busy(t: dict[str, float]) -> list[Panel]:
                     "free (GunicornDependencyUnreachable); close_wait: the peer hung up first.",
                     [(f"sum by (instance, app, peer, state) (gunicorn_dependency_connections{{{S}}})",
                       "{{app}} -> {{peer}} {{state}}")],
-                    decimals=0, no_value=NO_DEPENDENCIES), 24, 8),
+                    decimals=0, no_value=NO_DEPENDENCIES), 12, 8),
+        (table("Stuck workers: the code they are in",
+               "gunicorn_worker_stuck_frame_info: the innermost frame outside gunicorn and the "
+               "standard library of each worker stuck now (heartbeat past --stacks.timeout-share "
+               "of --timeout, or waiting on one dependency past --stacks.min-wait), read by "
+               "py-spy with --collector.stacks. The whole stack: GET /debug/stacks on the "
+               "exporter; a worker then killed at its timeout leaves a stack_postmortem line in "
+               "the exporter's log.",
+               f"gunicorn_worker_stuck_frame_info{{{S}}} == 1", no_value=NO_STUCK), 12, 8),
     ]
