@@ -23,8 +23,8 @@ ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-RUN python -m venv /opt/gunicorn-exporter
-COPY pyproject.toml README.md ./
+RUN python3 -m venv /opt/gunicorn-exporter
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
 RUN /opt/gunicorn-exporter/bin/pip install --no-cache-dir . \
     && /opt/gunicorn-exporter/bin/gunicorn-exporter --version
@@ -40,6 +40,6 @@ ENV PATH=/opt/gunicorn-exporter/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTE
 USER 10188:10188
 EXPOSE 10188
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:10188/-/healthy', timeout=4)"]
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:10188/-/healthy', timeout=4)"]
 ENTRYPOINT ["gunicorn-exporter"]
 CMD ["--web.listen-address=:10188"]

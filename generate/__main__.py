@@ -1,4 +1,4 @@
-"""python -m generate [all|rules|dashboard|kubernetes] [--check]: write the generated
+"""python -m generate [all|rules|dashboard|kubernetes|mixin] [--check]: write the generated
 files, or check that the committed ones are what would be written (exit 1 if not)."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from generate import dashboard, kubernetes, rules
+from generate import dashboard, kubernetes, mixin, rules
 from generate.output import write_or_check
 
 # In this order: the PrometheusRule is made from the rule file written before it.
-TARGETS = {"rules": rules, "dashboard": dashboard, "kubernetes": kubernetes}
+TARGETS = {"rules": rules, "dashboard": dashboard, "kubernetes": kubernetes, "mixin": mixin}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,13 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     fresh = True
     for name in TARGETS if args.target == "all" else [args.target]:
         try:
-            text = (rules.render(None, args.for_override, args.time_scale) if name == "rules"
-                    else TARGETS[name].render())
+            texts = ({args.output or rules.OUTPUT: rules.render(None, args.for_override,
+                                                                 args.time_scale)}
+                     if name == "rules" else TARGETS[name].files() if name == "mixin"
+                     else {TARGETS[name].OUTPUT: TARGETS[name].render()})
         except rules.ConfigError as exc:
             print(f"python -m generate {name}: {exc}", file=sys.stderr)
             return 2
-        path = args.output or TARGETS[name].OUTPUT
-        fresh &= write_or_check(path, text, args.check, f"python -m generate {name}")
+        for path, text in texts.items():
+            fresh &= write_or_check(path, text, args.check, f"python -m generate {name}")
     return 0 if fresh else 1
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 import string
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 from generate.alerts import GROUPS, Alert
@@ -44,6 +45,9 @@ _META_KEYS = {"for", "keep_firing_for", "severity"}
 
 class ConfigError(ValueError):
     pass
+
+
+Ref = Callable[[str, str, object, bool], str]
 
 
 def load_config(path: Path = CONFIG) -> dict:
@@ -93,30 +97,33 @@ class _Template(string.Template):
 
 
 def _substitute(text: str, table: dict, glob: dict, used: set, where: str,
-                fixed: dict | None = None) -> str:
-    """`text` with its placeholders filled in; the keys of `table` it reads go to `used`."""
+                fixed: dict | None = None, ref: Ref | None = None) -> str:
+    """`text` with its placeholders filled in; the keys of `table` it reads go to `used`.
+    With `ref`, each placeholder is filled with what `ref(scope, key, value, pct)` returns
+    instead (scope "table", "fixed" or "global"; `pct`: the ratio as a percentage):
+    generate/mixin.py turns them into references to the mixin's `_config`."""
     template = _Template(text)
     if not template.is_valid():
         raise ConfigError("%s: a stray '@' in %r (write '@@' for a literal one)" % (where, text))
-    sources = (table, fixed or {}, glob)
+    sources = (("table", table), ("fixed", fixed or {}), ("global", glob))
 
     def lookup(key: str):
-        for source in sources:
+        for scope, source in sources:
             if key in source:
-                if source is table:
+                if scope == "table":
                     used.add(key)
-                return source[key]
-        if key.endswith("_pct"):
-            return None
+                return scope, source[key]
         raise ConfigError("%s: no %r in alerts/config.toml" % (where, key))
 
     values = {}
     for name in template.get_identifiers():
-        value = lookup(name)
-        if value is not None:
-            values[name] = _fmt(value)
-        else:  # name_pct: the ratio `name` as a percentage
-            values[name] = "%g%%" % (float(lookup(name[:-len("_pct")])) * 100)
+        pct = name.endswith("_pct") and not any(name in source for _, source in sources)
+        key = name[:-len("_pct")] if pct else name   # name_pct: the ratio `name` as a percentage
+        scope, value = lookup(key)
+        if ref is not None:
+            values[name] = ref(scope, key, value, pct)
+        else:
+            values[name] = "%g%%" % (float(value) * 100) if pct else _fmt(value)
     return template.substitute(values)
 
 
@@ -161,10 +168,10 @@ def _check_alert_table(a: Alert, table: dict | None) -> dict:
 
 
 def _alert_rule(a: Alert, table: dict, glob: dict, for_override: str | None,
-                time_scale: float | None) -> dict:
+                time_scale: float | None, ref: Ref | None = None) -> dict:
     """The rule dict of alert `a` with its config.toml `table`."""
     used: set = set()
-    expr = _substitute(a.expr, table, glob, used, a.name, a.fixed)
+    expr = _substitute(a.expr, table, glob, used, a.name, a.fixed, ref)
     for_ = for_override or table["for"]
     keep = table.get("keep_firing_for")
     if time_scale is not None:
@@ -179,8 +186,8 @@ def _alert_rule(a: Alert, table: dict, glob: dict, for_override: str | None,
         **({"keep_firing_for": keep} if keep is not None else {}),
         "labels": {"severity": table["severity"], **a.extra_labels},
         "annotations": {
-            "summary": _substitute(a.summary, table, glob, used, a.name, a.fixed),
-            "description": _substitute(a.description, table, glob, used, a.name, a.fixed),
+            "summary": _substitute(a.summary, table, glob, used, a.name, a.fixed, ref),
+            "description": _substitute(a.description, table, glob, used, a.name, a.fixed, ref),
             "runbook_url": "%s#%s" % (glob["runbook_url"], a.name.lower()),
         },
     }
@@ -190,27 +197,28 @@ def _alert_rule(a: Alert, table: dict, glob: dict, for_override: str | None,
     return rule
 
 
-def build_rules(config: dict, for_override: str | None = None,
-                time_scale: float | None = None) -> list[tuple[str, list[dict]]]:
+def build_rules(config: dict, for_override: str | None = None, time_scale: float | None = None,
+                ref: Callable[[str], Ref] | None = None) -> list[tuple[str, list[dict]]]:
     """[(group name, [rule dict])] in file order.
 
     time_scale: multiply every duration (`for:`, range windows, the prediction horizon)
     by this factor, e.g. 1/15 to run the rules against an exporter scraped every second
     instead of every 15 s (tests/test_alerts_faults.py): the same alerts fire on the
-    same samples, 15 times sooner."""
+    same samples, 15 times sooner.
+    ref: for each rule's name, the `ref` of `_substitute` (generate/mixin.py)."""
     if time_scale is not None:
         config = _scaled_config(config, time_scale)
     glob = _check_tables(config)
     rec = []
     for record, expr in RECORDING_RULES:
-        expr = _substitute(expr, {}, glob, set(), record)
+        expr = _substitute(expr, {}, glob, set(), record, ref=ref and ref(record))
         rec.append({"record": record,
                     "expr": scale_durations(expr, time_scale) if time_scale else expr})
     groups = [("gunicorn.rules", rec)]
     for group, alerts in GROUPS:
         groups.append((group, [
             _alert_rule(a, _check_alert_table(a, config.get(a.name)), glob, for_override,
-                        time_scale)
+                        time_scale, ref and ref(a.name))
             for a in alerts]))
     return groups
 

@@ -11,8 +11,7 @@
   rules;
 * Prometheus and Alertmanager: `promtool check config`, `amtool check-config`;
 * Dockerfile: hadolint reports nothing, its HEALTHCHECK command works against a real
-  exporter, and the build context it sees (.dockerignore) is enough to build the package.
-  No Docker engine here: the image itself is not built (docs/deployment.md).
+  exporter; tests/test_container.py builds the image and runs it.
 """
 
 from __future__ import annotations
@@ -472,7 +471,7 @@ def test_dockerfile_shape():
 def test_healthcheck_command_works_against_a_real_exporter(tmp_path):
     (cmd,) = [a for w, a in _instructions() if w == "HEALTHCHECK"]
     argv = json.loads(cmd[cmd.index("CMD") + 3:].strip())
-    assert argv[0] == "python"
+    assert argv[0] == "python3"
     port = free_port()
     argv = [sys.executable] + [a.replace(":10188/", f":{port}/") for a in argv[1:]]
     # nothing listens yet: the check must fail
@@ -480,28 +479,3 @@ def test_healthcheck_command_works_against_a_real_exporter(tmp_path):
     with running_exporter(tmp_path, port=port):
         poll(lambda: run(argv).returncode == 0, 20, interval=0.2,
              message="HEALTHCHECK command never succeeded")
-
-
-@pytest.mark.slow
-def test_build_context_builds_the_package(tmp_path):
-    """What the Dockerfile COPYs, and .dockerignore lets through, is a buildable project."""
-    ignore = (ROOT / ".dockerignore").read_text().split()
-    allowed = {p[1:].rstrip("/") for p in ignore if p.startswith("!")}
-    assert "*" in ignore
-    copied = []
-    for w, a in _instructions():
-        if w == "COPY" and not a.startswith("--from"):
-            copied += a.split()[:-1]
-    assert copied and set(copied) <= allowed, f"COPY of files .dockerignore excludes: {copied}"
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    for name in copied:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, ctx / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, ctx / name)
-    code = "from setuptools import build_meta; print(build_meta.build_sdist('dist'))"
-    res = run([sys.executable, "-c", code], cwd=ctx, env={**os.environ, "PYTHONPATH": ""})
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    assert res.stdout.strip().splitlines()[-1].startswith("gunicorn")

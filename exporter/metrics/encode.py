@@ -120,7 +120,7 @@ def _text_family(f: Metric, out: list[str]) -> None:
 
 def _plain(sample) -> None:
     if (sample.value is None or sample.timestamp is not None or sample.exemplar
-            or sample.native_histogram):
+            or getattr(sample, "native_histogram", None)):
         raise _Unsupported
 
 
