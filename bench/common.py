@@ -200,9 +200,11 @@ class Gunicorn:
         self.worker_pids = poll(ready, 120, 0.1, f"{self.workers} gunicorn workers")
         self.worker_starts = {p: starttime(p) for p in self.worker_pids}
 
-    def hold(self, n: int, seconds: int = 300) -> None:
-        """n requests to /slow, half over the unix socket, half over TCP, left open."""
-        req = f"GET /slow?seconds={seconds} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    def hold(self, n: int, seconds: int = 300, path: str | None = None) -> None:
+        """n requests to /slow (or `path`), half over the unix socket, half over TCP, left
+        open."""
+        path = path or f"/slow?seconds={seconds}"
+        req = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
         for i in range(n):
             if i % 2:
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -9,7 +9,10 @@ the figures. When the driver exits, the kernel ends every process left in the na
 It reads one JSON command per line on stdin and answers one JSON line on stdout:
 
     {"cmd": "setup", "apps": [[name, workers, held], ...], "sockets": N,
-     "exporters": {name: [extra flags]}, "node_exporter": path|null, "dump_helper": bool}
+     "exporters": {name: [extra flags] | {"flags": [...], "tree": checkout}},
+     "node_exporter": path|null, "dump_helper": bool, "held_on_dependency": bool}
+    (held_on_dependency: the held requests call a peer in here that never answers,
+    /upstream?port=P, instead of sleeping: each busy worker waits on a dependency)
     {"cmd": "scrape", "target": name}        -> {"s": seconds, "bytes": n}
     {"cmd": "cpu", "targets": [name, ...]}   -> {name: utime+stime ticks}
     {"cmd": "metric", "target": name, "name": metric} -> {"value": float|null}
@@ -53,6 +56,15 @@ PROMETHEUS_HEADERS = {  # what Prometheus 2.x sends with every scrape
     "User-Agent": "Prometheus/2.45.0",
     "X-Prometheus-Scrape-Timeout-Seconds": "10",
 }
+
+
+def silent_peer(port: int) -> socket.socket:
+    """A listener on 127.0.0.1 whose connections are accepted and never answered (the
+    kernel accepts into its queue; nobody reads): a dependency that hangs."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen(1024)
+    return s
 
 
 class Target:
@@ -203,6 +215,7 @@ class Driver:
         self.targets: dict[str, Target] = {}
         self.ballast: Ballast | None = None
         self.helper: DumpHelper | None = None
+        self.silent: socket.socket | None = None   # the hanging dependency, if any
         # The namespace's port space is ours: fixed ports below the ephemeral range, so
         # servers started at once cannot be handed the same "free" port.
         self._next_port = 20000
@@ -211,26 +224,33 @@ class Driver:
         self._next_port += 1
         return self._next_port
 
-    def setup(self, apps, sockets, exporters, node_exporter=None, dump_helper=False) -> dict:
+    def setup(self, apps, sockets, exporters, node_exporter=None, dump_helper=False,
+              held_on_dependency=False) -> dict:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True, capture_output=True)
         for name, workers, _held in apps:
             g = Gunicorn(name, workers, self.tmp, port=self.port())
             g.launch()
             self.apps.append(g)
+        path = None
+        if held_on_dependency:
+            self.silent = silent_peer(self.port())
+            path = f"/upstream?port={self.silent.getsockname()[1]}"
         for g, (_n, _w, held) in zip(self.apps, apps):
             g.wait_workers()
             if held:
-                g.hold(held)
+                g.hold(held, path=path)
         lines, tw = count_sockets()
         if sockets and sockets > lines - tw:
             self.ballast = Ballast(sockets - (lines - tw))
         if dump_helper:
             self.helper = DumpHelper()
-        for name, flags in exporters.items():
+        for name, spec in exporters.items():
+            flags, tree = (spec, str(ROOT)) if isinstance(spec, list) else \
+                (spec.get("flags", []), spec["tree"])
             port = self.port()
             self.targets[name] = Target(
                 name, [sys.executable, "-m", "exporter", "--web.listen-address",
-                       f"127.0.0.1:{port}", *flags], port, self.tmp / f"{name}.log", str(ROOT))
+                       f"127.0.0.1:{port}", *flags], port, self.tmp / f"{name}.log", tree)
         if node_exporter:
             port = self.port()
             self.targets["node"] = Target("node", [node_exporter, "--web.listen-address",
@@ -264,6 +284,8 @@ class Driver:
                     r'^gunicorn_workers\{app="([^"]*)"\} (\S+)', text, re.M)},
                 "active": sum(float(v) for v in re.findall(
                     r'^gunicorn_worker_connections\{[^}]*state="active"[^}]*\} (\S+)', text, re.M)),
+                "waiting_on_dependencies": sum(float(v) for v in re.findall(
+                    r'^gunicorn_dependency_waiting_workers\{[^}]*\} (\S+)', text, re.M)),
             }
         return {"processes": procs, "ss_lines": lines, "time_wait": tw,
                 "with_inode": len(table.unix) + len(table.inet),

@@ -41,7 +41,7 @@
             },
             annotations: {
               summary: "Requests to {{ $labels.app }} wait for a worker that has no thread free",
-              description: std.format("Requests to {{ $labels.app }} on {{ $labels.instance }} have been waiting for most of the last %s (up to {{ $value }} at a scrape): in the accept queue while every worker is busy, or inside a worker whose threads are all taken (whatever the other workers do). They hang until the proxy times out.", [$._config.alerts.GunicornWorkerPoolExhausted.window]),
+              description: std.format("Requests to {{ $labels.app }} on {{ $labels.instance }} have been waiting for most of the last %s (up to {{ $value }} at a scrape): in the accept queue while every worker is busy, or inside a worker whose threads are all taken (whatever the other workers do). They hang until the proxy times out.{{ with printf \"app_peer:gunicorn_dependency_waiting:ratio{job=%%q, instance=%%q, app=%%q, peer!=\\\"other\\\"} > %g\" $labels.job $labels.instance $labels.app | query }} Most of the requests running wait on a reply from{{ range . }} {{ .Labels.peer }}{{ end }}: the cause is there (GunicornDependencySlow).{{ end }}", [$._config.alerts.GunicornWorkerPoolExhausted.window, $._config.alerts.GunicornWorkerPoolExhausted.dependency_ratio]),
               runbook_url: $._config.runbook_url + "#gunicornworkerpoolexhausted",
             },
           },
@@ -214,7 +214,7 @@
           },
           {
             alert: "GunicornProxyTimeouts",
-            expr: std.format("(\n  sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_504\"}[%s]))\n  / (sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_response\"}[%s])) > %d)\n) > %g\nor\n(\n  sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_504|nginx_upstream_timeout|heroku_h12\"}[%s])) > %d\n  unless sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_response\"}[%s])) > %d\n)", [$._config.selector, $._config.alerts.GunicornProxyTimeouts.window, $._config.selector, $._config.alerts.GunicornProxyTimeouts.window, $._config.alerts.GunicornProxyTimeouts.min_responses, $._config.alerts.GunicornProxyTimeouts.error_ratio, $._config.selector, $._config.alerts.GunicornProxyTimeouts.window, $._config.alerts.GunicornProxyTimeouts.events, $._config.selector, $._config.alerts.GunicornProxyTimeouts.window, $._config.alerts.GunicornProxyTimeouts.min_responses]),
+            expr: std.format("(\n  sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_504\"}[%s]))\n  / (sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_response\"}[%s])) > %d)\n) > %g\nor\n(\n  sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_504|nginx_upstream_timeout|caddy_upstream_timeout|heroku_h12\"}[%s])) > %d\n  unless sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_response\"}[%s])) > %d\n)", [$._config.selector, $._config.alerts.GunicornProxyTimeouts.window, $._config.selector, $._config.alerts.GunicornProxyTimeouts.window, $._config.alerts.GunicornProxyTimeouts.min_responses, $._config.alerts.GunicornProxyTimeouts.error_ratio, $._config.selector, $._config.alerts.GunicornProxyTimeouts.window, $._config.alerts.GunicornProxyTimeouts.events, $._config.selector, $._config.alerts.GunicornProxyTimeouts.window, $._config.alerts.GunicornProxyTimeouts.min_responses]),
             "for": $._config.alerts.GunicornProxyTimeouts["for"],
             labels: {
               severity: $._config.alerts.GunicornProxyTimeouts.severity,
@@ -299,7 +299,7 @@
           },
           {
             alert: "GunicornProxyCannotConnect",
-            expr: std.format("(\n  sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_502\"}[%s]))\n  / (sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_response\"}[%s])) > %d)\n) > %g\nor\n(\n  sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_502|nginx_upstream_eagain|nginx_connect_refused|nginx_upstream_missing\"}[%s])) > %d\n  unless sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_response\"}[%s])) > %d\n)", [$._config.selector, $._config.alerts.GunicornProxyCannotConnect.window, $._config.selector, $._config.alerts.GunicornProxyCannotConnect.window, $._config.alerts.GunicornProxyCannotConnect.min_responses, $._config.alerts.GunicornProxyCannotConnect.error_ratio, $._config.selector, $._config.alerts.GunicornProxyCannotConnect.window, $._config.alerts.GunicornProxyCannotConnect.events, $._config.selector, $._config.alerts.GunicornProxyCannotConnect.window, $._config.alerts.GunicornProxyCannotConnect.min_responses]),
+            expr: std.format("(\n  sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_502\"}[%s]))\n  / (sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_response\"}[%s])) > %d)\n) > %g\nor\n(\n  sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_502|nginx_upstream_eagain|nginx_connect_refused|nginx_upstream_missing|caddy_upstream_eagain|caddy_connect_refused|caddy_upstream_missing\"}[%s])) > %d\n  unless sum without (signature) (increase(gunicorn_log_events_total{%s, signature=~\"http_response\"}[%s])) > %d\n)", [$._config.selector, $._config.alerts.GunicornProxyCannotConnect.window, $._config.selector, $._config.alerts.GunicornProxyCannotConnect.window, $._config.alerts.GunicornProxyCannotConnect.min_responses, $._config.alerts.GunicornProxyCannotConnect.error_ratio, $._config.selector, $._config.alerts.GunicornProxyCannotConnect.window, $._config.alerts.GunicornProxyCannotConnect.events, $._config.selector, $._config.alerts.GunicornProxyCannotConnect.window, $._config.alerts.GunicornProxyCannotConnect.min_responses]),
             "for": $._config.alerts.GunicornProxyCannotConnect["for"],
             keep_firing_for: $._config.alerts.GunicornProxyCannotConnect.keep_firing_for,
             labels: {
@@ -565,6 +565,19 @@
               summary: "Requests of {{ $labels.app }} are slow",
               description: std.format("The slowest 1%% of the requests of {{ $labels.app }} on {{ $labels.instance }} took longer than {{ $value | humanizeDuration }} over 5 minutes (p99, threshold %d s, source {{ $labels.source }}): a slow dependency, or requests nearing the proxy's timeout.", [$._config.alerts.GunicornLatencyHigh.p99_seconds]),
               runbook_url: $._config.runbook_url + "#gunicornlatencyhigh",
+            },
+          },
+          {
+            alert: "GunicornRequestQueueHigh",
+            expr: std.format("app:gunicorn_request_queue_seconds:p90_rate5m > %d\nand app:gunicorn_request_queue:rate5m > %g", [$._config.alerts.GunicornRequestQueueHigh.p90_seconds, $._config.alerts.GunicornRequestQueueHigh.min_rate]),
+            "for": $._config.alerts.GunicornRequestQueueHigh["for"],
+            labels: {
+              severity: $._config.alerts.GunicornRequestQueueHigh.severity,
+            },
+            annotations: {
+              summary: "Requests of {{ $labels.app }} wait before gunicorn starts them",
+              description: std.format("One request in ten of {{ $labels.app }} on {{ $labels.instance }} waited more than {{ $value | humanizeDuration }} between the proxy and gunicorn over 5 minutes (p90 of X-Request-Start to the request's start, threshold %d s): every worker is busy and requests queue (too few workers, or slow requests holding them).", [$._config.alerts.GunicornRequestQueueHigh.p90_seconds]),
+              runbook_url: $._config.runbook_url + "#gunicornrequestqueuehigh",
             },
           },
         ],

@@ -22,6 +22,7 @@
         quantile: 0.25,
         busy_ratio: 0.9,
         min_samples: 4,
+        dependency_ratio: 0.5,
       },
       GunicornWorkerPoolSaturated: {
         "for": "5m",
@@ -234,6 +235,12 @@
         "for": "10m",
         severity: "warning",
         p99_seconds: 5,
+        min_rate: 0.1,
+      },
+      GunicornRequestQueueHigh: {
+        "for": "5m",
+        severity: "warning",
+        p90_seconds: 1,
         min_rate: 0.1,
       },
       GunicornExporterDown: {

@@ -95,19 +95,27 @@
           },
           {
             record: "app:gunicorn_requests:rate5m",
-            expr: std.format("sum without (status) (rate(gunicorn_requests_total{%s}[5m]))", [$._config.selector]),
+            expr: std.format("sum without (status, route) (rate(gunicorn_requests_total{%s}[5m]))", [$._config.selector]),
           },
           {
             record: "app:gunicorn_requests_errors:ratio_rate5m",
-            expr: std.format("sum without (status) (rate(gunicorn_requests_total{%s, status=~\"5..\"}[5m]))\n  / (app:gunicorn_requests:rate5m > 0)", [$._config.selector]),
+            expr: std.format("sum without (status, route) (rate(gunicorn_requests_total{%s, status=~\"5..\"}[5m]))\n  / (app:gunicorn_requests:rate5m > 0)", [$._config.selector]),
           },
           {
             record: "app:gunicorn_request_duration_seconds:p95_rate5m",
-            expr: std.format("histogram_quantile(0.95, rate(gunicorn_request_duration_seconds_bucket{%s}[5m]))", [$._config.selector]),
+            expr: std.format("histogram_quantile(0.95, sum without (route) (rate(gunicorn_request_duration_seconds_bucket{%s}[5m])))", [$._config.selector]),
           },
           {
             record: "app:gunicorn_request_duration_seconds:p99_rate5m",
-            expr: std.format("histogram_quantile(0.99, rate(gunicorn_request_duration_seconds_bucket{%s}[5m]))", [$._config.selector]),
+            expr: std.format("histogram_quantile(0.99, sum without (route) (rate(gunicorn_request_duration_seconds_bucket{%s}[5m])))", [$._config.selector]),
+          },
+          {
+            record: "app:gunicorn_request_queue:rate5m",
+            expr: std.format("rate(gunicorn_request_queue_seconds_count{%s}[5m])", [$._config.selector]),
+          },
+          {
+            record: "app:gunicorn_request_queue_seconds:p90_rate5m",
+            expr: std.format("histogram_quantile(0.9, rate(gunicorn_request_queue_seconds_bucket{%s}[5m]))", [$._config.selector]),
           },
         ],
       },

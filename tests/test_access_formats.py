@@ -194,6 +194,16 @@ def test_route_regexes_are_bounded():
     assert regex.search("a" * MAX_PATH) is None
 
 
+def test_without_google_re2_routes_are_refused_with_the_reason(monkeypatch):
+    """Debian's package runs without google-re2 (bookworm has none): no route, no import;
+    a route asked for stops the exporter with the reason."""
+    import sys
+    monkeypatch.setitem(sys.modules, "re2", None)     # import re2 -> ImportError
+    assert parse_routes([]) is None
+    with pytest.raises(RouteError, match="google-re2"):
+        parse_routes(["x=^/x"])
+
+
 def test_a_file_of_mixed_formats_parses_every_line():
     # the format of a file's last line is tried first; any other still fits after it
     log = AccessLog(DEFAULT_COMPILED)

@@ -10,13 +10,14 @@ and refuses what cannot be matched so (backreferences, lookarounds); a regex is 
 MAX_REGEX characters and its compiled program at most MAX_MEM bytes. The path (the
 request target without its query string) is cut to MAX_PATH characters before matching.
 So a client's path costs at most MAX_PATH steps per route, whatever the regex.
+google-re2 is imported only when routes are given: Debian bookworm packages none, and
+its .deb runs without routes (`--requests.route` then stops the exporter with the
+reason, exit 2).
 """
 
 from __future__ import annotations
 
 import re
-
-import re2
 
 MAX_ROUTES = 50              # --requests.max-routes default
 MAX_REGEX = 256
@@ -30,7 +31,16 @@ class RouteError(ValueError):
     pass
 
 
-def _options():
+def _re2():
+    try:
+        import re2
+    except ImportError:
+        raise RouteError("routes need the google-re2 package (pip install google-re2; "
+                         "Debian bookworm has none)") from None
+    return re2
+
+
+def _options(re2):
     o = re2.Options()
     o.max_mem = MAX_MEM
     o.log_errors = False
@@ -49,8 +59,9 @@ def parse_route(text) -> tuple[str, object]:
     if not pattern or len(pattern) > MAX_REGEX:
         raise RouteError(f"route {name!r}: the regular expression is empty or longer than "
                          f"{MAX_REGEX} characters")
+    re2 = _re2()
     try:
-        regex = re2.compile(pattern, _options())
+        regex = re2.compile(pattern, _options(re2))
     except re2.error as e:
         raise RouteError(f"route {name!r}: {pattern[:80]!r} is not a regular expression RE2 "
                          f"accepts (no backreferences or lookarounds): {e}") from None
