@@ -38,7 +38,9 @@ def measure(before: str, after: str, sockets: int, reps: int, windows: int,
         ehash = abs(int(Path("/proc/sys/net/ipv4/tcp_ehash_entries").read_text()))
     label = "deps"
     spec = dict(apps=[["app64", 64, 64]], sockets=sockets, held_on_dependency=True,
-                exporters={"before": {"tree": before}, "after": {"tree": after}})
+                exporters={"before": {"tree": before}, "after": {"tree": after},
+                           "after, sampler off": {"tree": after,
+                                                  "flags": ["--sampler.interval", "0"]}})
     log(f"starting the namespace: 64 workers waiting on a silent peer, {sockets:,} sockets")
     nss, info = open_all({label: spec}, ehash)
     ns = nss[label]
@@ -52,13 +54,13 @@ def measure(before: str, after: str, sockets: int, reps: int, windows: int,
         lat = interleaved(nss, steps, reps)
         cpu1 = cpu_of(nss, pairs)
         load = busy.share()
-        idle = {"before": [], "after": []}
+        idle = {"before": [], "after": [], "after, sampler off": []}
         log(f"{windows} idle windows of {seconds:.0f} s")
         busy_idle = Others(nss)
         for _ in range(windows):
-            c0, t0 = ns.call("cpu", targets=["before", "after"]), time.monotonic()
+            c0, t0 = ns.call("cpu", targets=list(idle)), time.monotonic()
             time.sleep(seconds)     # the window is the measurement: nothing to wait for
-            c1, dt = ns.call("cpu", targets=["before", "after"]), time.monotonic() - t0
+            c1, dt = ns.call("cpu", targets=list(idle)), time.monotonic() - t0
             for t in idle:
                 idle[t].append((c1[t] - c0[t]) / CLK_TCK / dt)
         load_idle = busy_idle.share()
@@ -91,16 +93,20 @@ def render(r: dict, before: str, after: str, sockets: int) -> str:
         f"{pct(r['load_idle'])}) |",
         "|---|---:|---:|---:|",
     ]
-    for t in ("before", "after"):
+    for t in ("before", "after", "after, sampler off"):
         idle = r["idle"][t]
-        lines.append(f"| {t} | {spread(r['lat'][t])} | "
-                     f"{1000 * r['cpu'][t]:.1f} | {pct(med(idle))} "
+        scrape = (f"{spread(r['lat'][t])} | {1000 * r['cpu'][t]:.1f}" if t in r["lat"]
+                  else "(not scraped) | ")
+        lines.append(f"| {t} | {scrape} | {pct(med(idle))} "
                      f"({pct(min(idle))}-{pct(max(idle))}) |")
+    sampler = [a - o for a, o in zip(r["idle"]["after"], r["idle"]["after, sampler off"])]
     lines += ["", f"after / before, scrape latency per round: median "
               f"{med(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}); CPU per scrape "
               f"{r['cpu']['after'] / r['cpu']['before']:.2f}x; idle CPU (the sampler with its "
               f"dependency clock against without) {med(r['idle']['after']) - med(r['idle']['before']):+.2%}"
-              " of a core."]
+              f" of a core; the sampler with its dependency clock (after less after with the "
+              f"sampler off, per window) {pct(med(sampler))} ({pct(min(sampler))}-"
+              f"{pct(max(sampler))}) of a core."]
     return "\n".join(lines)
 
 
