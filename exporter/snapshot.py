@@ -93,6 +93,7 @@ class AppSnapshot:
     dependencies: dict[str, Dependency] = field(default_factory=dict)
     master_start_time: float | None = None
     workers_spawned: int | None = None  # from the control socket's `show stats`
+    workers_cpu_seconds: float | None = None  # CPU its workers used, a counter (CpuTotals)
     user: str = ""                  # the master's user name (or uid), for gunicorn_info
     uid: int = -1
     errors: list[str] = field(default_factory=list)  # parts of this app that failed, this scrape

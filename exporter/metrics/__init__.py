@@ -33,7 +33,7 @@ from exporter.metrics.gunicorn import render_gunicorn, render_sampler
 from exporter.metrics.others import (render_advice, render_host, render_logs, render_oom,
                                      render_postgres, render_requests, render_statsd)
 
-__all__ = ["RENDERERS", "render", "render_web", "render_gunicorn", "render_sampler",
+__all__ = ["RENDERERS", "render", "per_worker", "render_web", "render_gunicorn", "render_sampler",
            "render_host", "render_oom", "render_logs", "render_postgres", "render_statsd",
            "render_requests", "render_advice"]
 from exporter.snapshot import (AdviceSnapshot, GunicornSnapshot, HostSnapshot, LogsSnapshot,
@@ -42,6 +42,8 @@ from exporter.snapshot import (AdviceSnapshot, GunicornSnapshot, HostSnapshot, L
 
 log = logging.getLogger(__name__)
 
+WORKER_LABEL = "worker"     # the label of per-worker families (left out without them)
+
 # snapshot type -> renderer
 RENDERERS = {GunicornSnapshot: render_gunicorn, HostSnapshot: render_host,
              OomSnapshot: render_oom, LogsSnapshot: render_logs,
@@ -49,8 +51,9 @@ RENDERERS = {GunicornSnapshot: render_gunicorn, HostSnapshot: render_host,
              StatsdSnapshot: render_statsd, AdviceSnapshot: render_advice}
 
 
-def render(snapshot: Snapshot) -> Iterator[Metric]:
-    """All families for one scrape, data first, exporter self-metrics last.
+def render(snapshot: Snapshot, worker_series: bool = True) -> Iterator[Metric]:
+    """All families for one scrape, data first, exporter self-metrics last. Without
+    `worker_series` (--gunicorn.worker-series=none) no family with a `worker` label.
 
     A collector's families are rendered completely before any is yielded: if rendering
     fails (a bug, or a value that is not a number), that collector is reported as failed
@@ -64,7 +67,8 @@ def render(snapshot: Snapshot) -> Iterator[Metric]:
         if renderer is None:
             continue
         try:
-            families = [_checked(f) for f in renderer(result.data)]
+            families = [_checked(f) for f in renderer(result.data)
+                        if worker_series or not per_worker(f)]
         except Exception as e:  # noqa: BLE001
             log.warning("collector %s: rendering failed: %r", result.name, e)
             failed.add(result.name)
@@ -72,6 +76,14 @@ def render(snapshot: Snapshot) -> Iterator[Metric]:
         yield from families
     yield from _requests_guarded(snapshot)
     yield from render_self(snapshot, failed)
+
+
+def per_worker(family: Metric) -> bool:
+    """A family of one series per worker slot: it has a `worker` label."""
+    names = getattr(family, "_labelnames", None)   # prometheus_client's *MetricFamily
+    if names is None:
+        return any(WORKER_LABEL in s.labels for s in family.samples)
+    return WORKER_LABEL in names
 
 
 def _checked(family: Metric) -> Metric:
