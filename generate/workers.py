@@ -19,7 +19,7 @@ NO_WORKER_SERIES = " (with --gunicorn.worker-series=none: {what} of each app)"
 
 def app_level(app_expr: str, worker_expr: str) -> str:
     """`app_expr` (per app) for the apps that have no series of `worker_expr`."""
-    return f"{app_expr} unless on (job, instance, app) {worker_expr}"
+    return f"({app_expr}) unless on (job, instance, app) ({worker_expr})"
 
 
 def per_worker(title: str, description: str, expr: str, app_expr: str, what: str,
