@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -272,8 +273,12 @@ def test_rules_read_only_metrics_the_exporter_exports(mode, gunicorn_factory, tm
     # gthread: the class with the most families (worker_connections_limit, threads);
     # busy: 5 slow requests for 4 threads, so one waits inside a worker
     g = gunicorn_factory(worker_class="gthread", threads=2, workers=2, bind="tcp", name=unique_name("alerts"))
+    # and an app whose worker holds a connection to a peer (a dependency's series)
+    peer = socket.create_server(("127.0.0.1", 0))
+    deps = gunicorn_factory(app="conn_app:app", workers=1, bind="tcp", name=unique_name("deps"))
+    deps.get(f"/connect?port={peer.getsockname()[1]}")
     per_worker: set[str] = set()
-    with SlowClients(g, 5, seconds=60), running_exporter(
+    with peer, SlowClients(g, 5, seconds=60), running_exporter(
             tmp_path, "--logs.file", f"{g.name}={g.log_path}",
             "--gunicorn.worker-series", mode) as base:
         def scraped():
@@ -282,10 +287,12 @@ def test_rules_read_only_metrics_the_exporter_exports(mode, gunicorn_factory, tm
                 return None
             samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
             per_worker.update(s.name for s in samples if "worker" in s.labels)
-            names = {s.name for s in samples}
+            # our two apps' series and the host's (another test's apps prove nothing)
+            names = {s.name for s in samples if s.labels.get("app") in (None, g.name, deps.name)}
             # workers fully read (heartbeats, the sampler's peak, the requests waiting)
             return names if {"gunicorn_workers_heartbeat_age_max_seconds",
-                             "gunicorn_workers_heartbeat_age_peak_seconds"} <= names and any(
+                             "gunicorn_workers_heartbeat_age_peak_seconds",
+                             "gunicorn_dependency_connections"} <= names and any(
                 s.name == "gunicorn_workers_requests_waiting" and s.value >= 1
                 and s.labels.get("app") == g.name for s in samples) else None
         live = poll(scraped, 30, interval=0.2, message="exporter never reported the busy workers")
