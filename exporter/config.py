@@ -110,7 +110,8 @@ class _Methods:
         return GunicornOptions(
             db_ports=ports, db_socket_paths=paths, app_names=self.app_names,
             control_socket=self.control_socket, control_timeout=self.control_timeout,
-            forget_after=self.forget_after, expected_apps=self.expected_apps, users=self.users,
+            forget_after=self.forget_after, remember_after=self.remember_after,
+            expected_apps=self.expected_apps, users=self.users,
             include=self.include, exclude=self.exclude, max_masters=self.max_masters,
             memory_detail_interval=self.memory_detail_interval,
             dependency_max_peers=self.dependency_max_peers)

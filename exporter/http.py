@@ -194,7 +194,8 @@ class Exporter:
             if limit is not None and not math.isfinite(limit):
                 limit = None
         snapshot = await self.scraper.scrape(limit)
-        families = list(render(snapshot)) + list(_PROCESS.collect()) + \
+        families = list(render(snapshot, self.config.worker_series == "all")) + \
+            list(_PROCESS.collect()) + \
             list(render_web(self.web.last_reload_ok, self.web_counts()))
         encoder, content_type = choose(headers.get("Accept", ""))
         return web.Response(body=encoder(families), headers={"Content-Type": content_type})

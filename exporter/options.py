@@ -19,7 +19,8 @@ from exporter.parsing import (DEFAULT_PORT, ConfigError, _log_level, _max_names,
                               parse_log_files, parse_max_masters, parse_max_peers,
                               parse_ports,
                               parse_receive_buffer, parse_regex, parse_routes, parse_signatures,
-                              parse_optional_path, parse_statsd_prefixes, parse_users, _path,
+                              parse_optional_path, parse_statsd_prefixes, parse_users,
+                              parse_worker_series, _path,
                               _positive_duration, _positive_int, _ratio, _strings,
                               _telemetry_path)
 
@@ -112,8 +113,15 @@ OPTIONS: tuple[Option, ...] = (
       "ask the master's control socket (read-only 'show' commands) for its settings"),
     O("gunicorn.control-socket-timeout", "control_timeout", _positive_duration, 1.0,
       "time limit for one control socket query"),
-    O("gunicorn.forget-after", "forget_after", parse_duration, 0.0,
-      "stop reporting gunicorn_up 0 for an app gone this long; 0 = never", shown="0"),
+    O("gunicorn.forget-after", "forget_after", parse_duration, 3600.0,
+      "stop reporting gunicorn_up 0 for an app gone this long (the window of the "
+      "GunicornAppVanished alert); 0 = never", shown="1h"),
+    O("gunicorn.remember-after", "remember_after", parse_duration, 60.0,
+      "remember an app (gunicorn_up 0 once it stops) only after its master has run this "
+      "long with workers and a listening socket", shown="1m"),
+    O("gunicorn.worker-series", "worker_series", parse_worker_series, "all",
+      "all: per-worker series (label worker) as well as the app-level ones; none: only the "
+      "app-level series (a fleet's series budget, docs/metrics.md#series-budget)"),
     O("gunicorn.user", "users", parse_users, None,
       "watch only masters run by this user (name or uid; repeatable or comma-separated)",
       repeatable=True, shown="every user"),

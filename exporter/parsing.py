@@ -141,6 +141,13 @@ def _log_level(value) -> str:
     return "warning" if low == "warn" else low
 
 
+def parse_worker_series(value) -> str:
+    low = str(value).strip().lower()
+    if low not in ("all", "none"):
+        raise ConfigError(f"{value!r} is not one of all, none")
+    return low
+
+
 def _path(value) -> str:
     if not str(value).startswith("/"):
         raise ConfigError(f"{value!r} must be an absolute path")

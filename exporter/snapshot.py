@@ -95,6 +95,7 @@ class AppSnapshot:
     workers_spawned: int | None = None  # from the control socket's `show stats`
     workers_killed: int | None = None   # `show stats`: SIGTERM/SIGKILL the master sent a worker
     reloads: int | None = None          # `show stats`: HUP reloads
+    workers_cpu_seconds: float | None = None  # CPU its workers used, a counter (CpuTotals)
     user: str = ""                  # the master's user name (or uid), for gunicorn_info
     uid: int = -1
     errors: list[str] = field(default_factory=list)  # parts of this app that failed, this scrape

@@ -60,7 +60,8 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " (gunicorn_up {{ $value }}): nothing accepts connections on its socket and"
               " the proxy answers 502 (nginx: connect() failed)."),
         Alert("GunicornAppVanished", "W4",
-              "max_over_time(gunicorn_up{@{selector}, app!~`.+(\\.2|@@.+)`}[@{window}]) == 1\n"
+              "max_over_time(gunicorn_workers{@{selector}, app!~`.+(\\.2|@@.+)`}[@{window}]) > 0\n"
+              "and count_over_time(gunicorn_workers{@{selector}}[@{window}]) >= @{min_samples}\n"
               "unless gunicorn_up{@{selector}}\n"
               "and on (job, instance) up{@{selector}} == 1\n"
               "and on (job, instance)"
@@ -128,13 +129,13 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " them."),
         Alert("GunicornWorkerLoopBlocked", "W6 C1",
               "(\n"
-              "  gunicorn_worker_heartbeat_age_max_seconds{@{selector}}\n"
-              "  or gunicorn_worker_heartbeat_age_seconds{@{selector}}\n"
+              "  gunicorn_workers_heartbeat_age_peak_seconds{@{selector}}\n"
+              "  or gunicorn_workers_heartbeat_age_max_seconds{@{selector}}\n"
               ") > @{stall_seconds}\n"
-              "and ignoring (worker, " + INFO + ") gunicorn_info{@{selector},"
+              "and ignoring (" + INFO + ") gunicorn_info{@{selector},"
               " worker_class=~\"gthread|gevent|eventlet|tornado\"}",
               "The main loop of a {{ $labels.app }} worker is blocked",
-              "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }} has"
+              "A worker of {{ $labels.app }} on {{ $labels.instance }} has"
               " not run its main loop for {{ $value | humanizeDuration }} (it refreshes its"
               " heartbeat every second when it can): CPU-bound code, a lock, or a blocking call"
               " in a green thread holds it, and none of its connections is served."),
@@ -252,30 +253,30 @@ GROUPS: list[tuple[str, list[Alert]]] = [
     ]),
     ("gunicorn.connections", [
         Alert("GunicornGthreadWorkerConnectionsAtLimit", "C3",
-              "worker:gunicorn_worker_connections:sum\n"
-              "  >= ignoring (worker) group_left gunicorn_worker_connections_limit{@{selector}}\n"
-              "and ignoring (worker, " + INFO + ") gunicorn_info{@{selector},"
+              "gunicorn_workers_connections_max{@{selector}}\n"
+              "  >= gunicorn_worker_connections_limit{@{selector}}\n"
+              "and ignoring (" + INFO + ") gunicorn_info{@{selector},"
               " worker_class=\"gthread\"}",
               "A gthread worker of {{ $labels.app }} is at worker_connections",
-              "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
+              "A worker of {{ $labels.app }} on {{ $labels.instance }}"
               " holds {{ $value }} connections, its --worker-connections limit: gthread"
               " workers hang there (idle keep-alive connections count)."),
         Alert("GunicornWorkerConnectionsNearLimit", "C3 W7",
-              "worker:gunicorn_worker_connections:sum\n"
-              "  / ignoring (worker) group_left gunicorn_worker_connections_limit{@{selector}}\n"
+              "gunicorn_workers_connections_max{@{selector}}\n"
+              "  / gunicorn_worker_connections_limit{@{selector}}\n"
               "  > @{limit_ratio}",
               "A worker of {{ $labels.app }} nears worker_connections",
-              "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
+              "A worker of {{ $labels.app }} on {{ $labels.instance }}"
               " holds {{ $value | humanizePercentage }} of --worker-connections (threshold"
               " @{limit_ratio_pct})."),
         Alert("GunicornGthreadConnectionsQueuedInWorker", "W9",
-              "quantile_over_time(0.5, worker:gunicorn_worker_requests_waiting:sum[@{window}]) > 0\n"
-              "and count_over_time(worker:gunicorn_worker_requests_waiting:sum[@{window}])"
+              "quantile_over_time(0.5, app:gunicorn_worker_connections_waiting:sum[@{window}]) > 0\n"
+              "and count_over_time(app:gunicorn_worker_connections_waiting:sum[@{window}])"
               " >= @{min_samples}\n"
-              "and ignoring (worker, " + INFO + ") gunicorn_info{@{selector},"
+              "and ignoring (" + INFO + ") gunicorn_info{@{selector},"
               " worker_class=\"gthread\"}",
               "Connections wait inside gthread workers of {{ $labels.app }}",
-              "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
+              "Workers of {{ $labels.app }} on {{ $labels.instance }}"
               " held more requests than threads in most of the last @{window} (median"
               " {{ $value }} waiting): the extra ones wait inside the worker, invisible in"
               " the accept queue."),
@@ -288,12 +289,11 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " `QueuePool limit ... reached` errors in @{window}: requests wait"
               " pool_timeout and fail."),
         Alert("GunicornWorkerDBPoolAtLimit", "C4",
-              "gunicorn_worker_db_connections{@{selector}}\n"
-              "  >= ignoring (worker) group_left\n"
-              "  max without (source) (gunicorn_app_db_connection_budget_per_worker{@{selector},"
+              "gunicorn_workers_db_connections_max{@{selector}}\n"
+              "  >= max without (source) (gunicorn_app_db_connection_budget_per_worker{@{selector},"
               " source=\"declared\"})",
               "A worker of {{ $labels.app }} uses its whole DB pool",
-              "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
+              "A worker of {{ $labels.app }} on {{ $labels.instance }}"
               " holds {{ $value }} database connections, its declared pool_size +"
               " max_overflow: the next checkout waits (QueuePool limit)."),
         Alert("GunicornDBConnectionsOverBudget", "C5",
@@ -307,12 +307,12 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               "app:gunicorn_db_connection_budget:ratio > @{budget_ratio}\n"
               "and app:gunicorn_db_connection_budget:ratio < 1\n"
               "and\n"
-              "predict_linear(app:gunicorn_worker_db_connections:sum[@{window}],"
+              "predict_linear(gunicorn_workers_db_connections{@{selector}}[@{window}],"
               " @{horizon_seconds})\n"
               "  > gunicorn_app_db_connection_budget{@{selector}}\n"
               "unless\n"
-              "app:gunicorn_worker_db_connections:sum\n"
-              "  <= max_over_time(app:gunicorn_worker_db_connections:sum[@{history}]"
+              "gunicorn_workers_db_connections{@{selector}}\n"
+              "  <= max_over_time(gunicorn_workers_db_connections{@{selector}}[@{history}]"
               " offset @{window})",
               "DB connections of {{ $labels.app }} grow towards the budget",
               "The workers of {{ $labels.app }} on {{ $labels.instance }} hold"
@@ -344,16 +344,16 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " `too many clients` / `remaining connection slots are reserved` errors in"
               " @{window}: Postgres is at max_connections."),
         Alert("GunicornGreenThreadDBConnections", "C6",
-              "gunicorn_worker_db_connections{@{selector}} > @{min_connections}\n"
-              "and gunicorn_worker_db_connections{@{selector}}\n"
-              "  > @{per_thread} * gunicorn_worker_threads{@{selector}}\n"
-              "and gunicorn_worker_db_connections{@{selector}}\n"
-              "  > ignoring (worker) group_left\n"
-              "  max without (source) (gunicorn_app_db_connection_budget_per_worker{@{selector}})\n"
-              "and ignoring (worker, " + INFO + ") gunicorn_info{@{selector},"
+              "gunicorn_workers_db_connections_max{@{selector}} > @{min_connections}\n"
+              "and gunicorn_workers_db_connections_max{@{selector}}\n"
+              "  > @{per_thread} * gunicorn_workers_threads{@{selector}}"
+              " / (gunicorn_workers{@{selector}} > 0)\n"
+              "and gunicorn_workers_db_connections_max{@{selector}}\n"
+              "  > max without (source) (gunicorn_app_db_connection_budget_per_worker{@{selector}})\n"
+              "and ignoring (" + INFO + ") gunicorn_info{@{selector},"
               " worker_class=~\"gevent|eventlet\"}",
               "Green threads of {{ $labels.app }} open a DB connection each",
-              "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
+              "A worker of {{ $labels.app }} on {{ $labels.instance }}"
               " ({{ $value }} DB connections) holds more connections than its budget and far"
               " more than OS threads: every green thread keeps its own connection."),
     ]),
@@ -375,17 +375,17 @@ GROUPS: list[tuple[str, list[Alert]]] = [
               " own escalation to SIGKILL is always explained): something kills workers (an"
               " OOM kill the exporter cannot see, or another process)."),
         Alert("GunicornWorkerMemoryGrowing", "W3 W7 C7",
-              "delta(gunicorn_worker_resident_memory_bytes{@{selector}}[@{window}])"
+              "delta(gunicorn_workers_resident_memory_max_bytes{@{selector}}[@{window}])"
               " > @{growth_bytes}\n"
-              "and delta(worker:gunicorn_worker_connections:sum[@{window}]) > 0",
+              "and delta(gunicorn_workers_connections_max{@{selector}}[@{window}]) > 0",
               "Workers of {{ $labels.app }} grow in memory with their connections",
-              "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
+              "The largest worker of {{ $labels.app }} on {{ $labels.instance }}"
               " grew by {{ $value | humanize1024 }}B in @{window} while its connections"
               " grew: requests pile up in memory; an OOM kill may follow."),
         Alert("GunicornWorkerFileDescriptorsHigh", "W10",
-              "worker:gunicorn_worker_fds:ratio > @{fd_ratio}",
+              "gunicorn_workers_open_fds_max_ratio{@{selector}} > @{fd_ratio}",
               "Worker of {{ $labels.app }} nears its file descriptor limit",
-              "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }}"
+              "A worker of {{ $labels.app }} on {{ $labels.instance }}"
               " uses {{ $value | humanizePercentage }} of its `ulimit -n`: accept() fails"
               " at the limit."),
     ]),

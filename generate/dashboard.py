@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from generate import causes, rows
+from generate import causes, rows, workers
 from generate.output import ROOT
 from generate.panels import (DS, NEEDS_RULES, S, Panel, alert_steps, coloured, column, layout,
                              merged_table, pct, row, stat, table, thresholds, threshold_steps)
@@ -144,7 +144,7 @@ def overview(t: dict[str, float]) -> list[Panel]:
 # The rows in order, with the function that makes each one's panels.
 ROWS = (("Overview", overview), ("Saturation", rows.saturation), ("Why busy", causes.why_busy),
         ("Requests", rows.requests),
-        ("Workers", rows.workers), ("Database", rows.database), ("Events", rows.events),
+        ("Workers", workers.workers), ("Database", rows.database), ("Events", rows.events),
         ("Exporter", rows.exporter))
 
 

@@ -21,24 +21,17 @@ RECORDING_RULES: list[tuple[str, str]] = [
      "max without (listener) (rate(gunicorn_listener_queued_seconds_total{@{selector}}[5m]))"),
     ("app:gunicorn_listener_queued:ratio_rate1m",
      "max without (listener) (rate(gunicorn_listener_queued_seconds_total{@{selector}}[1m]))"),
-    # Requests a worker holds: in flight, or served for a client that has gone (a
-    # thread still runs the app for it: busy, whoever waits for the answer).
-    ("worker:gunicorn_worker_requests:sum",
-     "sum without (state) (gunicorn_worker_connections{@{selector}, state=~\"active|client_closed\"})"),
-    # Requests waiting inside a worker: those it accepted beyond what it can serve at
-    # once (gthread parks them; the accept queue does not show them).
-    ("worker:gunicorn_worker_requests_waiting:sum",
-     "clamp_min(\n"
-     "  worker:gunicorn_worker_requests:sum\n"
-     "    - ignoring (worker) group_left gunicorn_worker_capacity{@{selector}},\n"
-     "  0)"),
+    # Requests waiting inside workers: those a worker accepted beyond what it can serve
+    # at once (gthread parks them; the accept queue does not show them). Every rule
+    # reads the app-level series (gunicorn_workers_*), never a per-worker one, so each
+    # works with --gunicorn.worker-series=none as with all.
     ("app:gunicorn_worker_connections_waiting:sum",
-     "sum without (worker) (worker:gunicorn_worker_requests_waiting:sum)"),
-    # Requests being run by a thread: what a worker holds, up to its capacity.
+     "gunicorn_workers_requests_waiting{@{selector}}"),
+    # Requests being run by a thread: what the workers hold (in flight, or served for a
+    # client that has gone), less those waiting for a thread.
     ("app:gunicorn_requests_running:sum",
-     "sum without (worker) (\n"
-     "  worker:gunicorn_worker_requests:sum - worker:gunicorn_worker_requests_waiting:sum\n"
-     ")"),
+     "sum without (state) (gunicorn_workers_connections{@{selector}, state=~\"active|client_closed\"})\n"
+     "  - app:gunicorn_worker_connections_waiting:sum"),
     # The share of those running requests that wait on one peer (its reply), per peer.
     ("app_peer:gunicorn_dependency_waiting:ratio",
      "gunicorn_dependency_waiting_workers{@{selector}}\n"
@@ -49,35 +42,26 @@ RECORDING_RULES: list[tuple[str, str]] = [
      "app:gunicorn_listener_queue_length:sum + app:gunicorn_worker_connections_waiting:sum\n"
      "or app:gunicorn_listener_queue_length:sum\n"
      "or app:gunicorn_worker_connections_waiting:sum"),
-    # The highest heartbeat age since about the last scrape (the sampler reads it every
-    # second: a request that nears --timeout between two scrapes counts), else the age
-    # at the scrape (sampler off).
-    ("worker:gunicorn_worker_heartbeat_timeout:ratio",
-     "(\n"
-     "  gunicorn_worker_heartbeat_age_max_seconds{@{selector}}\n"
-     "  or gunicorn_worker_heartbeat_age_seconds{@{selector}}\n"
-     ")\n"
-     "  / ignoring (worker) group_left () (gunicorn_timeout_seconds{@{selector}} > 0)"),
+    # The highest heartbeat age of the app's workers since about the last scrape (the
+    # sampler reads it every second: a request that nears --timeout between two scrapes
+    # counts), else the highest at the scrape (sampler off).
     ("app:gunicorn_worker_heartbeat_timeout:max_ratio",
-     "max without (worker) (worker:gunicorn_worker_heartbeat_timeout:ratio)"),
+     "(\n"
+     "  gunicorn_workers_heartbeat_age_peak_seconds{@{selector}}\n"
+     "  or gunicorn_workers_heartbeat_age_max_seconds{@{selector}}\n"
+     ")\n"
+     "  / (gunicorn_timeout_seconds{@{selector}} > 0)"),
     # Sync workers only: the heartbeat is how long the current request has run, and only
     # busy workers have one (an idle sync worker's heartbeat ages up to timeout/2). The
     # age at the scrape: an average of where the running requests are.
     ("app:gunicorn_busy_worker_heartbeat_timeout:avg_ratio",
-     "avg without (worker) (\n"
-     "  gunicorn_worker_heartbeat_age_seconds{@{selector}}\n"
-     "    / ignoring (worker) group_left () (gunicorn_timeout_seconds{@{selector}} > 0)\n"
-     "  and worker:gunicorn_worker_requests:sum\n"
-     "    >= ignoring (worker) group_left gunicorn_worker_capacity{@{selector}}\n"
-     ")"),
-    ("worker:gunicorn_worker_connections:sum",
-     "sum without (state) (gunicorn_worker_connections{@{selector}})"),
+     "gunicorn_workers_busy_heartbeat_age_seconds{@{selector}}\n"
+     "  / (gunicorn_workers_busy{@{selector}} > 0)\n"
+     "  / (gunicorn_timeout_seconds{@{selector}} > 0)"),
     ("app:gunicorn_worker_connections_client_closed:sum",
-     "sum without (worker, state) (gunicorn_worker_connections{@{selector}, state=\"client_closed\"})"),
-    ("app:gunicorn_worker_db_connections:sum",
-     "sum without (worker) (gunicorn_worker_db_connections{@{selector}})"),
+     "sum without (state) (gunicorn_workers_connections{@{selector}, state=\"client_closed\"})"),
     ("app:gunicorn_db_connection_budget:ratio",
-     "app:gunicorn_worker_db_connections:sum\n"
+     "gunicorn_workers_db_connections{@{selector}}\n"
      "  / (gunicorn_app_db_connection_budget{@{selector}} > 0)"),
     ("server:gunicorn_postgres_connections:sum",
      "sum without (datname, usename, application_name, state) "
@@ -91,8 +75,6 @@ RECORDING_RULES: list[tuple[str, str]] = [
     ("server:gunicorn_postgres_connections:ratio",
      "server:gunicorn_postgres_connections:sum\n"
      "  / (server:gunicorn_postgres_usable_connections:sum > 0)"),
-    ("worker:gunicorn_worker_fds:ratio",
-     "gunicorn_worker_open_fds{@{selector}} / (gunicorn_worker_max_fds{@{selector}} > 0)"),
     # Requests from gunicorn's statsd stream or an access log (docs/requests.md), per app
     # and source (statsd, access_log: never summed, a proxy's log also holds its own 502s).
     # With --requests.route the access log series also carry `route`: summed away here.

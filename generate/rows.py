@@ -1,22 +1,14 @@
 """The panels of the dashboard's rows below the Overview, one function a row (its title
-and place: generate/dashboard.py): (panel, width, height) in reading order; `t` holds the
-alert thresholds (generate/panels.py's `thresholds`)."""
+and place: generate/dashboard.py; the Workers row: generate/workers.py): (panel, width,
+height) in reading order; `t` holds the alert thresholds (generate/panels.py's
+`thresholds`)."""
 
 from __future__ import annotations
 
+from generate.workers import NO_WORKER_SERIES, app_level
 from generate.panels import (H, NEEDS_LOGS, NEEDS_OOM, NEEDS_POSTGRES, NEEDS_BUDGET,
                              NEEDS_REQUESTS, NEEDS_RULES, NEEDS_SAMPLER, S, Panel, alert_steps,
                              increase, pct, rate, table, threshold_steps, timeseries)
-
-# A worker's highest heartbeat age since about the last scrape, else (sampler off) its
-# age at the scrape: what the alerts read.
-HEARTBEAT = f"(gunicorn_worker_heartbeat_age_max_seconds{{{S}}} or gunicorn_worker_heartbeat_age_seconds{{{S}}})"
-
-
-def per_worker(title: str, description: str, expr: str, **options) -> Panel:
-    """A panel of `expr`, one series a worker, half the width."""
-    return timeseries(title, description, [(expr, "{{app}} w{{worker}}")], **options), 12, 8
-
 
 def saturation(t: dict[str, float]) -> list[Panel]:
     """Busy workers, accept queues, drops, backlogs, slow requests."""
@@ -172,83 +164,6 @@ def requests(t: dict[str, float]) -> list[Panel]:
     ]
 
 
-def workers(t: dict[str, float]) -> list[Panel]:
-    """Per worker: connections, heartbeats, memory, fds, CPU, churn."""
-    return [
-        (timeseries("Connections per worker",
-                    "Client connections each worker holds: active, and client_closed (the client "
-                    "hung up, the worker still works on it: W8), against the worker's capacity "
-                    "(threads / worker_connections) and worker_connections (gthread hangs there: C3; "
-                    f"{pct(t, 'connections_warning')} x worker_connections is the alert). W9, W7.",
-                    [(f'gunicorn_worker_connections{{{S}, state="active"}}', "{{app}} w{{worker}} active"),
-                     (f'gunicorn_worker_connections{{{S}, state="client_closed"}}', "{{app}} w{{worker}} client_closed"),
-                     (f"gunicorn_worker_capacity{{{S}}}", "{{app}} (capacity)"),
-                     (f"gunicorn_worker_connections_limit{{{S}}}", "{{app}} worker_connections (limit)"),
-                     (f"{t['connections_warning']:g} * gunicorn_worker_connections_limit{{{S}}}",
-                      "{{app}} alert (threshold)")],
-                    decimals=0), 12, 8),
-        (timeseries("Heartbeat age vs timeout",
-                    "Seconds since each worker last notified the master: for a sync worker, how "
-                    "long its current request has run. The master kills the worker at the timeout "
-                    f"(WORKER TIMEOUT, W5); {pct(t, 'heartbeat_warning')} x timeout is the alert. "
-                    "Idle sync workers reach timeout/2 normally. The highest age since about "
-                    "the last scrape (the sampler reads it every second) is what the alert "
-                    "compares: a request that nears the timeout between two scrapes. W5, W8, "
-                    "W6, C2.",
-                    [(f"gunicorn_worker_heartbeat_age_seconds{{{S}}}", "{{app}} w{{worker}}"),
-                     (f"gunicorn_worker_heartbeat_age_max_seconds{{{S}}}",
-                      "{{app}} w{{worker}} highest between scrapes"),
-                     (f"gunicorn_timeout_seconds{{{S}}} > 0", "{{app}} timeout (limit)"),
-                     (f"{t['heartbeat_warning']:g} * gunicorn_timeout_seconds{{{S}}} > 0",
-                      "{{app}} alert (threshold)")],
-                    unit="s"), 12, 8),
-        per_worker("Heartbeat age / timeout",
-                   f"Each worker's highest heartbeat age since about the last scrape (the age at "
-                   f"the scrape when the sampler is off) as a fraction of its app's timeout: "
-                   f"what the alert reads; dashed: the alert threshold "
-                   f"({pct(t, 'heartbeat_warning')}). W5.",
-                   HEARTBEAT + f" / on (job, instance, app) group_left () (gunicorn_timeout_seconds{{{S}}} > 0)",
-                   unit="percentunit", threshold=alert_steps(t, "heartbeat_warning"), max_=1),
-        per_worker("Main loop stall (gthread, gevent, eventlet, tornado)",
-                   "Heartbeat age of workers that refresh their heartbeat every second from their "
-                   "main loop while they serve requests: an age of seconds means CPU-bound code, a "
-                   "lock or a blocking call holds the loop and none of the worker's connections is "
-                   f"served. Dashed: the alert threshold ({pct(t, 'loop_stall_warning')} s). "
-                   "Sync workers are in the heartbeat panels above. W6, C1.",
-                   HEARTBEAT + " and ignoring (worker, version, worker_class, user) "
-                   f'gunicorn_info{{{S}, worker_class=~"gthread|gevent|eventlet|tornado"}}',
-                   unit="s", threshold=alert_steps(t, "loop_stall_warning"),
-                   no_value="No gthread, gevent, eventlet or tornado worker"),
-        per_worker("Resident memory per worker",
-                   "RSS of each worker. Rising together with connections: W3, W7; growth before "
-                   "a kill: C7.",
-                   f"gunicorn_worker_resident_memory_bytes{{{S}}}",
-                   unit="bytes"),
-        per_worker("Open fds / fd limit",
-                   f"Each worker's open file descriptors over its ulimit -n; dashed: the alert "
-                   f"threshold ({pct(t, 'fd_warning')}). W10.",
-                   f"gunicorn_worker_open_fds{{{S}}} / gunicorn_worker_max_fds{{{S}}}",
-                   unit="percentunit", threshold=alert_steps(t, "fd_warning"), max_=1),
-        per_worker("CPU per worker",
-                   "CPU time per second of each worker (1 = one core). A busy worker that uses "
-                   "little CPU waits on I/O: W1, W6, I2.",
-                   f"rate(gunicorn_worker_cpu_seconds_total{{{S}}}[$__rate_interval])",
-                   unit="percentunit"),
-        (timeseries("Worker churn",
-                    "Workers spawned per second, kill signals the master sent and its reloads "
-                    "(control socket), and worker slots whose process changed: --max-requests "
-                    "recycling, timeouts (W5), OOM kills (C7: spawns without kill signals).",
-                    [(rate("gunicorn_workers_spawned_total"), "{{app}} @ {{instance}} spawned/s"),
-                     (rate("gunicorn_worker_kill_signals_total"),
-                      "{{app}} @ {{instance}} kill signals/s"),
-                     (increase("gunicorn_master_reloads_total"), "{{app}} @ {{instance}} reloads"),
-                     (f"sum by (instance, app) (changes(gunicorn_worker_start_time_seconds{{{S}}}[$__rate_interval]))",
-                      "{{app}} @ {{instance}} slots restarted")]), 12, 8),
-        (table("Apps", "gunicorn release, worker class and user of each app (gunicorn_info).",
-               f"gunicorn_info{{{S}}}"), 24, 5),
-    ]
-
-
 def database(t: dict[str, float]) -> list[Panel]:
     """Postgres connections, budgets, old transactions."""
     # As the alerts count: max_connections minus the slots ordinary roles can never use.
@@ -286,7 +201,7 @@ def database(t: dict[str, float]) -> list[Panel]:
                     f"(workers x per-worker budget; {pct(t, 'db_budget_critical')} x budget is the "
                     "alert). The pg_stat_activity lines need --postgres.dsn; the budget needs the "
                     "postgres collector (on unless --no-collector.postgres). C5.",
-                    [(f"sum by (instance, app) (gunicorn_worker_db_connections{{{S}}})", "{{app}} @ {{instance}} sockets"),
+                    [(f"sum by (instance, app) (gunicorn_workers_db_connections{{{S}}})", "{{app}} @ {{instance}} sockets"),
                      (f"sum by (instance, app, server) (gunicorn_postgres_app_connections{{{S}}})",
                       "{{app}} @ {{instance}} in {{server}}"),
                      (f"gunicorn_app_db_connection_budget{{{S}}}", "{{app}} @ {{instance}} (budget)")],
@@ -295,16 +210,22 @@ def database(t: dict[str, float]) -> list[Panel]:
                     "Each app's database connections (its workers' sockets) over its budget; dashed: "
                     f"the alert threshold ({pct(t, 'db_budget_critical')}). Above it connections "
                     "leak or the budget (--postgres.app-budget) is wrong. C5.",
-                    [(f"sum by (job, instance, app) (gunicorn_worker_db_connections{{{S}}}) / on (job, instance, app) "
+                    [(f"sum by (job, instance, app) (gunicorn_workers_db_connections{{{S}}}) / on (job, instance, app) "
                       f"(gunicorn_app_db_connection_budget{{{S}}} > 0)", "{{app}} @ {{instance}}")],
                     unit="percentunit", threshold=alert_steps(t, "db_budget_critical"),
                     no_value=f"No budget: {NEEDS_BUDGET}"), 12, 8),
         (timeseries("DB connections per worker vs threads",
                     "Database connections of each worker against its OS threads and its per-worker "
                     "budget. Far above the threads (eventlet/gevent with persistent connections): "
-                    "C6; at pool_size + max_overflow: C4.",
+                    "C6; at pool_size + max_overflow: C4." + NO_WORKER_SERIES.format(
+                        what="the most one worker holds, and the threads per worker"),
                     [(f"gunicorn_worker_db_connections{{{S}}}", "{{app}} w{{worker}} connections"),
                      (f"gunicorn_worker_threads{{{S}}}", "{{app}} w{{worker}} threads"),
+                     (app_level(f"gunicorn_workers_db_connections_max{{{S}}}",
+                                f"gunicorn_worker_db_connections{{{S}}}"),
+                      "{{app}} most of one worker"),
+                     (app_level(f"gunicorn_workers_threads{{{S}}} / (gunicorn_workers{{{S}}} > 0)",
+                                f"gunicorn_worker_threads{{{S}}}"), "{{app}} threads per worker"),
                      (f"max by (instance, app) (gunicorn_app_db_connection_budget_per_worker{{{S}}})",
                       "{{app}} per worker (budget)")],
                     decimals=0, no_value=f"No data: {NEEDS_BUDGET}"), 12, 8),

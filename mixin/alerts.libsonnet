@@ -20,7 +20,7 @@
           },
           {
             alert: "GunicornAppVanished",
-            expr: std.format("max_over_time(gunicorn_up{%s, app!~`.+(\\.2|@.+)`}[%s]) == 1\nunless gunicorn_up{%s}\nand on (job, instance) up{%s} == 1\nand on (job, instance) gunicorn_exporter_collector_success{%s, collector=\"gunicorn\"} == 1", [$._config.selector, $._config.alerts.GunicornAppVanished.window, $._config.selector, $._config.selector, $._config.selector]),
+            expr: std.format("max_over_time(gunicorn_workers{%s, app!~`.+(\\.2|@.+)`}[%s]) > 0\nand count_over_time(gunicorn_workers{%s}[%s]) >= %d\nunless gunicorn_up{%s}\nand on (job, instance) up{%s} == 1\nand on (job, instance) gunicorn_exporter_collector_success{%s, collector=\"gunicorn\"} == 1", [$._config.selector, $._config.alerts.GunicornAppVanished.window, $._config.selector, $._config.alerts.GunicornAppVanished.window, $._config.alerts.GunicornAppVanished.min_samples, $._config.selector, $._config.selector, $._config.selector]),
             "for": $._config.alerts.GunicornAppVanished["for"],
             labels: {
               severity: $._config.alerts.GunicornAppVanished.severity,
@@ -112,14 +112,14 @@
           },
           {
             alert: "GunicornWorkerLoopBlocked",
-            expr: std.format("(\n  gunicorn_worker_heartbeat_age_max_seconds{%s}\n  or gunicorn_worker_heartbeat_age_seconds{%s}\n) > %d\nand ignoring (worker, version, worker_class, user) gunicorn_info{%s, worker_class=~\"gthread|gevent|eventlet|tornado\"}", [$._config.selector, $._config.selector, $._config.alerts.GunicornWorkerLoopBlocked.stall_seconds, $._config.selector]),
+            expr: std.format("(\n  gunicorn_workers_heartbeat_age_peak_seconds{%s}\n  or gunicorn_workers_heartbeat_age_max_seconds{%s}\n) > %d\nand ignoring (version, worker_class, user) gunicorn_info{%s, worker_class=~\"gthread|gevent|eventlet|tornado\"}", [$._config.selector, $._config.selector, $._config.alerts.GunicornWorkerLoopBlocked.stall_seconds, $._config.selector]),
             "for": $._config.alerts.GunicornWorkerLoopBlocked["for"],
             labels: {
               severity: $._config.alerts.GunicornWorkerLoopBlocked.severity,
             },
             annotations: {
               summary: "The main loop of a {{ $labels.app }} worker is blocked",
-              description: "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }} has not run its main loop for {{ $value | humanizeDuration }} (it refreshes its heartbeat every second when it can): CPU-bound code, a lock, or a blocking call in a green thread holds it, and none of its connections is served.",
+              description: "A worker of {{ $labels.app }} on {{ $labels.instance }} has not run its main loop for {{ $value | humanizeDuration }} (it refreshes its heartbeat every second when it can): CPU-bound code, a lock, or a blocking call in a green thread holds it, and none of its connections is served.",
               runbook_url: $._config.runbook_url + "#gunicornworkerloopblocked",
             },
           },
@@ -318,7 +318,7 @@
         rules: [
           {
             alert: "GunicornGthreadWorkerConnectionsAtLimit",
-            expr: std.format("worker:gunicorn_worker_connections:sum\n  >= ignoring (worker) group_left gunicorn_worker_connections_limit{%s}\nand ignoring (worker, version, worker_class, user) gunicorn_info{%s, worker_class=\"gthread\"}", [$._config.selector, $._config.selector]),
+            expr: std.format("gunicorn_workers_connections_max{%s}\n  >= gunicorn_worker_connections_limit{%s}\nand ignoring (version, worker_class, user) gunicorn_info{%s, worker_class=\"gthread\"}", [$._config.selector, $._config.selector, $._config.selector]),
             "for": $._config.alerts.GunicornGthreadWorkerConnectionsAtLimit["for"],
             keep_firing_for: $._config.alerts.GunicornGthreadWorkerConnectionsAtLimit.keep_firing_for,
             labels: {
@@ -326,26 +326,26 @@
             },
             annotations: {
               summary: "A gthread worker of {{ $labels.app }} is at worker_connections",
-              description: "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }} holds {{ $value }} connections, its --worker-connections limit: gthread workers hang there (idle keep-alive connections count).",
+              description: "A worker of {{ $labels.app }} on {{ $labels.instance }} holds {{ $value }} connections, its --worker-connections limit: gthread workers hang there (idle keep-alive connections count).",
               runbook_url: $._config.runbook_url + "#gunicorngthreadworkerconnectionsatlimit",
             },
           },
           {
             alert: "GunicornWorkerConnectionsNearLimit",
-            expr: std.format("worker:gunicorn_worker_connections:sum\n  / ignoring (worker) group_left gunicorn_worker_connections_limit{%s}\n  > %g", [$._config.selector, $._config.alerts.GunicornWorkerConnectionsNearLimit.limit_ratio]),
+            expr: std.format("gunicorn_workers_connections_max{%s}\n  / gunicorn_worker_connections_limit{%s}\n  > %g", [$._config.selector, $._config.selector, $._config.alerts.GunicornWorkerConnectionsNearLimit.limit_ratio]),
             "for": $._config.alerts.GunicornWorkerConnectionsNearLimit["for"],
             labels: {
               severity: $._config.alerts.GunicornWorkerConnectionsNearLimit.severity,
             },
             annotations: {
               summary: "A worker of {{ $labels.app }} nears worker_connections",
-              description: std.format("Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }} holds {{ $value | humanizePercentage }} of --worker-connections (threshold %g%%).", [($._config.alerts.GunicornWorkerConnectionsNearLimit.limit_ratio) * 100]),
+              description: std.format("A worker of {{ $labels.app }} on {{ $labels.instance }} holds {{ $value | humanizePercentage }} of --worker-connections (threshold %g%%).", [($._config.alerts.GunicornWorkerConnectionsNearLimit.limit_ratio) * 100]),
               runbook_url: $._config.runbook_url + "#gunicornworkerconnectionsnearlimit",
             },
           },
           {
             alert: "GunicornGthreadConnectionsQueuedInWorker",
-            expr: std.format("quantile_over_time(0.5, worker:gunicorn_worker_requests_waiting:sum[%s]) > 0\nand count_over_time(worker:gunicorn_worker_requests_waiting:sum[%s]) >= %d\nand ignoring (worker, version, worker_class, user) gunicorn_info{%s, worker_class=\"gthread\"}", [$._config.alerts.GunicornGthreadConnectionsQueuedInWorker.window, $._config.alerts.GunicornGthreadConnectionsQueuedInWorker.window, $._config.alerts.GunicornGthreadConnectionsQueuedInWorker.min_samples, $._config.selector]),
+            expr: std.format("quantile_over_time(0.5, app:gunicorn_worker_connections_waiting:sum[%s]) > 0\nand count_over_time(app:gunicorn_worker_connections_waiting:sum[%s]) >= %d\nand ignoring (version, worker_class, user) gunicorn_info{%s, worker_class=\"gthread\"}", [$._config.alerts.GunicornGthreadConnectionsQueuedInWorker.window, $._config.alerts.GunicornGthreadConnectionsQueuedInWorker.window, $._config.alerts.GunicornGthreadConnectionsQueuedInWorker.min_samples, $._config.selector]),
             "for": $._config.alerts.GunicornGthreadConnectionsQueuedInWorker["for"],
             keep_firing_for: $._config.alerts.GunicornGthreadConnectionsQueuedInWorker.keep_firing_for,
             labels: {
@@ -353,7 +353,7 @@
             },
             annotations: {
               summary: "Connections wait inside gthread workers of {{ $labels.app }}",
-              description: std.format("Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }} held more requests than threads in most of the last %s (median {{ $value }} waiting): the extra ones wait inside the worker, invisible in the accept queue.", [$._config.alerts.GunicornGthreadConnectionsQueuedInWorker.window]),
+              description: std.format("Workers of {{ $labels.app }} on {{ $labels.instance }} held more requests than threads in most of the last %s (median {{ $value }} waiting): the extra ones wait inside the worker, invisible in the accept queue.", [$._config.alerts.GunicornGthreadConnectionsQueuedInWorker.window]),
               runbook_url: $._config.runbook_url + "#gunicorngthreadconnectionsqueuedinworker",
             },
           },
@@ -377,14 +377,14 @@
           },
           {
             alert: "GunicornWorkerDBPoolAtLimit",
-            expr: std.format("gunicorn_worker_db_connections{%s}\n  >= ignoring (worker) group_left\n  max without (source) (gunicorn_app_db_connection_budget_per_worker{%s, source=\"declared\"})", [$._config.selector, $._config.selector]),
+            expr: std.format("gunicorn_workers_db_connections_max{%s}\n  >= max without (source) (gunicorn_app_db_connection_budget_per_worker{%s, source=\"declared\"})", [$._config.selector, $._config.selector]),
             "for": $._config.alerts.GunicornWorkerDBPoolAtLimit["for"],
             labels: {
               severity: $._config.alerts.GunicornWorkerDBPoolAtLimit.severity,
             },
             annotations: {
               summary: "A worker of {{ $labels.app }} uses its whole DB pool",
-              description: "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }} holds {{ $value }} database connections, its declared pool_size + max_overflow: the next checkout waits (QueuePool limit).",
+              description: "A worker of {{ $labels.app }} on {{ $labels.instance }} holds {{ $value }} database connections, its declared pool_size + max_overflow: the next checkout waits (QueuePool limit).",
               runbook_url: $._config.runbook_url + "#gunicornworkerdbpoolatlimit",
             },
           },
@@ -403,7 +403,7 @@
           },
           {
             alert: "GunicornDBConnectionsWillExceedBudget",
-            expr: std.format("app:gunicorn_db_connection_budget:ratio > %g\nand app:gunicorn_db_connection_budget:ratio < 1\nand\npredict_linear(app:gunicorn_worker_db_connections:sum[%s], %d)\n  > gunicorn_app_db_connection_budget{%s}\nunless\napp:gunicorn_worker_db_connections:sum\n  <= max_over_time(app:gunicorn_worker_db_connections:sum[%s] offset %s)", [$._config.alerts.GunicornDBConnectionsWillExceedBudget.budget_ratio, $._config.alerts.GunicornDBConnectionsWillExceedBudget.window, $._config.alerts.GunicornDBConnectionsWillExceedBudget.horizon_seconds, $._config.selector, $._config.alerts.GunicornDBConnectionsWillExceedBudget.history, $._config.alerts.GunicornDBConnectionsWillExceedBudget.window]),
+            expr: std.format("app:gunicorn_db_connection_budget:ratio > %g\nand app:gunicorn_db_connection_budget:ratio < 1\nand\npredict_linear(gunicorn_workers_db_connections{%s}[%s], %d)\n  > gunicorn_app_db_connection_budget{%s}\nunless\ngunicorn_workers_db_connections{%s}\n  <= max_over_time(gunicorn_workers_db_connections{%s}[%s] offset %s)", [$._config.alerts.GunicornDBConnectionsWillExceedBudget.budget_ratio, $._config.selector, $._config.alerts.GunicornDBConnectionsWillExceedBudget.window, $._config.alerts.GunicornDBConnectionsWillExceedBudget.horizon_seconds, $._config.selector, $._config.selector, $._config.selector, $._config.alerts.GunicornDBConnectionsWillExceedBudget.history, $._config.alerts.GunicornDBConnectionsWillExceedBudget.window]),
             "for": $._config.alerts.GunicornDBConnectionsWillExceedBudget["for"],
             labels: {
               severity: $._config.alerts.GunicornDBConnectionsWillExceedBudget.severity,
@@ -468,14 +468,14 @@
           },
           {
             alert: "GunicornGreenThreadDBConnections",
-            expr: std.format("gunicorn_worker_db_connections{%s} > %d\nand gunicorn_worker_db_connections{%s}\n  > %d * gunicorn_worker_threads{%s}\nand gunicorn_worker_db_connections{%s}\n  > ignoring (worker) group_left\n  max without (source) (gunicorn_app_db_connection_budget_per_worker{%s})\nand ignoring (worker, version, worker_class, user) gunicorn_info{%s, worker_class=~\"gevent|eventlet\"}", [$._config.selector, $._config.alerts.GunicornGreenThreadDBConnections.min_connections, $._config.selector, $._config.alerts.GunicornGreenThreadDBConnections.per_thread, $._config.selector, $._config.selector, $._config.selector, $._config.selector]),
+            expr: std.format("gunicorn_workers_db_connections_max{%s} > %d\nand gunicorn_workers_db_connections_max{%s}\n  > %d * gunicorn_workers_threads{%s} / (gunicorn_workers{%s} > 0)\nand gunicorn_workers_db_connections_max{%s}\n  > max without (source) (gunicorn_app_db_connection_budget_per_worker{%s})\nand ignoring (version, worker_class, user) gunicorn_info{%s, worker_class=~\"gevent|eventlet\"}", [$._config.selector, $._config.alerts.GunicornGreenThreadDBConnections.min_connections, $._config.selector, $._config.alerts.GunicornGreenThreadDBConnections.per_thread, $._config.selector, $._config.selector, $._config.selector, $._config.selector, $._config.selector]),
             "for": $._config.alerts.GunicornGreenThreadDBConnections["for"],
             labels: {
               severity: $._config.alerts.GunicornGreenThreadDBConnections.severity,
             },
             annotations: {
               summary: "Green threads of {{ $labels.app }} open a DB connection each",
-              description: "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }} ({{ $value }} DB connections) holds more connections than its budget and far more than OS threads: every green thread keeps its own connection.",
+              description: "A worker of {{ $labels.app }} on {{ $labels.instance }} ({{ $value }} DB connections) holds more connections than its budget and far more than OS threads: every green thread keeps its own connection.",
               runbook_url: $._config.runbook_url + "#gunicorngreenthreaddbconnections",
             },
           },
@@ -512,27 +512,27 @@
           },
           {
             alert: "GunicornWorkerMemoryGrowing",
-            expr: std.format("delta(gunicorn_worker_resident_memory_bytes{%s}[%s]) > %d\nand delta(worker:gunicorn_worker_connections:sum[%s]) > 0", [$._config.selector, $._config.alerts.GunicornWorkerMemoryGrowing.window, $._config.alerts.GunicornWorkerMemoryGrowing.growth_bytes, $._config.alerts.GunicornWorkerMemoryGrowing.window]),
+            expr: std.format("delta(gunicorn_workers_resident_memory_max_bytes{%s}[%s]) > %d\nand delta(gunicorn_workers_connections_max{%s}[%s]) > 0", [$._config.selector, $._config.alerts.GunicornWorkerMemoryGrowing.window, $._config.alerts.GunicornWorkerMemoryGrowing.growth_bytes, $._config.selector, $._config.alerts.GunicornWorkerMemoryGrowing.window]),
             "for": $._config.alerts.GunicornWorkerMemoryGrowing["for"],
             labels: {
               severity: $._config.alerts.GunicornWorkerMemoryGrowing.severity,
             },
             annotations: {
               summary: "Workers of {{ $labels.app }} grow in memory with their connections",
-              description: std.format("Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }} grew by {{ $value | humanize1024 }}B in %s while its connections grew: requests pile up in memory; an OOM kill may follow.", [$._config.alerts.GunicornWorkerMemoryGrowing.window]),
+              description: std.format("The largest worker of {{ $labels.app }} on {{ $labels.instance }} grew by {{ $value | humanize1024 }}B in %s while its connections grew: requests pile up in memory; an OOM kill may follow.", [$._config.alerts.GunicornWorkerMemoryGrowing.window]),
               runbook_url: $._config.runbook_url + "#gunicornworkermemorygrowing",
             },
           },
           {
             alert: "GunicornWorkerFileDescriptorsHigh",
-            expr: std.format("worker:gunicorn_worker_fds:ratio > %g", [$._config.alerts.GunicornWorkerFileDescriptorsHigh.fd_ratio]),
+            expr: std.format("gunicorn_workers_open_fds_max_ratio{%s} > %g", [$._config.selector, $._config.alerts.GunicornWorkerFileDescriptorsHigh.fd_ratio]),
             "for": $._config.alerts.GunicornWorkerFileDescriptorsHigh["for"],
             labels: {
               severity: $._config.alerts.GunicornWorkerFileDescriptorsHigh.severity,
             },
             annotations: {
               summary: "Worker of {{ $labels.app }} nears its file descriptor limit",
-              description: "Worker {{ $labels.worker }} of {{ $labels.app }} on {{ $labels.instance }} uses {{ $value | humanizePercentage }} of its `ulimit -n`: accept() fails at the limit.",
+              description: "A worker of {{ $labels.app }} on {{ $labels.instance }} uses {{ $value | humanizePercentage }} of its `ulimit -n`: accept() fails at the limit.",
               runbook_url: $._config.runbook_url + "#gunicornworkerfiledescriptorshigh",
             },
           },

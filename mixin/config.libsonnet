@@ -12,6 +12,7 @@
         "for": "2m",
         severity: "critical",
         window: "1h",
+        min_samples: 4,
       },
       GunicornWorkerPoolExhausted: {
         "for": "0m",

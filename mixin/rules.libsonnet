@@ -26,20 +26,12 @@
             expr: std.format("max without (listener) (rate(gunicorn_listener_queued_seconds_total{%s}[1m]))", [$._config.selector]),
           },
           {
-            record: "worker:gunicorn_worker_requests:sum",
-            expr: std.format("sum without (state) (gunicorn_worker_connections{%s, state=~\"active|client_closed\"})", [$._config.selector]),
-          },
-          {
-            record: "worker:gunicorn_worker_requests_waiting:sum",
-            expr: std.format("clamp_min(\n  worker:gunicorn_worker_requests:sum\n    - ignoring (worker) group_left gunicorn_worker_capacity{%s},\n  0)", [$._config.selector]),
-          },
-          {
             record: "app:gunicorn_worker_connections_waiting:sum",
-            expr: "sum without (worker) (worker:gunicorn_worker_requests_waiting:sum)",
+            expr: std.format("gunicorn_workers_requests_waiting{%s}", [$._config.selector]),
           },
           {
             record: "app:gunicorn_requests_running:sum",
-            expr: "sum without (worker) (\n  worker:gunicorn_worker_requests:sum - worker:gunicorn_worker_requests_waiting:sum\n)",
+            expr: std.format("sum without (state) (gunicorn_workers_connections{%s, state=~\"active|client_closed\"})\n  - app:gunicorn_worker_connections_waiting:sum", [$._config.selector]),
           },
           {
             record: "app_peer:gunicorn_dependency_waiting:ratio",
@@ -50,32 +42,20 @@
             expr: "app:gunicorn_listener_queue_length:sum + app:gunicorn_worker_connections_waiting:sum\nor app:gunicorn_listener_queue_length:sum\nor app:gunicorn_worker_connections_waiting:sum",
           },
           {
-            record: "worker:gunicorn_worker_heartbeat_timeout:ratio",
-            expr: std.format("(\n  gunicorn_worker_heartbeat_age_max_seconds{%s}\n  or gunicorn_worker_heartbeat_age_seconds{%s}\n)\n  / ignoring (worker) group_left () (gunicorn_timeout_seconds{%s} > 0)", [$._config.selector, $._config.selector, $._config.selector]),
-          },
-          {
             record: "app:gunicorn_worker_heartbeat_timeout:max_ratio",
-            expr: "max without (worker) (worker:gunicorn_worker_heartbeat_timeout:ratio)",
+            expr: std.format("(\n  gunicorn_workers_heartbeat_age_peak_seconds{%s}\n  or gunicorn_workers_heartbeat_age_max_seconds{%s}\n)\n  / (gunicorn_timeout_seconds{%s} > 0)", [$._config.selector, $._config.selector, $._config.selector]),
           },
           {
             record: "app:gunicorn_busy_worker_heartbeat_timeout:avg_ratio",
-            expr: std.format("avg without (worker) (\n  gunicorn_worker_heartbeat_age_seconds{%s}\n    / ignoring (worker) group_left () (gunicorn_timeout_seconds{%s} > 0)\n  and worker:gunicorn_worker_requests:sum\n    >= ignoring (worker) group_left gunicorn_worker_capacity{%s}\n)", [$._config.selector, $._config.selector, $._config.selector]),
-          },
-          {
-            record: "worker:gunicorn_worker_connections:sum",
-            expr: std.format("sum without (state) (gunicorn_worker_connections{%s})", [$._config.selector]),
+            expr: std.format("gunicorn_workers_busy_heartbeat_age_seconds{%s}\n  / (gunicorn_workers_busy{%s} > 0)\n  / (gunicorn_timeout_seconds{%s} > 0)", [$._config.selector, $._config.selector, $._config.selector]),
           },
           {
             record: "app:gunicorn_worker_connections_client_closed:sum",
-            expr: std.format("sum without (worker, state) (gunicorn_worker_connections{%s, state=\"client_closed\"})", [$._config.selector]),
-          },
-          {
-            record: "app:gunicorn_worker_db_connections:sum",
-            expr: std.format("sum without (worker) (gunicorn_worker_db_connections{%s})", [$._config.selector]),
+            expr: std.format("sum without (state) (gunicorn_workers_connections{%s, state=\"client_closed\"})", [$._config.selector]),
           },
           {
             record: "app:gunicorn_db_connection_budget:ratio",
-            expr: std.format("app:gunicorn_worker_db_connections:sum\n  / (gunicorn_app_db_connection_budget{%s} > 0)", [$._config.selector]),
+            expr: std.format("gunicorn_workers_db_connections{%s}\n  / (gunicorn_app_db_connection_budget{%s} > 0)", [$._config.selector, $._config.selector]),
           },
           {
             record: "server:gunicorn_postgres_connections:sum",
@@ -88,10 +68,6 @@
           {
             record: "server:gunicorn_postgres_connections:ratio",
             expr: "server:gunicorn_postgres_connections:sum\n  / (server:gunicorn_postgres_usable_connections:sum > 0)",
-          },
-          {
-            record: "worker:gunicorn_worker_fds:ratio",
-            expr: std.format("gunicorn_worker_open_fds{%s} / (gunicorn_worker_max_fds{%s} > 0)", [$._config.selector, $._config.selector]),
           },
           {
             record: "app:gunicorn_requests:rate5m",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -18,12 +19,12 @@ import yaml
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from generate import alerts, recording, rules
+from generate import alerts, recording, rules, ruletests
 from generate.__main__ import main as generate_main
 from tests.conftest import require
 from tests.harness.clients import SlowClients
 from tests.harness.procs import poll, unique_name
-from tests.harness.servers import running_exporter, silent_peer
+from tests.harness.servers import running_exporter
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
@@ -125,10 +126,17 @@ def test_promtool_check_rules():
 
 
 @pytest.mark.slow
-def test_promtool_unit_tests():
+@pytest.mark.parametrize("mode", ruletests.MODES)
+def test_promtool_unit_tests(mode, tmp_path):
+    """Every test of alerts/tests/ with its input series as --gunicorn.worker-series=MODE
+    exposes them (generate/ruletests.py): the same alerts fire in both modes."""
     assert UNIT_TESTS, "no promtool unit tests in alerts/tests/"
-    res = subprocess.run([promtool(), "test", "rules", *map(str, UNIT_TESTS)],
-                         capture_output=True, text=True, timeout=120, cwd=ALERTS / "tests")
+    files = [f for f in ruletests.write(mode, tmp_path) if f.parent == tmp_path]
+    assert len(files) == len(UNIT_TESTS)
+    if mode == "none":
+        assert not re.search(r'series: .*\bworker="', "".join(f.read_text() for f in files))
+    res = subprocess.run([promtool(), "test", "rules", *map(str, files)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("SUCCESS") == len(UNIT_TESTS), res.stdout
 
@@ -257,26 +265,44 @@ def _get(url: str, timeout: float = 10):
 
 
 @pytest.mark.slow
-def test_rules_read_only_metrics_the_exporter_exports(gunicorn_factory, tmp_path):
+@pytest.mark.parametrize("mode", ["all", "none"])
+def test_rules_read_only_metrics_the_exporter_exports(mode, gunicorn_factory, tmp_path):
+    """Every series a rule reads is on a real scrape of a real busy app in both
+    --gunicorn.worker-series modes; in mode none, not one series has a worker label."""
     used = rule_metric_names() - PROMETHEUS_SERIES
-    # gthread: the class with the most families (worker_connections_limit, threads)
-    # one request waits on a dependency that never answers: the dependency families
+    # gthread: the class with the most families (worker_connections_limit, threads);
+    # busy: 5 slow requests for 4 threads, so one waits inside a worker
     g = gunicorn_factory(worker_class="gthread", threads=2, workers=2, bind="tcp", name=unique_name("alerts"))
-    with silent_peer() as port, SlowClients(g, 1, path=f"/upstream?port={port}"), \
-            running_exporter(tmp_path, "--logs.file", f"{g.name}={g.log_path}") as base:
+    # and an app whose worker holds a connection to a peer (a dependency's series)
+    peer = socket.create_server(("127.0.0.1", 0))
+    deps = gunicorn_factory(app="conn_app:app", workers=1, bind="tcp", name=unique_name("deps"))
+    deps.get(f"/connect?port={peer.getsockname()[1]}")
+    per_worker: set[str] = set()
+    with peer, SlowClients(g, 5, seconds=60), running_exporter(
+            tmp_path, "--logs.file", f"{g.name}={g.log_path}",
+            "--gunicorn.worker-series", mode) as base:
         def scraped():
             status, text = _get(base + "/metrics")
             if status != 200:
                 return None
-            names = _sample_names(text)
-            # workers fully read (heartbeat, fds), the sampler's clock counting our wait,
-            # before we judge what is missing
-            ready = {"gunicorn_worker_heartbeat_age_seconds", "gunicorn_dependency_waiting_seconds_total"}
-            return names if ready <= names else None
-        live = poll(scraped, 20, interval=0.2, message="exporter never reported worker heartbeats")
+            samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+            per_worker.update(s.name for s in samples if "worker" in s.labels)
+            # our two apps' series and the host's (another test's apps prove nothing)
+            names = {s.name for s in samples if s.labels.get("app") in (None, g.name, deps.name)}
+            # workers fully read (heartbeats, the sampler's peak, the requests waiting)
+            return names if {"gunicorn_workers_heartbeat_age_max_seconds",
+                             "gunicorn_workers_heartbeat_age_peak_seconds",
+                             "gunicorn_dependency_connections"} <= names and any(
+                s.name == "gunicorn_workers_requests_waiting" and s.value >= 1
+                and s.labels.get("app") == g.name for s in samples) else None
+        live = poll(scraped, 30, interval=0.2, message="exporter never reported the busy workers")
         # The oom collector learns the apps from the gunicorn collector after a scrape
         # (docs/oom-and-logs.md): per-app OOM series start with the next one.
         live |= poll(scraped, 20, interval=0.2, message="second scrape failed")
+    if mode == "none":
+        assert not per_worker, f"per-worker series in mode none: {sorted(per_worker)}"
+    else:
+        assert {"gunicorn_worker_pid", "gunicorn_worker_connections"} <= per_worker
     not_live = used - live
     assert all(NEEDS_POSTGRES.match(n) for n in not_live), (
         "rules read metrics a real exporter watching a real gunicorn does not export: %s"
@@ -285,5 +311,6 @@ def test_rules_read_only_metrics_the_exporter_exports(gunicorn_factory, tmp_path
     from exporter.metrics import render
     from exporter.metrics.encode import _Families
     from tests.test_docs import full_snapshot
-    rendered = _sample_names(generate_latest(_Families(list(render(full_snapshot())))).decode())
+    rendered = _sample_names(generate_latest(_Families(list(render(full_snapshot(),
+                                                                    mode == "all")))).decode())
     assert not_live <= rendered, "not exported at all: %s" % sorted(not_live - rendered)

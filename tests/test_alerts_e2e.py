@@ -78,7 +78,9 @@ def test_pool_exhaustion_and_dead_master_reach_alertmanager(gunicorn_factory, tm
     (tmp_path / "rules.yml").write_text(rules.render(time_scale=1 / SCALE))
 
     with contextlib.ExitStack() as stack:
-        exporter = stack.enter_context(running_exporter(tmp_path))
+        # an app is remembered (gunicorn_up 0 once down) after 1 minute on the rules' clock
+        exporter = stack.enter_context(running_exporter(
+            tmp_path, "--gunicorn.remember-after", f"{60 / SCALE:g}s"))
         exporter_target = exporter.removeprefix("http://")
         (tmp_path / "prometheus.yml").write_text(
             "global:\n"

@@ -72,6 +72,8 @@ def test_collector_flags_and_env():
     (["--gunicorn.app-name", "(unclosed=x"], "not a valid regular expression"),
     (["--gunicorn.db-port", "http"], "is not a port number"),
     (["--scrape.timeout", "soon"], "is not a duration"),
+    (["--gunicorn.worker-series", "some"], "'some' is not one of all, none"),
+    (["--gunicorn.remember-after=-1s"], "remember-after: '-1s' is not a duration"),
     (["--no-such-flag"], "unrecognized arguments"),
     (["--config.file", "/nonexistent/x.toml"], "cannot read config file"),
     (["--requests.route", r"user=(a)\1"], "RE2 accepts"),
@@ -166,3 +168,26 @@ def test_defaults_are_declared_once():
     assert GunicornOptions().db_ports == cfg.db_ports == DEFAULTS["gunicorn.db-port"]
     assert PostgresOptions().timeout == cfg.postgres_timeout == DEFAULTS["postgres.timeout"]
     assert cfg.gunicorn_options().control_timeout == GunicornOptions().control_timeout
+
+
+def test_worker_series_and_what_is_remembered():
+    cfg = load([], environ={})
+    assert cfg.worker_series == "all"
+    assert (cfg.remember_after, cfg.forget_after) == (60.0, 3600.0)
+    cfg = load(["--gunicorn.worker-series", "NONE", "--gunicorn.forget-after", "0"], environ={})
+    assert cfg.worker_series == "none" and cfg.forget_after == 0.0
+    assert load([], environ={env_name("gunicorn.worker-series"): "none"}).worker_series == "none"
+    options = load(["--gunicorn.remember-after", "5s"], environ={}).gunicorn_options()
+    assert (options.remember_after, options.forget_after) == (5.0, 3600.0)
+
+
+def test_apps_are_forgotten_after_the_app_vanished_window():
+    """--gunicorn.forget-after defaults to the window of GunicornAppVanished: an app
+    forgotten earlier would fire that alert (its last gunicorn_up 1 still in the
+    window, no series now); later, GunicornDown pages for longer than that alert looks
+    back. And an app is remembered after as many 15 s scrapes as the alert asks of it."""
+    from exporter.options import DEFAULTS
+    from generate.rules import load_config, parse_duration
+    vanished = load_config()["GunicornAppVanished"]
+    assert DEFAULTS["gunicorn.forget-after"] == parse_duration(vanished["window"])
+    assert DEFAULTS["gunicorn.remember-after"] == vanished["min_samples"] * 15

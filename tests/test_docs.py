@@ -74,6 +74,7 @@ def full_snapshot() -> Snapshot:
                              drops=4),
         ],
         master_start_time=1_700_000_000.0, workers_spawned=5, workers_killed=2, reloads=1,
+        workers_cpu_seconds=25.0,
         somaxconn=4096,
         listen_overflows=7, listen_drops=9,
         pod=PodIdentity("containerd", "a" * 64, "1f6c7e5a-8a7b-4b7e-9a0a-2d3c4e5f6a7b", "burstable"))

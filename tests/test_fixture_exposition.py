@@ -55,7 +55,8 @@ UPDATE_ENV = "GUNICORN_EXPORTER_UPDATE_GOLDEN"
 REGENERATE = f"{UPDATE_ENV}=1 .venv/bin/python -m pytest tests/test_fixture_exposition.py"
 RUN = ("gunicorn", "netstat")
 CLOCK_OR_OWN_PROCESS = ("process_", "gunicorn_exporter_web_", "gunicorn_exporter_collector_duration_",
-                        "gunicorn_worker_heartbeat_age_", "gunicorn_control_socket_answer_age_")
+                        "gunicorn_worker_heartbeat_age_", "gunicorn_control_socket_answer_age_",
+                        "gunicorn_workers_heartbeat_age_", "gunicorn_workers_busy_heartbeat_age_")
 WORKERS = sorted(pid for app in APPS.values() for pid in app["workers"])
 AGES = {pid: 2.0 + 3 * i for i, pid in enumerate(WORKERS)}   # seconds since each beat
 CONTROLLED = ("shop", "orders")     # api runs without a control socket
@@ -174,11 +175,11 @@ def test_the_golden_file_says_what_the_recorder_did():
     for app, rec in APPS.items():
         assert value(s, "gunicorn_up", app=app) == 1
         assert value(s, "gunicorn_workers", app=app) == len(rec["workers"])
-        assert {dict(lbl)["pid"] for lbl in select(s, "gunicorn_worker_info", app=app)} == \
-            {str(p) for p in rec["workers"]}
+        assert set(select(s, "gunicorn_worker_pid", app=app).values()) == set(rec["workers"])
     # shop: two sync workers, each holding one of the three slow requests (the third waits)
     assert value(s, "gunicorn_workers_busy", app="shop") == EXPECTED["shop_active"] == 2
     assert sorted(select(s, "gunicorn_worker_connections", app="shop", state="active").values()) == [1, 1]
+    assert value(s, "gunicorn_workers_connections", app="shop", state="active") == 2
     # api: four connections held (three requests, one idle keep-alive: /proc/PID/net cannot
     # tell that one apart) and one its client left
     roles = EXPECTED["client_ports"]
@@ -194,6 +195,7 @@ def test_the_golden_file_says_what_the_recorder_did():
         assert value(s, "gunicorn_setting_source_info", app="api", setting=setting, source=source) == 1
     # orders: the one worker holds its Postgres connection
     assert value(s, "gunicorn_worker_db_connections", app="orders", worker="0") == 1
+    assert value(s, "gunicorn_workers_db_connections", app="orders") == 1
     # shop and orders: what their control sockets said
     for app in CONTROLLED:
         assert value(s, "gunicorn_setting_source_info", app=app, setting="workers",

@@ -517,7 +517,11 @@ def _start(argv, log_path, ready_url, what, procs):
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_every_query_runs_on_a_real_prometheus(gunicorn_factory, tmp_path):
+@pytest.mark.parametrize("mode", ["all", "none"])
+def test_every_query_runs_on_a_real_prometheus(mode, gunicorn_factory, tmp_path):
+    """Every query of the dashboard runs; the panels of MUST_SHOW show data in both
+    --gunicorn.worker-series modes (in none, the per-worker panels draw their app-level
+    series)."""
     prometheus = shutil.which("prometheus")
     require(prometheus is not None, "prometheus not installed (Debian package 'prometheus')")
     from tests.harness.clients import SlowClients
@@ -536,7 +540,8 @@ def test_every_query_runs_on_a_real_prometheus(gunicorn_factory, tmp_path):
     try:
         with SlowClients(g, 3, seconds=40):
             _start([sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{exp_port}",
-                    "--no-collector.postgres", "--logs.file", f"{APP}={g.log_path}"],
+                    "--no-collector.postgres", "--logs.file", f"{APP}={g.log_path}",
+                    "--gunicorn.worker-series", mode],
                    tmp_path / "exporter.log", f"http://127.0.0.1:{exp_port}/-/healthy", "exporter", procs)
             prom = f"http://127.0.0.1:{prom_port}"
             _start([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",

@@ -160,7 +160,7 @@ def test_client_hangup_shows_as_client_closed(gunicorn_factory, bind):
 
 def test_killing_the_master_turns_up_to_0_and_drops_worker_series(gunicorn_factory):
     g = gunicorn_factory(worker_class="sync", bind="unix", workers=2, name=unique_name("doomed"))
-    collector = GunicornCollector()
+    collector = GunicornCollector(GunicornOptions(remember_after=0))    # remembered at once
     app = app_for(collector, g)
     assert app.app == g.name and len(app.workers) == 2
     g.kill_master()
@@ -529,8 +529,8 @@ def test_threads_serving_gone_clients_are_busy(gunicorn_factory, tmp_path):
                    message="the exporter did not see the 5 gone clients")
         w = by_pid(app)[pid]
         assert (w.connections_active, w.requests) == (0, 5)
-        from exporter.metrics.gunicorn import _busy
-        assert _busy(app) == 1        # 5 requests on 2 threads: every thread runs the app
+        from exporter.metrics.workers import busy_workers
+        assert len(busy_workers(app)) == 1        # 5 requests on 2 threads: every thread runs the app
     poll(lambda: access.exists() and access.read_text().count("/slow?seconds=4") == 5, 30,
          message="gunicorn did not serve the 5 requests of gone clients")
 
@@ -553,8 +553,8 @@ def test_gthread_keepalive_connections_on_a_unix_socket_are_idle(gunicorn_factor
             w = poll(lambda: (w := by_pid(app_for(collector, g))[pid]).connections_active == 3
                      and w, 10, message="the requests in flight were not active")
             assert w.connections_idle == 3
-            from exporter.metrics.gunicorn import _busy
-            assert _busy(app_for(collector, g)) == 1
+            from exporter.metrics.workers import busy_workers
+            assert len(busy_workers(app_for(collector, g))) == 1
     finally:
         for s in idle:
             s.close()

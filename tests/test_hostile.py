@@ -15,8 +15,11 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -44,8 +47,11 @@ def real_app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exporter(tmp_path_factory, real_app):
+    # an app is remembered at its first sighting with workers and a listener (the flood
+    # test stops one right after): test_short_lived_masters_are_not_remembered has the default
     with running_exporter(tmp_path_factory.mktemp("exp"), "--no-collector.postgres",
-                          "--no-collector.logs", "--scrape.timeout", "8s") as base:
+                          "--no-collector.logs", "--scrape.timeout", "8s",
+                          "--gunicorn.remember-after", "0s") as base:
         yield base
 
 
@@ -332,3 +338,79 @@ def test_control_sockets_that_never_answer_cost_the_scrape_nothing(exporter):
         for name in names:    # nothing came from the fakes' sockets
             assert source_of(series, name, "workers") == ["cmdline"]
             assert value(series, "gunicorn_control_socket_answer_age_seconds", app=name) is None
+
+
+def test_short_lived_masters_are_not_remembered(tmp_path, gunicorn_factory):
+    """An unprivileged user starts 100 processes that look like masters and 3 real
+    gunicorns with workers, and stops them all within --gunicorn.remember-after: none
+    is remembered, /metrics is back to its size before (it used to keep about 4,400
+    lines of `gunicorn_up 0` and their OOM counters). A real app that ran longer is
+    remembered (gunicorn_up 0), and forgotten --gunicorn.forget-after after it stopped,
+    by the test's own clock."""
+    require(os.path.exists("/bin/bash"), "bash is needed for the cheap fake masters")
+    from tests.harness.command import APPS_DIR
+    from tests.harness.procs import free_port
+    prefix = f"sl{secrets.token_hex(2)}"
+    keep = gunicorn_factory(name=f"{prefix}-keep", workers=1, bind="tcp")
+    with running_exporter(tmp_path, "--no-collector.postgres", "--no-collector.logs",
+                          "--gunicorn.include", f"{prefix}-.*", "--gunicorn.remember-after", "20s",
+                          "--gunicorn.forget-after", "15s",
+                          "--statsd.listen-address", f"127.0.0.1:{free_port()}") as base:
+        def lines() -> list[str]:
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+                return [ln for ln in r.read().decode().splitlines() if not ln.startswith("#")]
+        poll(lambda: value(scrape(base), "gunicorn_up", app=keep.name) == 1, 20,
+             message="the long-running app was not reported")
+        before = lines()
+        with throwaway_user() as user:
+            bash = user.home / "gunicorn"   # comm "gunicorn"; traps HUP and USR2 like an arbiter
+            subprocess.run(["cp", "/bin/bash", str(bash)], check=True)
+            fakes = [f"{prefix}-fake{i}" for i in range(100)]
+            held = [user.run([str(bash), "-c", "trap : HUP USR2; read -r line", name],
+                             stdin=subprocess.PIPE) for name in fakes]
+            shorts = [f"{prefix}-short{i}" for i in range(3)]
+            reals = [user.run(["{python}", "-m", "gunicorn", "-n", name, "-w", "1",
+                               "-b", f"127.0.0.1:{free_port()}", "--chdir", str(APPS_DIR),
+                               "wsgi_app:app"]) for name in shorts]
+            poll(lambda: (s := scrape(base)) and all(
+                value(s, "gunicorn_up", app=n) == 1 for n in fakes + shorts) and all(
+                value(s, "gunicorn_workers", app=n) == 1 for n in shorts) and s, 30,
+                message="the user's masters were not all reported")
+            during = len(lines())
+            for p in reals:
+                os.kill(p.pid, signal.SIGTERM)    # a clean stop: no orphaned workers
+            for p in reals:
+                p.wait(20)
+            for p in held:
+                p.stdin.close()                   # read returns: every fake exits
+            for p in held:
+                p.wait(10)
+        mine = fakes + shorts
+
+        def forgotten():
+            text = lines()
+            return not any(f'app="{n}"' in ln for ln in text for n in mine) and text
+        after = poll(forgotten, 20, message="the user's stopped masters are still reported")
+        print(f"\n/metrics lines: {len(before)} before, {during} with the user's 103 masters, "
+              f"{len(after)} after they stopped")
+        assert during > len(before) + 1000
+        # nothing is left but what was there before, and the long-running app's own
+        # series that came since (its OOM counters, memory details)
+        new = {ln.rsplit(" ", 1)[0] for ln in after} - {ln.rsplit(" ", 1)[0] for ln in before}
+        assert all(f'app="{keep.name}"' in key for key in new), new
+        # the long-running app: remembered once it ran 20 s, forgotten 15 s after it stopped
+        poll(lambda: value(scrape(base), "gunicorn_exporter_remembered_apps") == 1, 40,
+             message="the long-running app was never remembered")
+        seen_up = time.monotonic()      # a scrape from here on finds it running
+        assert value(scrape(base), "gunicorn_up", app=keep.name) == 1
+        keep.stop()
+        stopped = time.monotonic()
+        poll(lambda: value(scrape(base), "gunicorn_up", app=keep.name) == 0, 20,
+             message="the stopped app did not read gunicorn_up 0")
+        poll(lambda: value(scrape(base), "gunicorn_up", app=keep.name) is None, 40, interval=0.2,
+             message="the stopped app was never forgotten")
+        # forgotten 15 s after it was last seen running: after the scrape above, and at
+        # most a few seconds (a scrape, the stop) later than 15 s after the stop
+        gone = time.monotonic()
+        assert 15 <= gone - seen_up and gone - stopped < 15 + 5, (gone - seen_up, gone - stopped)
+        assert not any(f'app="{keep.name}"' in ln for ln in lines())

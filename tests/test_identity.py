@@ -17,7 +17,7 @@ import struct
 
 import pytest
 
-from exporter.collectors.gunicorn import GunicornCollector
+from exporter.collectors.gunicorn import GunicornCollector, GunicornOptions
 from exporter.gunicorn import control
 from exporter.metrics.encode import _Families
 from exporter.linux.procfs import ProcFS
@@ -67,7 +67,7 @@ def test_two_masters_sharing_the_default_control_socket_path(gunicorn_factory, t
     ctl = str(home / ".gunicorn" / "gunicorn.ctl")
     # beta binds the path (taking it from alpha) once its workers are up: the kernel says when
     poll(lambda: peer_pid_of(ctl) == beta.pid, 15, message="beta never took the control path")
-    collector = GunicornCollector()
+    collector = GunicornCollector(GunicornOptions(remember_after=0))  # beta's outage: 0
 
     def both():
         snap = collect(collector)
@@ -153,7 +153,7 @@ def test_an_answer_from_another_process_is_refused_before_anything_is_sent(tmp_p
 def test_master_killed_while_workers_are_busy(gunicorn_factory):
     name = uniq("doomed")
     g = gunicorn_factory(name=name, workers=2, setproctitle=False, bind="tcp")
-    collector = GunicornCollector()
+    collector = GunicornCollector(GunicornOptions(remember_after=0))   # remembered at once
     [a] = apps_named(collect(collector), name)
     workers = sorted(w.pid for w in a.workers)
     with SlowClients(g, 2, seconds=20):

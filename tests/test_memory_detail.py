@@ -53,8 +53,8 @@ def workers(series, app: str) -> dict[str, dict]:
         if lab.get("app") != app or "worker" not in lab:
             continue
         w = out.setdefault(lab["worker"], {})
-        if name == "gunicorn_worker_info":
-            w["pid"] = int(lab["pid"])
+        if name == "gunicorn_worker_pid":
+            w["pid"] = int(v)
         for metric, key in (("gunicorn_worker_resident_memory_bytes", "rss"),
                             ("gunicorn_worker_unique_memory_bytes", "uss"),
                             ("gunicorn_worker_proportional_memory_bytes", "pss")):
@@ -72,10 +72,17 @@ def test_a_preloaded_apps_workers_share_its_memory(gunicorn_factory, tmp_path):
     with running_exporter(tmp_path, "--no-collector.postgres",
                           "--gunicorn.memory-detail-interval", "1s") as base:
         def both():
-            got = workers(scrape(base), g.name)
-            return len(got) == 2 and all("uss" in w and "pss" in w for w in got.values()) and got
-        got = poll(both, 30, message="no USS/PSS for both workers")
+            series = scrape(base)
+            got = workers(series, g.name)
+            return len(got) == 2 and all("uss" in w and "pss" in w for w in got.values()) and \
+                (got, series)
+        got, series = poll(both, 30, message="no USS/PSS for both workers")
     assert {w["pid"] for w in got.values()} == set(g.worker_pids())
+    # the app's sums, in the same scrape (what --gunicorn.worker-series=none serves)
+    for name, key in (("gunicorn_workers_unique_memory_bytes", "uss"),
+                      ("gunicorn_workers_proportional_memory_bytes", "pss"),
+                      ("gunicorn_workers_resident_memory_bytes", "rss")):
+        assert series[(name, (("app", g.name),))] == sum(w[key] for w in got.values()), name
     for w in got.values():
         assert w["rss"] >= 190 * MiB, w               # RSS: the whole shared array
         assert w["uss"] < 50 * MiB, w                 # USS: far below it

@@ -9,7 +9,9 @@ has one writer: the gunicorn collector, after each of its collections (`update`)
 * listener address -> app, kept (LRU) so that an nginx `connect() failed` line still
   names the app after its master died (W4);
 * app -> the memory cgroup its master runs in (for kills of workers that were born
-  and killed between two scrapes, and for the cgroup OOM counters).
+  and killed between two scrapes, and for the cgroup OOM counters);
+* the apps the gunicorn collector reports (running, and stopped ones it remembers):
+  the per-app series of the other collectors exist for them, and go with them.
 """
 
 from __future__ import annotations
@@ -36,18 +38,21 @@ class AppIndex:
         self._pids: OrderedDict[int, tuple[str, str, float]] = OrderedDict()
         self._listeners: OrderedDict[str, str] = OrderedDict()
         self._ports: OrderedDict[int, str] = OrderedDict()   # wildcard TCP listeners
-        self.apps: OrderedDict[str, float] = OrderedDict()    # every app seen, LRU
+        self.apps: OrderedDict[str, float] = OrderedDict()    # the apps reported now
         self.masters: dict[str, int] = {}                    # app -> current master pid
 
     def update(self, snap: GunicornSnapshot, now: float | None = None) -> None:
         """Learn a collection's processes (the gunicorn collector, once per collection)."""
         now = time.time() if now is None else now
         masters: dict[str, int] = {}
+        reported = {a.app for a in snap.apps if not a.transient}   # not a USR2 NAME.2
+        for app in [n for n in self.apps if n not in reported]:
+            del self.apps[app]          # forgotten by the gunicorn collector
         for a in snap.apps:
+            if not a.transient:
+                self._remember_app(a.app, now)
             if not a.up:
                 continue
-            if not a.transient:  # a USR2 master's NAME.2 would otherwise stay forever
-                self._remember_app(a.app, now)
             if a.master_pid:
                 masters[a.app] = a.master_pid
                 self._remember_pid(a.master_pid, a.app, "master", now)

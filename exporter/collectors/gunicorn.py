@@ -41,7 +41,7 @@ from exporter.gunicorn.appsnap import build_app, name_from
 from exporter.gunicorn.discovery import Discovery
 from exporter.gunicorn.measure import MasterRaw, Measurer
 from exporter.gunicorn.memdetail import MemoryDetail
-from exporter.gunicorn.memory import KnownApps, Slots, WorkerMemory
+from exporter.gunicorn.memory import CpuTotals, KnownApps, Slots, WorkerMemory
 from exporter.gunicorn.settings import Settings, resolve
 from exporter.labels import bounded
 from exporter.linux.procfs import ProcFS
@@ -72,6 +72,7 @@ class GunicornOptions:
     control_socket: bool = DEFAULTS["gunicorn.control-socket"]
     control_timeout: float = DEFAULTS["gunicorn.control-socket-timeout"]
     forget_after: float = DEFAULTS["gunicorn.forget-after"]  # 0 = remember while running
+    remember_after: float = DEFAULTS["gunicorn.remember-after"]  # up this long: remembered
     expected_apps: tuple[str, ...] = ()  # always reported, gunicorn_up 0 when absent
     users: frozenset[int] | None = None  # uids whose masters are watched; None = all
     include: re.Pattern | None = None    # app names to report (default all)
@@ -106,6 +107,7 @@ class GunicornCollector(Collector):
         self._known = KnownApps(forget_after=self.options.forget_after,
                                 expected=self.options.expected_apps)
         self._workers = WorkerMemory()
+        self._cpu = CpuTotals()
         self._memory = MemoryDetail(self.options.memory_detail_interval)
         self._previous_masters: set[tuple[int, int]] = set()
         self._owners: dict[str, tuple] = {}      # app name -> master that holds it
@@ -156,7 +158,8 @@ class GunicornCollector(Collector):
         self._slots.keep_only({a.app for a in apps})
         for a in apps:
             if not a.transient:
-                self._known.seen(a.app, a.uid, now)
+                self._known.seen(a.app, a.uid, now, self._established(a, now))
+            a.workers_cpu_seconds = self._cpu.add(a.app, a.workers, now)
         self._known.expire(now)
         self._memory.update([(w.pid, w.start_time) for a in apps for w in a.workers])
         for a in apps:
@@ -168,12 +171,19 @@ class GunicornCollector(Collector):
         live_names = {a.app for a in apps}
         snap.apps = apps + [AppSnapshot(app=name, up=False)
                             for name in sorted(self._known.names() - live_names)]
+        self._cpu.keep_only({a.app for a in snap.apps}, now)
         snap.remembered_apps = len(self._known)
         snap.forgotten_apps = self._known.evicted
         self._previous_masters = {r.key for r in raws}
         self._log_once(snap, apps)
         self.index.update(snap)
         return snap
+
+    def _established(self, a: AppSnapshot, now: float) -> bool:
+        """Up for a while, serving: workers and a listener, its master running for
+        --gunicorn.remember-after (exporter/gunicorn/memory.py says why)."""
+        return bool(a.workers and a.listeners and a.master_start_time is not None
+                    and now - a.master_start_time >= self.options.remember_after)
 
     # --- step 2: control socket, on the loop, beside the scrape -----------------
 

@@ -34,6 +34,9 @@ from exporter.snapshot import AppOom, GunicornSnapshot, OomEvent, OomSnapshot
 log = logging.getLogger(__name__)
 
 MAX_RECENT_KILLS = 32
+# Seconds the counters of an app the gunicorn collector no longer reports outlive its
+# last kill (a master OOM-killed before it was remembered: its alert needs the series).
+KEEP_KILLED = 3600.0
 
 
 class OomCollector(Collector):
@@ -188,8 +191,11 @@ class OomCollector(Collector):
                 del self._cg_last[app]
         snap.source = self.source
         snap.unattributed_kills = self._unattributed
-        for app in self.index.apps:   # every app known: its counters exist from 0
+        for app in self.index.apps:   # every app reported: its counters exist from 0
             self._app(app)
+        for app in [n for n, a in self._apps.items() if n not in self.index.apps
+                    and (a.last_kill_time is None or now - a.last_kill_time > KEEP_KILLED)]:
+            del self._apps[app]       # an app the gunicorn collector no longer reports
         snap.apps = {k: AppOom(v.worker_kills, v.master_kills, v.last_kill_time, v.cgroup,
                                v.cgroup_oom_kills) for k, v in self._apps.items()}
         snap.recent = list(self._recent)

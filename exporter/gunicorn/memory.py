@@ -2,14 +2,25 @@
 
 * `Slots`: the stable `worker` label of each app's workers (lowest free slot number,
   reused when a worker is recycled, so `--max-requests` churn does not grow series).
-* `KnownApps`: apps seen running, so that an app whose master is gone reads
-  `gunicorn_up 0` instead of vanishing. Only names of real masters are remembered (not
-  a USR2 master's `NAME.2`, not `NAME@listener` while two masters share a name). When
-  the memory is full, the oldest entry of the user with the most entries goes, so one
-  user's short-lived fake masters can only push out that user's own apps.
+* `KnownApps`: apps that ran for a while, so that an app whose master is gone reads
+  `gunicorn_up 0` instead of vanishing. An app is remembered once it is *established*:
+  seen at a scrape with at least one worker and one listening socket, its master
+  (kernel start time) running for `--gunicorn.remember-after` (1 minute) or longer.
+  A fake master (no workers, no listener), `gunicorn --check-config`, a master whose
+  worker fails to boot (gunicorn halts within seconds) or a throwaway test run never is.
+  Only names of real masters are remembered (not a USR2 master's `NAME.2`, not
+  `NAME@listener` while two masters share a name). A stopped app is forgotten
+  `--gunicorn.forget-after` (1 hour, the window of the GunicornAppVanished alert) after
+  it was last seen running: by then its last `gunicorn_up 1` sample has left that
+  alert's window, so forgetting it pages nobody. When the memory is full, the oldest
+  entry of the user with the most entries goes, so one user's masters can only push
+  out that user's own apps.
 * `WorkerMemory`: processes reported as workers, by (pid, start time) -> app, so a
   worker whose master was killed is counted as that app's orphan and never taken for
   a master.
+* `CpuTotals`: each app's workers' CPU seconds as a counter that only grows: the CPU a
+  worker used since the last scrape is added, so a recycled worker takes nothing away
+  (the time a worker used between the last scrape and its exit is not seen).
 """
 
 from __future__ import annotations
@@ -77,10 +88,14 @@ class KnownApps:
         known = self._apps.get(name)
         return known.uid if known is not None else None
 
-    def seen(self, name: str, uid: int, now: float) -> None:
+    def seen(self, name: str, uid: int, now: float, established: bool = True) -> None:
+        """An app running now: a remembered one is seen again; a new one is remembered
+        only once `established` (see the module's docstring)."""
         known = self._apps.get(name)
         if known is not None:
             known.last_seen, known.uid = now, uid
+            return
+        if not established:
             return
         if len(self._apps) >= self.limit:
             self._evict_one()
@@ -124,3 +139,36 @@ class WorkerMemory:
         if len(workers) > self.limit:
             workers = dict(list(workers.items())[: self.limit])
         self._apps = workers
+
+
+class CpuTotals:
+    """Per app, the CPU seconds its workers used, as a counter (see the docstring)."""
+
+    KEEP = 600.0      # seconds a worker's last reading is kept after it was last seen
+
+    def __init__(self, limit: int = MAX_REMEMBERED_WORKERS):
+        self.limit = limit
+        self._totals: dict[str, float] = {}
+        self._last: dict[tuple[str, int, float], tuple[float, float]] = {}  # -> (cpu, seen)
+
+    def add(self, app: str, workers: list, now: float) -> float:
+        """Count what the workers (objects with .pid, .start_time, .cpu_seconds) used
+        since they were last seen; the app's total."""
+        total = self._totals.get(app, 0.0)
+        for w in workers:
+            key = (app, w.pid, w.start_time)
+            before = self._last.get(key)
+            if before is None and len(self._last) >= self.limit:
+                continue
+            used = w.cpu_seconds - (before[0] if before is not None else 0.0)
+            total += max(0.0, used)
+            self._last[key] = (max(w.cpu_seconds, before[0] if before else 0.0), now)
+        self._totals[app] = total
+        return total
+
+    def keep_only(self, apps: set[str], now: float) -> None:
+        for name in [n for n in self._totals if n not in apps]:
+            del self._totals[name]
+        for key in [k for k, (_, seen) in self._last.items()
+                    if k[0] not in apps or now - seen > self.KEEP]:
+            del self._last[key]

@@ -34,7 +34,7 @@ from exporter.metrics.others import (render_advice, render_host, render_logs, re
                                      render_postgres, render_requests, render_statsd)
 from exporter.metrics.stacks import render_stacks
 
-__all__ = ["RENDERERS", "render", "render_web", "render_gunicorn", "render_sampler",
+__all__ = ["RENDERERS", "render", "per_worker", "render_web", "render_gunicorn", "render_sampler",
            "render_host", "render_oom", "render_logs", "render_postgres", "render_statsd",
            "render_requests", "render_advice", "render_stacks"]
 from exporter.snapshot import (AdviceSnapshot, GunicornSnapshot, HostSnapshot, LogsSnapshot,
@@ -42,6 +42,11 @@ from exporter.snapshot import (AdviceSnapshot, GunicornSnapshot, HostSnapshot, L
                                SamplerSnapshot, Snapshot, StacksSnapshot, StatsdSnapshot)
 
 log = logging.getLogger(__name__)
+
+WORKER_LABEL = "worker"     # the label of per-worker families (left out without them)
+# ... except a cause's: present only while a worker is stuck, one series each, it names
+# the code it is stuck in, which no app-level series can (--collector.stacks)
+KEPT_PER_WORKER = {"gunicorn_worker_stuck_frame_info"}
 
 # snapshot type -> renderer
 RENDERERS = {GunicornSnapshot: render_gunicorn, HostSnapshot: render_host,
@@ -51,8 +56,9 @@ RENDERERS = {GunicornSnapshot: render_gunicorn, HostSnapshot: render_host,
              StacksSnapshot: render_stacks}
 
 
-def render(snapshot: Snapshot) -> Iterator[Metric]:
-    """All families for one scrape, data first, exporter self-metrics last.
+def render(snapshot: Snapshot, worker_series: bool = True) -> Iterator[Metric]:
+    """All families for one scrape, data first, exporter self-metrics last. Without
+    `worker_series` (--gunicorn.worker-series=none) no family with a `worker` label.
 
     A collector's families are rendered completely before any is yielded: if rendering
     fails (a bug, or a value that is not a number), that collector is reported as failed
@@ -66,7 +72,8 @@ def render(snapshot: Snapshot) -> Iterator[Metric]:
         if renderer is None:
             continue
         try:
-            families = [_checked(f) for f in renderer(result.data)]
+            families = [_checked(f) for f in renderer(result.data)
+                        if worker_series or not per_worker(f)]
         except Exception as e:  # noqa: BLE001
             log.warning("collector %s: rendering failed: %r", result.name, e)
             failed.add(result.name)
@@ -74,6 +81,17 @@ def render(snapshot: Snapshot) -> Iterator[Metric]:
         yield from families
     yield from _requests_guarded(snapshot)
     yield from render_self(snapshot, failed)
+
+
+def per_worker(family: Metric) -> bool:
+    """A family of one series per worker slot: it has a `worker` label (the stuck frames
+    excepted: KEPT_PER_WORKER)."""
+    if family.name in KEPT_PER_WORKER:
+        return False
+    names = getattr(family, "_labelnames", None)   # prometheus_client's *MetricFamily
+    if names is None:
+        return any(WORKER_LABEL in s.labels for s in family.samples)
+    return WORKER_LABEL in names
 
 
 def _checked(family: Metric) -> Metric:

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from exporter.metrics.family import _g, _maybe
-from exporter.snapshot import AppSnapshot, GunicornSnapshot, SamplerSnapshot
+from exporter.metrics.workers import busy_workers, render_app_workers, render_workers
+from exporter.snapshot import GunicornSnapshot, SamplerSnapshot
 
 
 def _render_app_namespaces(snap: GunicornSnapshot) -> Iterator[Metric]:
@@ -53,19 +54,6 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
     errors = _g("gunicorn_exporter_app_errors", "Parts of this app's data that could not be collected in this scrape (0 = complete; the exporter's log says what failed).", ["app"])
     orphans = _g("gunicorn_orphan_workers", "Worker processes of the app whose master is gone (killed with -9 while they were busy); they serve nothing new and exit after their current request.", ["app"])
 
-    w_info = _g("gunicorn_worker_info", "Process id of the worker in this slot; always 1. Slots are reused when workers are recycled.", ["app", "worker", "pid"])
-    w_conn = _g("gunicorn_worker_connections", "Client connections a worker holds that were accepted from the master's listeners, by state: active (a request in flight), idle (TCP keep-alive, its last request answered; gthread/gevent workers), client_closed (the client hung up).", ["app", "worker", "state"])
-    w_beat = _g("gunicorn_worker_heartbeat_age_seconds", "Seconds since the worker last notified the master, computed as the master does; a sync worker's current request has run this long.", ["app", "worker"])
-    w_rss = _g("gunicorn_worker_resident_memory_bytes", "Resident memory of the worker process.", ["app", "worker"])
-    w_uss = _g("gunicorn_worker_unique_memory_bytes", "Memory only this worker maps (USS: what stopping it gives back; copy-on-write pages shared with the master after --preload not counted), read every --gunicorn.memory-detail-interval.", ["app", "worker"])
-    w_pss = _g("gunicorn_worker_proportional_memory_bytes", "The worker's proportional set size (PSS: its unique pages plus its share of each shared one), read every --gunicorn.memory-detail-interval.", ["app", "worker"])
-    w_cpu = CounterMetricFamily("gunicorn_worker_cpu_seconds", "User and system CPU time of the worker process, in seconds.", labels=["app", "worker"])
-    w_threads = _g("gunicorn_worker_threads", "OS threads in the worker process.", ["app", "worker"])
-    w_fds = _g("gunicorn_worker_open_fds", "Open file descriptors of the worker process.", ["app", "worker"])
-    w_maxfds = _g("gunicorn_worker_max_fds", "Soft limit on open file descriptors (ulimit -n) of the worker process.", ["app", "worker"])
-    w_start = _g("gunicorn_worker_start_time_seconds", "Start time of the worker process since the epoch.", ["app", "worker"])
-    w_db = _g("gunicorn_worker_db_connections", "Connections the worker holds to database ports or sockets (Postgres 5432, pgbouncer 6432 by default).", ["app", "worker"])
-
     l_len = _g("gunicorn_listener_queue_length", "Connections waiting in the listening socket's accept queue (ss Recv-Q).", ["app", "listener"])
     l_max = _g("gunicorn_listener_queue_max", "Accept queue limit of the listening socket: min(--backlog, somaxconn) (ss Send-Q).", ["app", "listener"])
     l_drops = CounterMetricFamily("gunicorn_listener_drops", "Connections the kernel dropped at this TCP listening socket since it was created, full accept queue included (its share of TcpExt ListenDrops).", labels=["app", "listener"])
@@ -92,25 +80,7 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
         _maybe(answer_age, [a.app], a.control_answer_age)
         for setting, where in sorted(a.settings_source.items()):
             source.add_metric([a.app, setting, where], 1)
-        busy.add_metric([a.app], _busy(a))
-        for w in a.workers:
-            lv = [a.app, str(w.slot)]
-            w_info.add_metric(lv + [str(w.pid)], 1)
-            if w.connections_active is not None:
-                w_conn.add_metric(lv + ["active"], w.connections_active)
-                w_conn.add_metric(lv + ["client_closed"], w.connections_client_closed or 0)
-                if w.connections_idle is not None:
-                    w_conn.add_metric(lv + ["idle"], w.connections_idle)
-            _maybe(w_beat, lv, w.heartbeat_age)
-            w_rss.add_metric(lv, w.rss_bytes)
-            _maybe(w_uss, lv, w.unique_memory_bytes)
-            _maybe(w_pss, lv, w.proportional_memory_bytes)
-            w_cpu.add_metric(lv, w.cpu_seconds)
-            w_threads.add_metric(lv, w.threads)
-            _maybe(w_fds, lv, w.open_fds)
-            _maybe(w_maxfds, lv, w.fd_limit)
-            w_start.add_metric(lv, w.start_time)
-            _maybe(w_db, lv, w.db_connections)
+        busy.add_metric([a.app], len(busy_workers(a)))
         for lst in a.listeners:
             name = lst.label
             _maybe(l_len, [a.app, name], lst.queue_length)
@@ -121,9 +91,12 @@ def render_gunicorn(snap: GunicornSnapshot) -> Iterator[Metric]:
     for app, n in sorted(snap.orphans.items()):
         orphans.add_metric([app], n)
 
+    running = [a for a in snap.apps if a.up]
     yield from (up, info, workers, desired, timeout, keepalive, capacity, conn_limit, busy,
-                backlog, master_start, answer_age, spawned, killed, reloads, source, errors, orphans, w_info, w_conn, w_beat,
-                w_rss, w_uss, w_pss, w_cpu, w_threads, w_fds, w_maxfds, w_start, w_db, l_len, l_max, l_drops)
+                backlog, master_start, answer_age, spawned, killed, reloads, source, errors, orphans)
+    yield from render_app_workers(running)
+    yield from render_workers(running)
+    yield from (l_len, l_max, l_drops)
     yield from _render_app_namespaces(snap)
     yield from render_dependencies(snap)
 
@@ -166,17 +139,6 @@ def render_dependencies(snap: GunicornSnapshot) -> Iterator[Metric]:
     yield from (conns, waiting, wait)
 
 
-def _busy(a: AppSnapshot) -> int:
-    """Workers at capacity: their requests (active connections, and those whose client
-    has gone, which a thread still serves) fill every thread. When the capacity is not
-    known (the worker class cannot be read), a worker with a request counts as busy:
-    exact for sync workers, an upper bound for the others."""
-    capacity = a.capacity if a.capacity is not None else 1
-    if not capacity:
-        return 0
-    return sum(1 for w in a.workers if w.requests is not None and w.requests >= capacity)
-
-
 def render_sampler(snap: SamplerSnapshot) -> Iterator[Metric]:
     peak = _g("gunicorn_listener_queue_peak", "Largest accept queue length the sampler saw (every --sampler.interval) in the last --sampler.peak-window: bursts between scrapes.", ["app", "listener"])
     queued = CounterMetricFamily("gunicorn_listener_queued_seconds", "Seconds during which the listener's accept queue was not empty (a connection waited for a worker), sampled every --sampler.interval.", labels=["app", "listener"])
@@ -190,8 +152,13 @@ def render_sampler(snap: SamplerSnapshot) -> Iterator[Metric]:
     for app, seconds in snap.all_busy_seconds.items():
         busy.add_metric([app], seconds)
     beat_max = _g("gunicorn_worker_heartbeat_age_max_seconds", "Highest heartbeat age of the worker slot in the last --sampler.peak-window (read every second, and at the scrape): a request that comes close to --timeout between two scrapes.", ["app", "worker"])
+    beat_peak = _g("gunicorn_workers_heartbeat_age_peak_seconds", "Highest heartbeat age of any worker of the app in the last --sampler.peak-window (read every second, and at the scrape).", ["app"])
+    peaks: dict[str, float] = {}
     for app, slot, seconds in snap.heartbeat_max:
         beat_max.add_metric([app, str(slot)], seconds)
+        peaks[app] = max(seconds, peaks.get(app, seconds))
+    for app, seconds in sorted(peaks.items()):
+        beat_peak.add_metric([app], seconds)
     dep = CounterMetricFamily("gunicorn_dependency_waiting_seconds", "Worker-seconds (sync workers; gthread and async: connection-seconds) spent waiting for the peer's reply, read once a second between scrapes.", labels=["app", "peer"])
     for app, peer, seconds in snap.dependency_waiting:
         dep.add_metric([app, peer], seconds)
@@ -203,4 +170,4 @@ def render_sampler(snap: SamplerSnapshot) -> Iterator[Metric]:
     skipped.add_metric([], snap.skipped_seconds)
     spent = CounterMetricFamily("gunicorn_exporter_sampler_spent_seconds", "Wall-clock time the sampler spent taking samples (its cost).")
     spent.add_metric([], snap.busy_seconds)
-    yield from (peak, queued, integral, busy, beat_max, dep, samples, errors, skipped, spent)
+    yield from (peak, queued, integral, busy, beat_peak, beat_max, dep, samples, errors, skipped, spent)
