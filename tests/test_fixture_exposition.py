@@ -228,8 +228,9 @@ def test_the_control_answers_are_this_scrapes_own(scraped):
 def test_heartbeat_ages_are_the_ages_of_the_files(scraped):
     s = parse_strict(scraped[0])
     for app, rec in APPS.items():
-        pids = {dict(lbl)["worker"]: int(dict(lbl)["pid"])
-                for lbl in select(s, "gunicorn_worker_info", app=app)}
+        pids = {dict(lbl)["worker"]: int(v)
+                for lbl, v in select(s, "gunicorn_worker_pid", app=app).items()}
+        assert pids, app
         for worker, pid in pids.items():
             age = value(s, "gunicorn_worker_heartbeat_age_seconds", app=app, worker=worker)
             # the scrape ran after the files were given their mtimes, within seconds
