@@ -158,13 +158,18 @@ def _texts(v, key: str) -> list[str] | None:
     return [_text(x, key) or "" for x in v]
 
 
-def _table(value, key: str) -> dict:
-    """A mapping with only the keys the format has (KEYS[key]; "" is the file itself)."""
+def _mapping(value, key: str, what: str = "a mapping") -> dict:
+    """A mapping setting: {} when absent or null."""
     if _null(value):
         return {}
-    name = key or "the file"
     if not isinstance(value, dict):
-        raise WebConfigError(f"{name} must be a mapping")
+        raise WebConfigError(f"{key} must be {what}")
+    return value
+
+
+def _table(value, key: str) -> dict:
+    """A mapping with only the keys the format has (KEYS[key]; "" is the file itself)."""
+    value = _mapping(value, key or "the file")
     unknown = sorted(set(value) - KEYS[key])
     if unknown:
         raise WebConfigError(f"unknown key(s){' in ' + key if key else ''}: "
@@ -227,12 +232,8 @@ def _load(path: str) -> WebConfig:
 
 
 def _headers(value) -> dict[str, str]:
-    if _null(value):
-        return {}
-    if not isinstance(value, dict):
-        raise WebConfigError("http_server_config.headers must be a mapping")
     out = {}
-    for name, v in value.items():
+    for name, v in _mapping(value, "http_server_config.headers").items():
         text = _text(v, f"http_server_config.headers.{name}") or ""
         if name not in HEADERS:
             raise WebConfigError(f"http_server_config.headers: {name[:60]!r} can not "
@@ -249,12 +250,9 @@ def _headers(value) -> dict[str, str]:
 
 
 def _users(users) -> dict[str, bytes]:
-    if _null(users):
-        return {}
-    if not isinstance(users, dict):
-        raise WebConfigError("basic_auth_users must be a mapping of user: bcrypt hash")
     out = {}
-    for user, hashed in users.items():
+    for user, hashed in _mapping(users, "basic_auth_users",
+                                 "a mapping of user: bcrypt hash").items():
         h = (_text(hashed, f"basic_auth_users.{user}") or "").encode("utf-8", "replace")
         if not re.fullmatch(rb"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}", h):
             raise WebConfigError(f"basic_auth_users: the password of {user[:60]!r} "
