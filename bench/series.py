@@ -47,6 +47,9 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import APPS_DIR, ROOT, VENV_BIN, free_port, med, poll, starttime, stop_popen  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+from tests.harness.procs import port_open  # noqa: E402
+
 TAG = secrets.token_hex(2)
 SCRAPE_INTERVAL = 15
 
@@ -84,18 +87,10 @@ def gunicorn(tmp: Path, name: str, workers: int, *, binds: int = 1, worker_class
             "--threads", str(threads), "--timeout", "120", "--graceful-timeout", "5",
             "--chdir", str(APPS_DIR), *[f"-b127.0.0.1:{p}" for p in ports], *extra, app]
     g = Proc(argv, tmp / f"{name}.log", cwd=str(tmp))
-    poll(lambda: all(_connects(p) for p in ports) or not g.alive(), 60, 0.2, f"{name} listening")
+    poll(lambda: all(port_open(p) for p in ports) or not g.alive(), 60, 0.2, f"{name} listening")
     if not g.alive():
         raise RuntimeError(f"gunicorn {name} exited: {g.path.read_text()[-2000:]}")
     return g, ports
-
-
-def _connects(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def request(port: int, path: str = "/", timeout: float = 5) -> bool:

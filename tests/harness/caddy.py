@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.procs import free_port
+from tests.harness.procs import free_port, port_open
 from tests.harness.servers import running_server
 
 CADDY = shutil.which("caddy") or "/usr/bin/caddy"
@@ -51,12 +50,6 @@ def caddyfile(sites: list[Site], error_logs: list[tuple[Path, str]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @contextlib.contextmanager
 def running_caddy(tmp_path: Path, sites: list[Site], error_logs: list[tuple[Path, str]] = ()):
     """Caddy serving `sites` (ports and access logs filled in: site i logs to
@@ -70,6 +63,6 @@ def running_caddy(tmp_path: Path, sites: list[Site], error_logs: list[tuple[Path
     conf.write_text(caddyfile(sites, list(error_logs)))
     argv = ["env", f"HOME={d}", f"XDG_DATA_HOME={d}/data", f"XDG_CONFIG_HOME={d}/config",
             CADDY, "run", "--config", str(conf), "--adapter", "caddyfile"]
-    with running_server(argv, d / "caddy.out", lambda: all(_listening(s.port) for s in sites),
+    with running_server(argv, d / "caddy.out", lambda: all(port_open(s.port) for s in sites),
                         "caddy"):
         yield conf

@@ -52,6 +52,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Something accepts TCP connections at host:port (a server started by a test is up)."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 # --- /proc of the processes the tests started (independent of the exporter) ---------
 
 def proc_stat(pid: int):

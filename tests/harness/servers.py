@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from tests.harness.procs import free_port, poll
+from tests.harness.procs import free_port, poll, port_open
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     """SIGTERM a process we started, SIGKILL it after ``timeout``; always reaped."""
@@ -177,14 +177,5 @@ def running_nginx(base: Path, upstream: str, *, location: str = "", http: str = 
         f"  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; {location} }} }}\n"
         "}\n")
     with running_server([nginx, "-p", str(ndir), "-c", str(ndir / "nginx.conf"), "-g", "daemon off;"],
-                        base / "nginx.out", lambda: _listening(port), "nginx"):
+                        base / "nginx.out", lambda: port_open(port), "nginx"):
         yield port, access, error
-
-
-def _listening(port: int) -> bool:
-    import socket
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
