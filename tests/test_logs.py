@@ -35,6 +35,20 @@ def tailer(path, **kw):
     return t, lines
 
 
+def followed(path, content: bytes = b"", **kw):
+    """A file holding `content`, its tailer, and the first poll done (the tailer is at
+    the file's end)."""
+    path.write_bytes(content)
+    t, lines = tailer(path, **kw)
+    poll(t, lines)
+    return t, lines
+
+
+def append(path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
 def poll(t: FileTailer, sink: list[str]) -> list[str]:
     """One poll; the lines it delivered (poll_sync's result, as poll() hands them over)."""
     got = t.poll_sync()
@@ -49,11 +63,9 @@ def test_starts_at_the_end_and_follows_appends(tmp_path):
     p.write_bytes(b"old 1\nold 2\n")
     t, lines = tailer(p)
     assert poll(t, lines) == []
-    with open(p, "ab") as f:
-        f.write(b"new 1\nnew ")
+    append(p, b"new 1\nnew ")
     assert poll(t, lines) == ["new 1"]
-    with open(p, "ab") as f:
-        f.write(b"2\r\n")
+    append(p, b"2\r\n")
     assert poll(t, lines) == ["new 2"]
     assert poll(t, lines) == []
     assert t.lines == 2
@@ -70,47 +82,34 @@ def test_missing_file_is_waited_for_then_read_from_its_start(tmp_path):
 
 def test_rename_and_create_rotation(tmp_path):
     p = tmp_path / "app.log"
-    p.write_bytes(b"")
-    t, lines = tailer(p)
-    poll(t, lines)
-    with open(p, "ab") as f:
-        f.write(b"a\n")
+    t, lines = followed(p)
+    append(p, b"a\n")
     os.rename(p, tmp_path / "app.log.1")
-    with open(tmp_path / "app.log.1", "ab") as f:  # the writer has not reopened yet
-        f.write(b"b\n")
+    append(tmp_path / "app.log.1", b"b\n")         # the writer has not reopened yet
     assert poll(t, lines) == ["a", "b"]            # renamed away, nothing new: keep reading it
-    with open(tmp_path / "app.log.1", "ab") as f:
-        f.write(b"c\n")
+    append(tmp_path / "app.log.1", b"c\n")
     p.write_bytes(b"d\n")                          # the new file appears
     assert poll(t, lines) == ["c", "d"]            # old file drained first, then the new one
     assert t.rotations == 1
-    with open(p, "ab") as f:
-        f.write(b"e\n")
+    append(p, b"e\n")
     assert poll(t, lines) == ["e"]
     assert lines == ["a", "b", "c", "d", "e"]      # nothing twice, nothing lost
 
 
 def test_copytruncate_rotation(tmp_path):
     p = tmp_path / "app.log"
-    p.write_bytes(b"x" * 100 + b"\n")
-    t, lines = tailer(p)
-    poll(t, lines)
-    with open(p, "ab") as f:
-        f.write(b"before\n")
+    t, lines = followed(p, b"x" * 100 + b"\n")
+    append(p, b"before\n")
     assert poll(t, lines) == ["before"]
     shutil.copy(p, tmp_path / "app.log.1")
-    with open(p, "r+b") as f:
-        f.truncate(0)
-    with open(p, "ab") as f:
-        f.write(b"after\n")
+    os.truncate(p, 0)
+    append(p, b"after\n")
     assert poll(t, lines) == ["after"]
     assert t.rotations == 1
     # truncated and refilled past our position between two polls: the bytes before
     # our position changed, so we start again at 0 instead of reading from the middle
-    with open(p, "r+b") as f:
-        f.truncate(0)
-    with open(p, "ab") as f:
-        f.write(b"refilled, and longer than before\nnext\n")
+    os.truncate(p, 0)
+    append(p, b"refilled, and longer than before\nnext\n")
     assert poll(t, lines) == ["refilled, and longer than before", "next"]
     assert t.rotations == 2
     assert lines == ["before", "after", "refilled, and longer than before", "next"]
@@ -118,29 +117,21 @@ def test_copytruncate_rotation(tmp_path):
 
 def test_copytruncate_reads_what_the_copy_holds_past_our_position(tmp_path):
     p = tmp_path / "app.log"
-    p.write_bytes(b"".join(b"line %03d of the first file, long enough\n" % i for i in range(5)))
-    t, lines = tailer(p)
-    poll(t, lines)
-    with open(p, "ab") as f:
-        f.write(b"read before the copy\n")
+    t, lines = followed(p, b"".join(b"line %03d of the first file, long enough\n" % i
+                                    for i in range(5)))
+    append(p, b"read before the copy\n")
     assert poll(t, lines) == ["read before the copy"]
-    with open(p, "ab") as f:                      # written, not read yet ...
-        f.write(b"unread 1\nunread 2\npartial")
+    append(p, b"unread 1\nunread 2\npartial")   # written, not read yet ...
     shutil.copy(p, tmp_path / "app.log.1")       # ... then logrotate's copytruncate
     (tmp_path / "other.log").write_bytes(p.read_bytes()[:30] + b"x" * 500)   # same head only
-    with open(p, "r+b") as f:
-        f.truncate(0)
-    with open(p, "ab") as f:
-        f.write(b"after\n")
+    os.truncate(p, 0)
+    append(p, b"after\n")
     assert poll(t, lines) == ["unread 1", "unread 2", "after"]
     assert (t.rotations, t.lines_recovered, t.lines_lost) == (1, 2, 0)
     # without the copy there is nothing to recover (and nothing counted twice)
-    with open(p, "ab") as f:
-        f.write(b"gone with the file\n")
-    with open(p, "r+b") as f:
-        f.truncate(0)
-    with open(p, "ab") as f:
-        f.write(b"new\n")
+    append(p, b"gone with the file\n")
+    os.truncate(p, 0)
+    append(p, b"new\n")
     assert poll(t, lines) == ["new"]
     assert t.lines_recovered == 2
 
@@ -161,11 +152,8 @@ def test_copytruncate_at_100_lines_a_second_loses_nothing_with_inotify(tmp_path)
 
 def test_deleted_and_recreated(tmp_path):
     p = tmp_path / "app.log"
-    p.write_bytes(b"")
-    t, lines = tailer(p)
-    poll(t, lines)
-    with open(p, "ab") as f:
-        f.write(b"one\n")
+    t, lines = followed(p)
+    append(p, b"one\n")
     p.unlink()
     assert poll(t, lines) == ["one"]     # drained, then closed
     assert not t.open_now
@@ -177,11 +165,8 @@ def test_deleted_and_recreated(tmp_path):
 
 def test_one_mib_line_is_cut_and_the_next_line_is_intact(tmp_path):
     p = tmp_path / "app.log"
-    p.write_bytes(b"")
-    t, lines = tailer(p, max_line=4096)
-    poll(t, lines)
-    with open(p, "ab") as f:
-        f.write(b"WORKER TIMEOUT (pid:1) " + b"y" * (1 << 20) + b"\nshort\n")
+    t, lines = followed(p, max_line=4096)
+    append(p, b"WORKER TIMEOUT (pid:1) " + b"y" * (1 << 20) + b"\nshort\n")
     got = poll(t, lines)
     assert len(got) == 2 and len(got[0]) == 4096 and got[0].startswith("WORKER TIMEOUT")
     assert got[1] == "short"
@@ -190,18 +175,14 @@ def test_one_mib_line_is_cut_and_the_next_line_is_intact(tmp_path):
 
 def test_long_line_split_over_polls_and_read_budget(tmp_path):
     p = tmp_path / "app.log"
-    p.write_bytes(b"")
-    t, lines = tailer(p, max_line=1000, max_read_per_poll=64 * 1024)
-    poll(t, lines)
-    with open(p, "ab") as f:
-        f.write(b"z" * 300_000)                      # no newline yet, larger than the budget
+    t, lines = followed(p, max_line=1000, max_read_per_poll=64 * 1024)
+    append(p, b"z" * 300_000)  # no newline yet, larger than the budget
     first = poll(t, lines)
     assert len(first) == 1 and len(first[0]) == 1000  # cut once, rest skipped, not buffered
     assert len(t._partial) == 0
     for _ in range(10):                              # bounded: budget 64 KiB per poll
         poll(t, lines)
-    with open(p, "ab") as f:
-        f.write(b"tail\nok\n")
+    append(p, b"tail\nok\n")
     for _ in range(10):
         poll(t, lines)
     assert lines == ["z" * 1000, "ok"]
@@ -209,11 +190,8 @@ def test_long_line_split_over_polls_and_read_budget(tmp_path):
 
 def test_invalid_utf8_and_binary_junk(tmp_path):
     p = tmp_path / "app.log"
-    p.write_bytes(b"")
-    t, lines = tailer(p)
-    poll(t, lines)
-    with open(p, "ab") as f:
-        f.write(b"\xff\xfe\x00\x01 bin\n\xc3\x28 WORKER TIMEOUT (pid:5)\n" + os.urandom(5000) + b"\nend\n")
+    t, lines = followed(p)
+    append(p, b"\xff\xfe\x00\x01 bin\n\xc3\x28 WORKER TIMEOUT (pid:5)\n" + os.urandom(5000) + b"\nend\n")
     got = poll(t, lines)
     assert got[0] == "\ufffd\ufffd\x00\x01 bin"
     assert got[1].endswith("WORKER TIMEOUT (pid:5)")
@@ -236,8 +214,7 @@ def test_async_start_stop(tmp_path):
         got = []
         t = FileTailer(str(p), got.append, interval=0.05)
         await t.start()
-        with open(p, "ab") as f:
-            f.write(b"new\n")
+        append(p, b"new\n")
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

@@ -21,9 +21,8 @@ Routes:
 
 import os
 import threading
-import time
 
-from wsgi_app import _param, _respond  # same query parsing and answers as the main test app
+from wsgi_app import _hold, _param, _respond  # same query parsing, waits and answers as the main test app
 
 _engine = None
 _lock = threading.Lock()
@@ -45,15 +44,6 @@ def engine():
                 pool_timeout=float(os.environ.get("POOL_TIMEOUT", "1")),
                 connect_args={"application_name": _appname()})
         return _engine
-
-
-def _hold(seconds):
-    deadline = time.monotonic() + seconds
-    while True:  # bounded by the deadline
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        time.sleep(min(0.05, left))
 
 
 def app(environ, start_response):
