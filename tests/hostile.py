@@ -8,6 +8,7 @@
   version with the venv's site-packages on PYTHONPATH (the venv may live under /root).
 * `fake_gunicorn(...)`: tests/apps/fake_gunicorn.py started as `.../gunicorn ARGS`, so it
   looks like a gunicorn master to anyone reading /proc.
+* `real_app_fixture(name)`: the module's real app measured beside them.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import require
 from tests.harness.command import APPS_DIR
+from tests.harness.masters import Gunicorn
 from tests.harness.procs import pid_alive, proc_stat
 
 FAKE = APPS_DIR / "fake_gunicorn.py"
@@ -130,3 +134,15 @@ def fake_gunicorn(user: User, args: list[str], mode: str = "plain",
     return [user.run(["{python}", str(bindir / "gunicorn"), *args],
                      env={"FAKE_MODE": mode, "FAKE_DIR": str(user.home), **(env or {})})
             for _ in range(count)]
+
+
+def real_app_fixture(name: str):
+    """A module-scoped `real_app` fixture: a real gunicorn master named `name` (2 sync
+    workers on TCP) whose real numbers every scrape must still report, whatever the
+    hostile processes do."""
+    @pytest.fixture(scope="module")
+    def real_app(tmp_path_factory):
+        with Gunicorn.start(tmp_path_factory.mktemp("real"), name=name, workers=2,
+                            bind="tcp") as g:
+            yield g
+    return real_app

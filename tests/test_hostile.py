@@ -28,21 +28,14 @@ from tests.conftest import require
 from tests.exposition import scrape, select, value
 from tests.harness.procs import poll
 from tests.harness.servers import running_exporter
-from tests.hostile import fake_gunicorn, throwaway_user
+from tests.hostile import fake_gunicorn, real_app_fixture, throwaway_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 REAL = f"real-{secrets.token_hex(3)}"
 
 
-@pytest.fixture(scope="module")
-def real_app(tmp_path_factory):
-    from tests.harness.masters import Gunicorn
-    g = Gunicorn.start(tmp_path_factory.mktemp("real"), name=REAL, workers=2, bind="tcp")
-    try:
-        yield g
-    finally:
-        g.stop()
+real_app = real_app_fixture(REAL)
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,9 @@ from pathlib import Path
 import pytest
 
 from tests.exposition import scrape, select, value
-from tests.harness.masters import Gunicorn
 from tests.harness.procs import pid_alive, poll, unique_name
 from tests.harness.servers import running_exporter
-from tests.hostile import fake_gunicorn, throwaway_user
+from tests.hostile import fake_gunicorn, real_app_fixture, throwaway_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -36,13 +35,7 @@ ARGS = ("--collector.stacks", "--no-collector.postgres", "--no-collector.statsd"
         "--stacks.capture-timeout", f"{TIMEOUT:g}s")
 
 
-@pytest.fixture(scope="module")
-def real_app(tmp_path_factory):
-    g = Gunicorn.start(tmp_path_factory.mktemp("real"), name=REAL, workers=2, bind="tcp")
-    try:
-        yield g
-    finally:
-        g.stop()
+real_app = real_app_fixture(REAL)
 
 
 @pytest.fixture(scope="module")
