@@ -486,29 +486,6 @@ def _keepalive_request(g, path: str = "/"):
     return s
 
 
-def test_idle_keepalive_connections_are_not_busy(gunicorn_factory):
-    """gthread parks keep-alive connections; they are idle, not requests in flight (the
-    client's own account is the oracle: answered in full, nothing sent since)."""
-    g = gunicorn_factory(worker_class="gthread", threads=2, workers=1, bind="tcp",
-                         name=unique_name("keepalive"), extra_args=["--keep-alive", "60"])
-    collector = GunicornCollector()
-    [pid] = g.worker_pids()
-    idle = [_keepalive_request(g) for _ in range(3)]
-    try:
-        w = poll(lambda: (w := by_pid(app_for(collector, g))[pid]).connections_idle == 3 and w,
-                 10, message="idle keep-alive connections not seen")
-        assert w.connections_active == 0
-        assert app_for(collector, g).workers and sum(
-            1 for x in app_for(collector, g).workers if x.connections_active >= 2) == 0
-        with SlowClients(g, 1, seconds=20):   # one request in flight beside them
-            w = poll(lambda: (w := by_pid(app_for(collector, g))[pid]).connections_active == 1
-                     and w, 10, message="the request in flight was not active")
-            assert w.connections_idle == 3
-    finally:
-        for s in idle:
-            s.close()
-
-
 def test_threads_serving_gone_clients_are_busy(gunicorn_factory, tmp_path):
     """A gthread worker keeps running requests whose clients hung up (the proxy gave
     up): its threads are busy, whoever waits for the answer. ss counts the CLOSE-WAIT
@@ -535,26 +512,33 @@ def test_threads_serving_gone_clients_are_busy(gunicorn_factory, tmp_path):
          message="gunicorn did not serve the 5 requests of gone clients")
 
 
-def test_gthread_keepalive_connections_on_a_unix_socket_are_idle(gunicorn_factory):
-    """A unix socket has no tcp_info, but a gthread worker says which connections no thread
-    has: those its main loop waits on, in its epoll (nginx keeps upstream connections open
-    with `keepalive`). The client's own account is the oracle: each answer read whole,
-    nothing sent since; and one request in flight beside them."""
-    g = gunicorn_factory(worker_class="gthread", threads=2, workers=1, bind="unix",
-                         name=unique_name("ka-unix"), extra_args=["--keep-alive", "60"])
+@pytest.mark.parametrize("bind,in_flight,busy", [
+    ("tcp", 1, 0),     # one request in flight beside them: one thread of two runs the app
+    ("unix", 3, 1),    # 3 requests: 2 run, 1 waits for a thread
+], ids=["tcp", "unix"])
+def test_idle_keepalive_connections_are_not_busy(gunicorn_factory, bind, in_flight, busy):
+    """gthread parks keep-alive connections; they are idle, not requests in flight (the
+    client's own account is the oracle: each answer read whole, nothing sent since), and
+    requests in flight beside them are active. A unix socket has no tcp_info, but a gthread
+    worker says which connections no thread has: those its main loop waits on, in its
+    epoll (nginx keeps upstream connections open with `keepalive`)."""
+    from exporter.metrics.workers import busy_workers
+    g = gunicorn_factory(worker_class="gthread", threads=2, workers=1, bind=bind,
+                         name=unique_name(f"keepalive-{bind}"), extra_args=["--keep-alive", "60"])
     collector = GunicornCollector()
     [pid] = g.worker_pids()
     idle = [_keepalive_request(g) for _ in range(3)]
     try:
         w = poll(lambda: (w := by_pid(app_for(collector, g))[pid]).connections_idle == 3 and w,
-                 10, message="idle keep-alive connections on the unix socket not seen")
+                 10, message=f"idle keep-alive connections ({bind}) not seen")
         assert (w.connections_active, w.requests) == (0, 0)
-        with SlowClients(g, 3, seconds=20):   # 3 requests: 2 run, 1 waits for a thread
-            w = poll(lambda: (w := by_pid(app_for(collector, g))[pid]).connections_active == 3
-                     and w, 10, message="the requests in flight were not active")
+        assert app_for(collector, g).workers and sum(
+            1 for x in app_for(collector, g).workers if x.connections_active >= 2) == 0
+        with SlowClients(g, in_flight, seconds=20):
+            w = poll(lambda: (w := by_pid(app_for(collector, g))[pid]).connections_active
+                     == in_flight and w, 10, message="the requests in flight were not active")
             assert w.connections_idle == 3
-            from exporter.metrics.workers import busy_workers
-            assert len(busy_workers(app_for(collector, g))) == 1
+            assert len(busy_workers(app_for(collector, g))) == busy
     finally:
         for s in idle:
             s.close()
