@@ -27,7 +27,7 @@ from generate import rules
 from tests.conftest import require
 from tests.harness.clients import SlowClients
 from tests.harness.procs import free_port, poll
-from tests.harness.servers import get_json, running_server, url_ready
+from tests.harness.servers import get_json, running_prometheus, running_server, url_ready
 from tests.test_alerts import running_exporter
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -62,11 +62,9 @@ def test_pool_exhaustion_and_dead_master_reach_alertmanager(gunicorn_factory, tm
     app = "e2e-%s" % secrets.token_hex(3)
     g = gunicorn_factory(worker_class="sync", workers=2, bind="unix", name=app, timeout=60)
 
-    am_port, prom_port = free_port(), free_port()
+    am_port = free_port()
     am = "http://127.0.0.1:%d" % am_port
-    prom = "http://127.0.0.1:%d" % prom_port
     (tmp_path / "am-data").mkdir()
-    (tmp_path / "prom-data").mkdir()
     (tmp_path / "alertmanager.yml").write_text(
         "route:\n"
         "  receiver: blackhole\n"
@@ -82,7 +80,7 @@ def test_pool_exhaustion_and_dead_master_reach_alertmanager(gunicorn_factory, tm
         exporter = stack.enter_context(running_exporter(
             tmp_path, "--gunicorn.remember-after", f"{60 / SCALE:g}s"))
         exporter_target = exporter.removeprefix("http://")
-        (tmp_path / "prometheus.yml").write_text(
+        config = (
             "global:\n"
             "  scrape_interval: 1s\n"
             "  evaluation_interval: 1s\n"
@@ -104,12 +102,8 @@ def test_pool_exhaustion_and_dead_master_reach_alertmanager(gunicorn_factory, tm
              "--web.listen-address=127.0.0.1:%d" % am_port,
              "--cluster.listen-address="],
             tmp_path / "alertmanager.log", lambda: url_ready(am + "/-/ready"), "alertmanager"))
-        stack.enter_context(running_server(
-            [prometheus, "--config.file=%s" % (tmp_path / "prometheus.yml"),
-             "--storage.tsdb.path=%s" % (tmp_path / "prom-data"),
-             "--web.listen-address=127.0.0.1:%d" % prom_port,
-             "--rules.alert.resend-delay=1s"],
-            tmp_path / "prometheus.log", lambda: url_ready(prom + "/-/ready"), "prometheus"))
+        prom = stack.enter_context(running_prometheus(prometheus, tmp_path, config,
+                                                      "--rules.alert.resend-delay=1s"))
         startup = time.monotonic() - t0
 
         # Healthy and idle first: the target is scraped and nothing about C1 fires.

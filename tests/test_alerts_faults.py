@@ -47,8 +47,8 @@ from tests.conftest import require
 from tests.harness.clients import SlowClients, http_get
 from tests.harness.masters import Gunicorn
 from tests.harness.procs import free_port, poll
-from tests.harness.servers import (get_json, running_exporter, running_server, stop_process,
-                                   url_ready)
+from tests.harness.servers import (get_json, running_exporter, running_prometheus,
+                                   running_server, stop_process, url_ready)
 from tests.pg import PgCluster, available
 from tests.test_alerts import promtool
 
@@ -201,20 +201,13 @@ def stack(tmp_path_factory):
             args += ["--logs.file", f"{APPS[scenario]}={logs}/{scenario}.log"]
         exporter = es.enter_context(running_exporter(base, *args, port=exporter_port))
 
-        prom_port = free_port()
-        prom = f"http://127.0.0.1:{prom_port}"
         (base / "rules.yml").write_text(rules.render(time_scale=1 / SCALE))
-        (base / "prometheus.yml").write_text(
+        prom = es.enter_context(running_prometheus(
+            prometheus, base,
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
             f"rule_files:\n  - {base / 'rules.yml'}\n"
             "scrape_configs:\n  - job_name: gunicorn\n    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{exporter_port}']\n")
-        (base / "prom-data").mkdir()
-        es.enter_context(running_server(
-            [prometheus, f"--config.file={base / 'prometheus.yml'}",
-             f"--storage.tsdb.path={base / 'prom-data'}",
-             f"--web.listen-address=127.0.0.1:{prom_port}"],
-            base / "prometheus.log", lambda: url_ready(prom + "/-/ready"), "prometheus"))
+            f"      - targets: ['127.0.0.1:{exporter_port}']\n"))
         watcher = Watcher(prom)
         watcher.start()
         es.callback(watcher.stop_event.set)
@@ -297,30 +290,26 @@ def test_calm_traffic_fires_nothing(stack):
         time.sleep(0.5)  # noqa: a calm period is the point of this test
 
 
+def run_slow_requests_fault(s: Stack, scenario: str, expected: dict[str, float | None],
+                            requests: int):
+    """run_fault whose fault is `requests` requests of 60 s sent at once to the
+    scenario's app, held open until the alerts are checked."""
+    g = s.apps[scenario]
+    with contextlib.ExitStack() as held:
+        return run_fault(s, scenario, expected,
+                         lambda: held.enter_context(SlowClients(g, requests, seconds=60)))
+
+
 def test_sync_pool_exhaustion_c1(stack):
-    g = stack.apps["sync"]
-    clients = []
-    try:
-        run_fault(stack, "sync", {"GunicornWorkerPoolExhausted": C1_PAGE},
-                  lambda: clients.append(SlowClients(g, 6, seconds=60)))
-    finally:
-        for c in clients:
-            c.close_all()
+    run_slow_requests_fault(stack, "sync", {"GunicornWorkerPoolExhausted": C1_PAGE}, 6)
 
 
 def test_gthread_requests_wait_inside_the_workers_c1(stack):
-    g = stack.apps["gthread"]
-    clients = []
-    try:
-        # 2 workers x 2 threads, 4 connections each at most: 8 requests fill every
-        # worker (2 served, 2 parked each) while the accept queue stays empty
-        # (and at --worker-connections: C3 as well)
-        run_fault(stack, "gthread", {"GunicornWorkerPoolExhausted": C1_PAGE,
-                                     "GunicornGthreadWorkerConnectionsAtLimit": None},
-                  lambda: clients.append(SlowClients(g, 8, seconds=60)))
-    finally:
-        for c in clients:
-            c.close_all()
+    # 2 workers x 2 threads, 4 connections each at most: 8 requests fill every
+    # worker (2 served, 2 parked each) while the accept queue stays empty
+    # (and at --worker-connections: C3 as well)
+    run_slow_requests_fault(stack, "gthread", {"GunicornWorkerPoolExhausted": C1_PAGE,
+                                               "GunicornGthreadWorkerConnectionsAtLimit": None}, 8)
 
 
 def test_stopped_workers_stuck_unix_socket_c2(stack):

@@ -1,5 +1,5 @@
 """Servers the tests run beside gunicorn: any server (Prometheus, Alertmanager, nginx, ...)
-with `running_server`, and the exporter itself (`python -m exporter`) with
+with `running_server` (`running_prometheus` for a Prometheus), and the exporter itself (`python -m exporter`) with
 `running_exporter`; each stopped by its PID at exit. `silent_peer`: a dependency, in
 this process, that never answers."""
 
@@ -47,6 +47,21 @@ def running_server(argv: list[str], log_path: Path, ready: Callable[[], bool], w
             yield proc
         finally:
             stop_process(proc, 15)
+
+
+@contextlib.contextmanager
+def running_prometheus(binary: str, base: Path, config: str, *args: str):
+    """A Prometheus on a free 127.0.0.1 port with ``config`` as its prometheus.yml, its
+    config, TSDB (prom-data) and log in ``base``; yields its URL once /-/ready answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    (base / "prometheus.yml").write_text(config)
+    (base / "prom-data").mkdir()
+    with running_server([binary, f"--config.file={base / 'prometheus.yml'}",
+                         f"--storage.tsdb.path={base / 'prom-data'}",
+                         f"--web.listen-address=127.0.0.1:{port}", *args],
+                        base / "prometheus.log", lambda: url_ready(url + "/-/ready"), "prometheus"):
+        yield url
 
 
 def url_ready(url: str, timeout: float = 2.0) -> bool:
