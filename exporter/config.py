@@ -35,9 +35,9 @@ SETTINGS = BY_KEY   # key -> Option (kept for the docs test)
 def _field(o):
     default = o.default
     if isinstance(default, (dict, list, set)):
-        return o.dest, object, dataclasses.field(default_factory=lambda d=default: type(d)(d),
-                                                 repr=not o.secret)
-    return o.dest, object, dataclasses.field(default=default, repr=not o.secret)
+        return o.dest, o.value_type, dataclasses.field(
+            default_factory=lambda d=default: type(d)(d), repr=not o.secret)
+    return o.dest, o.value_type, dataclasses.field(default=default, repr=not o.secret)
 
 
 class _Methods:
@@ -120,11 +120,12 @@ class _Methods:
 Config = dataclasses.make_dataclass(
     "Config",
     [_field(o) for o in OPTIONS]
-    + [("config_file", object, dataclasses.field(default=None)),
-       ("collectors", object, dataclasses.field(
+    + [("config_file", str | None, dataclasses.field(default=None)),
+       ("collectors", dict[str, bool], dataclasses.field(
            default_factory=lambda: {n: s.default for n, s in REGISTRY.items()}))],
     bases=(_Methods,))
-Config.__doc__ = "Every setting, by its Option.dest (exporter/options.py), plus config_file and collectors."
+Config.__doc__ = ("Every setting, by its Option.dest and of its Option.value_type "
+                  "(exporter/options.py), plus config_file and collectors.")
 
 
 def build_parser(hidden: tuple[str, ...] = ()) -> argparse.ArgumentParser:

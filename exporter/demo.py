@@ -222,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.duration < 0 or args.workers < 1 or args.slow <= 0 or args.slow > MAX_SLOW_SECONDS:
         build_parser().error("--duration >= 0, --workers >= 1, 0 < --slow <= 60")
-    clients = args.clients if args.clients is not None else args.workers + 1
     if importlib.util.find_spec("gunicorn") is None:
         print(f"demo: gunicorn is not installed in this Python ({sys.executable}).\n"
               f"The exporter does not need it, the demo does: pip install gunicorn\n"
@@ -238,117 +237,162 @@ def main(argv: list[str] | None = None) -> int:
         stopping.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    workdir = Path(tempfile.mkdtemp(prefix="gunicorn-exporter-demo-"))
-    gunicorn = exporter = None
-    load = None
-    code = 0
+    demo = Demo(args, Path(tempfile.mkdtemp(prefix="gunicorn-exporter-demo-")), stopping)
     try:
-        app_port = _port_or_free(args.app_port)
-        app_name = f"{APP_NAME}-{app_port}"
-        exp_port = _port_or_free(args.port)
-        error_log = workdir / "gunicorn-error.log"
-        # The package's parent directory first on the path: the workers import
-        # exporter.demo:app from this very installation (editable or not).
-        pkg_parent = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env.pop("GUNICORN_CMD_ARGS", None)
-        env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        return demo.run()
+    finally:
+        demo.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+        shutil.rmtree(demo.workdir, ignore_errors=True)
+        why = f"signal {signal.Signals(received[0]).name}" if received else "done"
+        print(f"demo: stopped ({why})", flush=True)
+
+
+class Demo:
+    """One run of the demo in `workdir`: gunicorn, the exporter and the load, started by
+    `run` until `stopping` is set or --duration ends, all ended by `stop`."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path, stopping: threading.Event):
+        self.args, self.workdir, self.stopping = args, workdir, stopping
+        self.clients = args.clients if args.clients is not None else args.workers + 1
+        self.gunicorn: subprocess.Popen | None = None
+        self.exporter: subprocess.Popen | None = None
+        self.load: Load | None = None
+        self.error_log = workdir / "gunicorn-error.log"
+
+    def run(self) -> int:
+        """Start everything, wait until it answers, then report until the end; the exit code."""
+        self._start_processes()
+        failed = self._wait_until_up()
+        if failed is not None:
+            return failed
+        end = time.monotonic() + (self.args.duration or float("inf"))
+        self.load = Load(self.app_port, self.clients, self.args.slow,
+                         deadline=end if self.args.duration else time.monotonic() + 7 * 86400)
+        self.load.start()
+        self._print_banner()
+        return self._report_until(end)
+
+    def stop(self) -> None:
+        """End the load, then the processes the demo started (by pid)."""
+        if self.load is not None:
+            self.load.stop.set()
+        _stop(self.exporter, "exporter", 10)
+        _stop(self.gunicorn, "gunicorn", 15)
+        if self.load is not None:  # their requests end with gunicorn at the latest
+            self.load.join(self.args.slow + 5)
+
+    def _start_processes(self) -> None:
+        self.app_port = _port_or_free(self.args.app_port)
+        self.app_name = f"{APP_NAME}-{self.app_port}"
+        self.exp_port = _port_or_free(self.args.port)
+        self.app_url = f"http://127.0.0.1:{self.app_port}"
+        self.exp_url = f"http://127.0.0.1:{self.exp_port}"
+        env = _child_env()
+        workdir = self.workdir
         gunicorn_argv = [sys.executable, "-m", "gunicorn",
-                         "--name", app_name, "--bind", f"127.0.0.1:{app_port}",
-                         "--workers", str(args.workers), "--worker-class", "sync",
+                         "--name", self.app_name, "--bind", f"127.0.0.1:{self.app_port}",
+                         "--workers", str(self.args.workers), "--worker-class", "sync",
                          "--timeout", "30", "--graceful-timeout", "2",
                          "--chdir", str(workdir), "--worker-tmp-dir", str(workdir),
                          "--control-socket", str(workdir / "gunicorn.ctl"),
-                         "--error-logfile", str(error_log), "--log-level", "info",
+                         "--error-logfile", str(self.error_log), "--log-level", "info",
                          "exporter.demo:app"]
         with open(workdir / "gunicorn.out", "wb") as out:
-            gunicorn = subprocess.Popen(gunicorn_argv, cwd=str(workdir), env=env,
-                                        stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                        start_new_session=True)
+            self.gunicorn = subprocess.Popen(gunicorn_argv, cwd=str(workdir), env=env,
+                                             stdin=subprocess.DEVNULL, stdout=out,
+                                             stderr=subprocess.STDOUT,
+                                             preexec_fn=_die_with_parent,
+                                             start_new_session=True)
         exporter_argv = [sys.executable, "-m", "exporter",
-                         "--web.listen-address", f"127.0.0.1:{exp_port}",
-                         "--logs.file", f"{app_name}={error_log}"]
+                         "--web.listen-address", f"127.0.0.1:{self.exp_port}",
+                         "--logs.file", f"{self.app_name}={self.error_log}"]
         with open(workdir / "exporter.log", "wb") as out:
-            exporter = subprocess.Popen(exporter_argv, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=subprocess.STDOUT,
-                                        preexec_fn=_die_with_parent, start_new_session=True)
+            self.exporter = subprocess.Popen(exporter_argv, env=env, stdin=subprocess.DEVNULL,
+                                             stdout=out, stderr=subprocess.STDOUT,
+                                             preexec_fn=_die_with_parent,
+                                             start_new_session=True)
 
-        # Wait (bounded) until gunicorn answers and the exporter is healthy.
-        app_url = f"http://127.0.0.1:{app_port}"
-        exp_url = f"http://127.0.0.1:{exp_port}"
+    def _wait_until_up(self) -> int | None:
+        """Wait (bounded) until gunicorn answers and the exporter is healthy: None, or the
+        exit code when either exited, did not come up in 30 s, or the demo was stopped."""
         deadline = time.monotonic() + 30
         app_ok = exp_ok = False
-        while not (app_ok and exp_ok) and not stopping.is_set() and time.monotonic() < deadline:
-            if gunicorn.poll() is not None:
-                print("demo: gunicorn exited:\n" + _tail(workdir / "gunicorn.out") + "\n"
-                      + _tail(error_log), file=sys.stderr)
+        while not (app_ok and exp_ok) and not self.stopping.is_set() \
+                and time.monotonic() < deadline:
+            if self.gunicorn.poll() is not None:
+                print("demo: gunicorn exited:\n" + _tail(self.workdir / "gunicorn.out") + "\n"
+                      + _tail(self.error_log), file=sys.stderr)
                 return 1
-            if exporter.poll() is not None:
-                print("demo: the exporter exited:\n" + _tail(workdir / "exporter.log"),
+            if self.exporter.poll() is not None:
+                print("demo: the exporter exited:\n" + _tail(self.workdir / "exporter.log"),
                       file=sys.stderr)
                 return 1
-            app_ok = app_ok or _get(app_url + "/", 2)[0] == 200
-            exp_ok = exp_ok or _get(exp_url + "/-/healthy", 2)[0] == 200
+            app_ok = app_ok or _get(self.app_url + "/", 2)[0] == 200
+            exp_ok = exp_ok or _get(self.exp_url + "/-/healthy", 2)[0] == 200
             if not (app_ok and exp_ok):
-                stopping.wait(0.2)
-        if stopping.is_set():
+                self.stopping.wait(0.2)
+        if self.stopping.is_set():
             return 0
         if not (app_ok and exp_ok):
-            print("demo: gunicorn or the exporter did not come up within 30s\n"
-                  + _tail(workdir / "gunicorn.out") + "\n" + _tail(workdir / "exporter.log"),
+            print("demo: gunicorn or the exporter did not come up within 30s\n" + self._logs(),
                   file=sys.stderr)
             return 1
+        return None
 
-        run_for = args.duration or float("inf")
-        end = time.monotonic() + run_for
-        load = Load(app_port, clients, args.slow,
-                    deadline=end if args.duration else time.monotonic() + 7 * 86400)
-        load.start()
+    def _print_banner(self) -> None:
+        args, app_url, exp_url = self.args, self.app_url, self.exp_url
         print(f"""gunicorn-exporter demo (everything below stops on Ctrl-C{
               f' or after {args.duration:g}s' if args.duration else ''})
-  sample app:  {app_url}/   gunicorn master pid {gunicorn.pid}, {args.workers} sync workers, app="{app_name}"
-  load:        {clients} clients sending {app_url}/slow?seconds={args.slow:g} in a loop
-  exporter:    {exp_url}/metrics   pid {exporter.pid}
-  look:        curl -s {exp_url}/metrics | grep 'app="{app_name}"'
+  sample app:  {app_url}/   gunicorn master pid {self.gunicorn.pid}, {args.workers} sync workers, app="{self.app_name}"
+  load:        {self.clients} clients sending {app_url}/slow?seconds={args.slow:g} in a loop
+  exporter:    {exp_url}/metrics   pid {self.exporter.pid}
+  look:        curl -s {exp_url}/metrics | grep 'app="{self.app_name}"'
   Prometheus:  scrape {exp_url}; in a clone of the repository: deploy/prometheus/, grafana/dashboards/
-  files:       {workdir} (gunicorn error log, exporter log; removed on exit)""", flush=True)
+  files:       {self.workdir} (gunicorn error log, exporter log; removed on exit)""", flush=True)
 
-        next_status = time.monotonic() + (args.interval or float("inf"))
+    def _report_until(self, end: float) -> int:
+        """A status line every --interval seconds until `end` or a stop: 0, or 1 when
+        gunicorn or the exporter exited on its own."""
+        next_status = time.monotonic() + (self.args.interval or float("inf"))
         for _ in range(10_000_000):  # bounded; each turn waits up to 0.5 s
             now = time.monotonic()
-            if stopping.is_set() or now >= end:
+            if self.stopping.is_set() or now >= end:
                 break
-            if gunicorn.poll() is not None or exporter.poll() is not None:
-                print("demo: gunicorn or the exporter exited unexpectedly\n"
-                      + _tail(workdir / "gunicorn.out") + "\n" + _tail(workdir / "exporter.log"),
+            if self.gunicorn.poll() is not None or self.exporter.poll() is not None:
+                print("demo: gunicorn or the exporter exited unexpectedly\n" + self._logs(),
                       file=sys.stderr)
-                code = 1
-                break
+                return 1
             if now >= next_status:
-                next_status = now + args.interval
-                v = demo_values(_get(exp_url + "/metrics", 5)[1], app_name)
-                if v:
-                    print(f"[{time.strftime('%H:%M:%S')}] app={app_name}: "
-                          f"busy workers {v.get('gunicorn_workers_busy', 0):g}/"
-                          f"{v.get('gunicorn_workers', 0):g}, "
-                          f"accept queue {v.get('gunicorn_listener_queue_length', 0):g}, "
-                          f"oldest request {v.get('gunicorn_worker_heartbeat_age_seconds', 0):.1f}s, "
-                          f"requests done {load.done}", flush=True)
-            stopping.wait(min(0.5, max(0.0, end - now)))
-        return code
-    finally:
-        if load is not None:
-            load.stop.set()
-        _stop(exporter, "exporter", 10)
-        _stop(gunicorn, "gunicorn", 15)
-        if load is not None:  # their requests end with gunicorn at the latest
-            load.join(args.slow + 5)
-        for s, h in old.items():
-            signal.signal(s, h)
-        shutil.rmtree(workdir, ignore_errors=True)
-        why = f"signal {signal.Signals(received[0]).name}" if received else "done"
-        print(f"demo: stopped ({why})", flush=True)
+                next_status = now + self.args.interval
+                self._print_status()
+            self.stopping.wait(min(0.5, max(0.0, end - now)))
+        return 0
+
+    def _print_status(self) -> None:
+        v = demo_values(_get(self.exp_url + "/metrics", 5)[1], self.app_name)
+        if v:
+            print(f"[{time.strftime('%H:%M:%S')}] app={self.app_name}: "
+                  f"busy workers {v.get('gunicorn_workers_busy', 0):g}/"
+                  f"{v.get('gunicorn_workers', 0):g}, "
+                  f"accept queue {v.get('gunicorn_listener_queue_length', 0):g}, "
+                  f"oldest request {v.get('gunicorn_worker_heartbeat_age_seconds', 0):.1f}s, "
+                  f"requests done {self.load.done}", flush=True)
+
+    def _logs(self) -> str:
+        return _tail(self.workdir / "gunicorn.out") + "\n" + _tail(self.workdir / "exporter.log")
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of gunicorn and the exporter: the package's parent directory first
+    on the path, so the workers import exporter.demo:app from this very installation
+    (editable or not); no GUNICORN_CMD_ARGS of the caller's."""
+    pkg_parent = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env.pop("GUNICORN_CMD_ARGS", None)
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Every setting of the exporter, declared once: its key (the flag without `--`, the
 environment variable `GUNICORN_EXPORTER_<KEY>` and the config file key all derive from
-it), the parser that checks a value, the default, and the help text.
+it), the parser that checks a value, the default, and the help text. A setting's type
+is its parser's return annotation (`Option.value_type`): written once, there.
 
 `exporter/config.py` reads flags, environment and config file against this table;
 collectors take their defaults from `DEFAULTS`, so no default is written twice. The
@@ -9,6 +10,7 @@ parsers raise `ConfigError` with a message that never echoes a secret (DSNs).
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 from exporter.logs.access import DEFAULT_COMPILED as DEFAULT_ACCESS_FORMATS
@@ -30,7 +32,7 @@ from exporter.parsing import (DEFAULT_PORT, ConfigError, _log_level, _max_names,
 class Option:
     key: str                 # flag without --, config file key (dots: TOML tables)
     dest: str                # attribute of Config
-    parse: object            # value -> parsed value; raises ConfigError
+    parse: object            # value -> parsed value; raises ConfigError; annotated
     default: object
     help: str
     repeatable: bool = False
@@ -38,6 +40,13 @@ class Option:
     secret: bool = False      # never shown (DSNs may hold passwords)
     flag: bool = False        # a switch: --key alone means true (--key=false also works)
     shown: str | None = None  # the default as the help text says it (else derived)
+
+    @property
+    def value_type(self) -> object:
+        """The setting's type: its parser's return annotation (`object` when it has none),
+        or None as well when the default is None (not set)."""
+        parsed = typing.get_type_hints(self.parse).get("return", object)
+        return parsed | None if self.default is None else parsed
 
     def help_text(self) -> str:
         shown = self.shown if self.shown is not None else _show(self.default)

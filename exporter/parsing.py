@@ -12,6 +12,7 @@ import re
 from exporter.logs.caddy import SIGNATURES as _CADDY_SIGNATURES
 from exporter.logs.access import parse_access_formats as _access_formats
 from exporter.logs.files import LogFile, parse_log_file
+from exporter.logs.formats import AccessFormat
 from exporter.logs.routes import parse_route as _parse_route
 from exporter.logs.signatures import Signature, SignatureError, merge, parse_user_signature
 from exporter.statsd.parse import parse_prefix_map
@@ -233,7 +234,7 @@ def parse_routes(values) -> tuple[str, ...]:
     return out
 
 
-def parse_access_formats(values):
+def parse_access_formats(values) -> tuple[AccessFormat, ...]:
     try:
         return _access_formats(_as_list(values))
     except ValueError as e:

@@ -6,7 +6,7 @@
 
 | file | written by | from |
 |---|---|---|
-| alerts/gunicorn.rules.yml | generate/rules.py | generate/recording.py, generate/alerts.py, alerts/config.toml |
+| alerts/gunicorn.rules.yml | generate/rules.py | generate/recording.py, generate/alerts.py (generate/alerts_*.py), alerts/config.toml |
 | grafana/dashboards/gunicorn.json | generate/dashboard.py | generate/panels.py, generate/rows.py, the alert thresholds |
 | deploy/kubernetes/prometheusrule.yaml | generate/kubernetes.py | alerts/*.rules.yml |
 | mixin/*.libsonnet (not mixin.libsonnet, dashboards.libsonnet), mixin/dashboards/gunicorn.json | generate/mixin.py | the rule templates with `_config` references, alerts/config.toml, the dashboard |

@@ -29,7 +29,8 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
-from generate.alerts import GROUPS, Alert
+from generate.alerts import GROUPS
+from generate.alerts_common import Alert
 from generate.output import ALERTS_DIR, Literal, dump_yaml
 from generate.recording import RECORDING_RULES
 

@@ -35,7 +35,27 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
     """One running master's AppSnapshot: its settings (the control socket's proven answer
     `ctl` wins), workers with their connections and heartbeat age, and listeners.
     `name_of(raw, configured_name)` names the app (the collector knows USR2 history)."""
-    s = raw.settings
+    cfg, counters = _merge_control_answer(raw.settings, ctl)
+    worker_class = _worker_class_in_force(raw.settings)
+    app = _app(raw, ctl, cfg, counters, worker_class, name_of=name_of, user=user)
+    joined = raw.joined
+    match = join.SocketMatcher.of(joined.listeners if joined else [], db_ports, db_paths)
+    deps = []       # per worker: (outbound connections, those that wait)
+    legacy = heartbeat.legacy_version(raw.version)
+    clocks = (time.monotonic(), time.time())
+    for w in raw.workers:
+        worker, out, waiting = _worker(w, raw, worker_class, match, legacy, clocks, boot_time)
+        deps.append((out, waiting))
+        app.workers.append(worker)
+    app.dependencies = dependencies.by_peer(deps, worker_class == "sync", max_peers)
+    app.listeners.extend(_listeners(raw))
+    return app
+
+
+def _merge_control_answer(s: Settings, ctl: dict[str, dict]) -> tuple[dict, tuple]:
+    """Write the control socket's `show config` and `show stats` answers over the settings
+    read from the command line and files; (the config answer, its spawned, killed and
+    reloads counters)."""
     cfg = ctl.get("config") or {}
     for key in CONTROL_SETTINGS:
         value = cfg.get(key)
@@ -47,22 +67,35 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
     target = stats.get("workers_target")
     if isinstance(target, int) and not isinstance(target, bool):
         s.set("workers", target, "control_socket")
-    spawned, killed, reloads = (_count(stats.get(k)) for k in
-                                ("workers_spawned", "workers_killed", "reloads"))
+    return cfg, tuple(_count(stats.get(k)) for k in
+                      ("workers_spawned", "workers_killed", "reloads"))
 
+
+def _worker_class_in_force(s: Settings) -> str | None:
+    """The worker class as gunicorn runs it: sync with --threads > 1 is gthread; None when
+    --threads is unknown (sync or gthread)."""
     worker_class = s.worker_class
     threads = s.get("threads")
     if worker_class == "sync" and isinstance(threads, int) and threads > 1:
         worker_class = "gthread"  # gunicorn switches on its own
     if worker_class == "sync" and threads is None:
         worker_class = None       # sync, or gthread if --threads > 1: not known
+    return worker_class
+
+
+def _app(raw: MasterRaw, ctl: dict[str, dict], cfg: dict, counters: tuple,
+         worker_class: str | None, *, name_of, user: str) -> AppSnapshot:
+    """The app's snapshot without workers and listeners: name, settings, master."""
+    s = raw.settings
+    threads = s.get("threads")
     wc = s.get("worker_connections")
     p = raw.master.proc
     name = name_of(raw, cfg.get("proc_name") if isinstance(cfg.get("proc_name"), str) else None)
     backlog, backlog_source = _backlog_in_force(raw, s)
     sources = {k: s.sources.get(k, "unknown") for k in SOURCE_SETTINGS}
     sources["backlog"] = backlog_source
-    app = AppSnapshot(
+    spawned, killed, reloads = counters
+    return AppSnapshot(
         app=name,
         up=True,
         master_pid=p.pid,
@@ -93,58 +126,66 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
         master_start_ticks=p.stat.starttime_ticks,
         master_sockets=frozenset(raw.master.fds.socket_inodes) if raw.master.fds else frozenset(),
     )
-    legacy = heartbeat.legacy_version(raw.version)
-    mono = time.monotonic()
-    wall = time.time()
+
+
+def _worker(w, raw: MasterRaw, worker_class: str | None, match, legacy: bool,
+            clocks: tuple[float, float], boot_time: float) -> tuple[WorkerSnapshot, list, list]:
+    """One worker's snapshot, its outbound connections and those that wait for a reply."""
+    age, beat_file = _heartbeat(w, legacy, clocks)
     joined = raw.joined
-    match = join.SocketMatcher.of(joined.listeners if joined else [], db_ports, db_paths)
-    deps = []       # per worker: (outbound connections, those that wait)
-    for w in raw.workers:
-        st = w.stat
-        age = beat_file = None
-        if w.heartbeat is not None:
-            fd, hst = w.heartbeat
-            monotonic = heartbeat.is_monotonic(hst.st_mtime, legacy, mono)
-            age = heartbeat.age(heartbeat.last_beat(hst.st_mtime, hst.st_ctime, monotonic),
-                                monotonic, mono, wall)
-            beat_file = heartbeat.HeartbeatFile(fd, hst.st_dev, hst.st_ino, monotonic)
-        conns = None
-        if w.sockets is not None and joined is not None:
-            conns = join.count_worker_sockets(w.sockets, joined.unix_peers, match, raw.idle)
-        out = dependencies.outbound(w.sockets, joined.unix_peers, match) \
-            if w.sockets is not None and joined is not None else []
-        in_request = worker_class == "sync" and conns is not None and \
-            conns.active + conns.client_closed > 0
-        waiting = dependencies.waits(out, raw.dep_times, w.wchan, age if in_request else None)
-        deps.append((out, waiting))
-        stuck = dependencies.longest(waiting)
-        app.workers.append(WorkerSnapshot(
-            slot=-1, pid=w.pid,
-            start_time=boot_time + st.starttime_ticks / CLK_TCK,
-            rss_bytes=st.rss_pages * PAGE_SIZE,
-            cpu_seconds=(st.utime_ticks + st.stime_ticks) / CLK_TCK,
-            threads=st.num_threads,
-            open_fds=w.scan.count if w.scan is not None else None,
-            fd_limit=w.fd_limit,
-            heartbeat_age=age,
-            heartbeat_file=beat_file,
-            connections_active=conns.active if conns else None,
-            connections_client_closed=conns.client_closed if conns else None,
-            connections_idle=conns.idle if conns and raw.idle_measured else None,
-            db_connections=len(conns.db_tcp) + len(conns.db_unix) if conns else None,
-            db_tcp=conns.db_tcp if conns else [],
-            db_unix=conns.db_unix if conns else [],
-            dependency_wait=None if stuck is None else (stuck.peer, stuck.seconds),
-            outbound=tuple(out),
-        ))
-    app.dependencies = dependencies.by_peer(deps, worker_class == "sync", max_peers)
+    read = w.sockets is not None and joined is not None
+    conns = join.count_worker_sockets(w.sockets, joined.unix_peers, match, raw.idle) \
+        if read else None
+    out = dependencies.outbound(w.sockets, joined.unix_peers, match) if read else []
+    in_request = worker_class == "sync" and conns is not None and \
+        conns.active + conns.client_closed > 0
+    waiting = dependencies.waits(out, raw.dep_times, w.wchan, age if in_request else None)
+    stuck = dependencies.longest(waiting)
+    st = w.stat
+    return WorkerSnapshot(
+        slot=-1, pid=w.pid,
+        start_time=boot_time + st.starttime_ticks / CLK_TCK,
+        rss_bytes=st.rss_pages * PAGE_SIZE,
+        cpu_seconds=(st.utime_ticks + st.stime_ticks) / CLK_TCK,
+        threads=st.num_threads,
+        open_fds=w.scan.count if w.scan is not None else None,
+        fd_limit=w.fd_limit,
+        heartbeat_age=age,
+        heartbeat_file=beat_file,
+        connections_active=conns.active if conns else None,
+        connections_client_closed=conns.client_closed if conns else None,
+        connections_idle=conns.idle if conns and raw.idle_measured else None,
+        db_connections=len(conns.db_tcp) + len(conns.db_unix) if conns else None,
+        db_tcp=conns.db_tcp if conns else [],
+        db_unix=conns.db_unix if conns else [],
+        dependency_wait=None if stuck is None else (stuck.peer, stuck.seconds),
+        outbound=tuple(out),
+    ), out, waiting
+
+
+def _heartbeat(w, legacy: bool, clocks: tuple[float, float]):
+    """(age in seconds, HeartbeatFile) of a worker's heartbeat file, (None, None) unread."""
+    if w.heartbeat is None:
+        return None, None
+    mono, wall = clocks
+    fd, hst = w.heartbeat
+    monotonic = heartbeat.is_monotonic(hst.st_mtime, legacy, mono)
+    age = heartbeat.age(heartbeat.last_beat(hst.st_mtime, hst.st_ctime, monotonic),
+                        monotonic, mono, wall)
+    return age, heartbeat.HeartbeatFile(fd, hst.st_dev, hst.st_ino, monotonic)
+
+
+def _listeners(raw: MasterRaw) -> list[ListenerSnapshot]:
+    """The app's listening sockets, each address once per worker (a repeat gets a "+")."""
+    joined = raw.joined
     names: set[tuple[str, int | None]] = set()
+    listeners = []
     for sock, worker_pid in (joined.listeners if joined else []):
         address = bounded(join.listener_address(sock), 256)
         while (address, worker_pid) in names:  # the same address bound twice
             address += "+"
         names.add((address, worker_pid))
-        app.listeners.append(ListenerSnapshot(
+        listeners.append(ListenerSnapshot(
             address=address,
             kind="unix" if isinstance(sock, sockdiag.UnixSocket) else "tcp",
             queue_length=sock.rqueue,   # None: unknown
@@ -153,7 +194,7 @@ def build_app(raw: MasterRaw, ctl: dict[str, dict], *, name_of, user: str, boot_
             drops=sock.drops if isinstance(sock, sockdiag.InetSocket) else None,
             inode=sock.inode,
         ))
-    return app
+    return listeners
 
 
 def name_from(title, settings: Settings, argv: list[str], app_names,
