@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass
 
 from exporter.logs.access import DEFAULT_COMPILED as DEFAULT_ACCESS_FORMATS
+from exporter.logs.formats import DEFAULT_FORMATS, PRESETS
 from exporter.parsing import (DEFAULT_PORT, ConfigError, _log_level, _max_names,
                               parse_access_formats, parse_app_budgets, parse_app_names,
                               parse_bool, parse_dsn_files, parse_dsns, parse_duration,
@@ -171,9 +172,8 @@ OPTIONS: tuple[Option, ...] = (
       "longer lines are matched on their beginning only", shown="64KiB"),
     O("logs.access-format", "log_access_formats", parse_access_formats, DEFAULT_ACCESS_FORMATS,
       "access log format tried on every --logs.file line, in order: a gunicorn access_log_format, "
-      "an nginx log_format, or the presets gunicorn, combined, nginx (combined plus "
-      "$request_time $upstream_response_time); repeatable", repeatable=True,
-      comma_split=False, shown="nginx,gunicorn"),
+      f"an nginx log_format, or a preset ({', '.join(PRESETS)}; docs/requests.md); repeatable",
+      repeatable=True, comma_split=False, shown=",".join(DEFAULT_FORMATS)),
     O("requests.route", "request_route_values", parse_routes, (),
       "NAME=REGEX: access log requests whose path matches REGEX (RE2 syntax, searched in the "
       "path without its query string) count under route=NAME; the first match wins, the rest "
