@@ -24,9 +24,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-import ssl
 import stat
 from dataclasses import dataclass, field
+from ssl import SSLContext
 
 from exporter import webtls
 from exporter.webtls import describe_tls
@@ -62,7 +62,7 @@ class WebConfigError(ValueError):
 
 @dataclass(frozen=True)
 class WebConfig:
-    ssl: ssl.SSLContext | None = None                     # None: plain HTTP
+    ssl: SSLContext | None = None                          # None: plain HTTP
     allowed_sans: frozenset[str] | None = None            # None: any verified client
     users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
     headers: dict[str, str] = field(default_factory=dict)
