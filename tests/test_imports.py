@@ -1,5 +1,6 @@
 """The package's modules import each other one way: no cycle, lazy imports included (a
-function-level import that only hides a cycle is one too)."""
+function-level import that only hides a cycle is one too); and pyflakes finds nothing
+(an unused import, an undefined name) in the code, the generators, the bench or the tests."""
 
 from __future__ import annotations
 
@@ -74,3 +75,14 @@ def test_the_package_has_no_import_cycle():
     assert "exporter.collectors.gunicorn" in edges["exporter.collectors"]
     cycle = find_cycle(edges)
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_pyflakes_finds_nothing():
+    from pyflakes.api import checkRecursive
+    from pyflakes.reporter import Reporter
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    root = PACKAGE.parent
+    found = checkRecursive([str(root / d) for d in ("exporter", "generate", "bench", "tests")],
+                           Reporter(out, err))
+    assert found == 0 and not err.getvalue(), out.getvalue() + err.getvalue()
