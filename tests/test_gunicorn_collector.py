@@ -26,8 +26,31 @@ from tests.harness.ss import (ss_listen_queue, ss_worker_active_connections,
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
+_LOOPS: dict[int, asyncio.AbstractEventLoop] = {}
+
+
 def collect(collector: GunicornCollector):
-    return asyncio.run(collector.collect())
+    """One collection on the collector's own event loop, kept between calls as the
+    exporter keeps its one loop: a control-socket question that takes longer than the
+    collection waits for (FIRST_ANSWER_WAIT) goes on at the next call, where
+    asyncio.run would cancel it at every return (then a slow master is never re-asked)."""
+    loop = _LOOPS.get(id(collector))
+    if loop is None or loop.is_closed():
+        loop = _LOOPS[id(collector)] = asyncio.new_event_loop()
+    return loop.run_until_complete(collector.collect())
+
+
+@pytest.fixture(autouse=True)
+def _close_loops():
+    yield
+    while _LOOPS:
+        loop = _LOOPS.popitem()[1]
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending))
+        loop.close()
 
 
 def app_for(collector: GunicornCollector, g) -> AppSnapshot | None:
@@ -526,6 +549,7 @@ def test_idle_keepalive_connections_are_not_busy(gunicorn_factory, bind, in_flig
     g = gunicorn_factory(worker_class="gthread", threads=2, workers=1, bind=bind,
                          name=unique_name(f"keepalive-{bind}"), extra_args=["--keep-alive", "60"])
     collector = GunicornCollector()
+    assert wait_control(collector, g).capacity == 2      # the threads known: busy is exact
     [pid] = g.worker_pids()
     idle = [_keepalive_request(g) for _ in range(3)]
     try:
