@@ -67,14 +67,16 @@ than MAX_GAP (the thread was starved) is not credited to anything: it is counted
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
 from exporter.gunicorn.heartbeat import HeartbeatFile
+from exporter.linux import pidfd
 from exporter.sampler.dependencies import DependencyClock
 from exporter.sampler.stats import (  # noqa: F401 - tests and the collector use them here
-    BusyStats, HeartbeatStats, QueueStats, SlidingMax,
-    count_fds, fd_dir_size_counts)
+    BusyStats, FdCounter, HeartbeatStats, QueueStats, SlidingMax,
+    fd_dir_size_counts)
 from exporter.snapshot import GunicornSnapshot, SamplerListener, SamplerSnapshot
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ MAX_WORKERS = 16384
 CHEAP_UNIX_READ = 0.0002
 UNIX_RECHECK = 1.0
 HEARTBEAT_READ = 1.0   # seconds between two reads of a worker's heartbeat file
+MAX_PIDFDS = 64        # masters' pidfds kept open between samples (the rest: none)
 
 
 class Sampler:
@@ -106,12 +109,17 @@ class Sampler:
         self.read_queues = read_queues
         self.proc = proc
         self._by_size = fd_dir_size_counts(proc)
+        self._fds = FdCounter(proc, self._by_size)
+        self._fds_of: dict | None = None    # the workers whose fds _fds counts
         self._lock = threading.Lock()
         self._listeners: dict[tuple[str, str], QueueStats] = {}
         self._inodes: dict[int, tuple[str, str]] = {}       # inode -> (app, listener)
         self._unix: dict[int, str] = {}                     # unix listener inode -> app
         self._unix_cost = 0.0          # seconds the last read with unix listeners took
         self._unix_read_at: dict[int, float] = {}   # unix listener inode -> last read
+        self._unix_fd: dict[int, int | None] = {}   # unix listener inode -> master's fd
+        self._unix_fd_of: dict | None = None        # the _unix those fds were found for
+        self._pidfds: dict[int, int | None] = {}    # master pid -> its pidfd
         self._where: dict[int, tuple[int | None, int]] = {}  # inode -> (netns, master pid)
         self._apps: dict[str, BusyStats] = {}
         self._beats: dict[tuple[str, int], HeartbeatStats] = {}    # (app, worker slot)
@@ -124,7 +132,8 @@ class Sampler:
         self.skipped_seconds = 0.0
         self.busy_seconds = 0.0     # wall time spent sampling
         # the dependency clock, when the caller can read tcp_info (read_times)
-        self.deps = DependencyClock(read_times, proc) if read_times is not None else None
+        self.deps = (DependencyClock(read_times, proc, self._by_size)
+                     if read_times is not None else None)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -211,10 +220,17 @@ class Sampler:
             beats = self._read_beats()
         skipped: set[int] = set()
         read_at = self._unix_read_at = {i: t for i, t in self._unix_read_at.items() if i in unix}
-        if self._unix_cost > CHEAP_UNIX_READ:
+        costly = self._unix_cost > CHEAP_UNIX_READ
+        if costly:
             skipped = {ino for ino, app in unix.items()
                        if ino in empty and all_busy.get(app) is False
                        and ino in read_at and 0 <= now - read_at[ino] < UNIX_RECHECK}
+        probed = self._probe_empty([i for i in where if i not in skipped
+                                    and (costly or i not in unix)], where)
+        for ino in probed:          # read, and empty: sock_diag would have said 0
+            if ino in unix:
+                read_at[ino] = now
+        skipped |= probed
         wanted: dict[int | None, tuple[int, set[int]]] = {}
         for ino, (netns, pid) in where.items():
             if ino not in skipped:
@@ -261,10 +277,47 @@ class Sampler:
             if beats is not None:
                 self._update_beats(now, beats)
         if self.deps is not None:
-            self.deps.tick(now)
+            self.deps.tick(now, fds)
         with self._lock:
             self.samples += 1
             self.busy_seconds += time.monotonic() - start
+
+    def _probe_empty(self, inodes: list[int], where: dict[int, tuple[int | None, int]]
+                     ) -> set[int]:
+        """The listeners among `inodes` whose accept queue is empty by a poll() of the
+        master's socket (exporter/linux/pidfd.py): a constant-time read where sock_diag
+        walks every unix socket, and cheaper than its exact TCP lookup (0.1 ms against
+        0.35 with the caches cold). A listener the poll cannot read (no right, gone, not
+        found among the master's fds) is not probed again until the next scrape
+        retargets; it, and any listener with connections waiting, is read through
+        sock_diag."""
+        if self._unix_fd_of is not self._unix:      # a scrape retargeted: find them again
+            self._close_pidfds()
+            self._unix_fd, self._unix_fd_of = {}, self._unix
+        fds, pidfds = self._unix_fd, self._pidfds
+        out = set()
+        for ino in inodes:
+            master = where[ino][1]
+            if ino not in fds:
+                fds[ino] = pidfd.find_fd(master, ino, self.proc) if master else None
+            fd = fds[ino]
+            if fd is None:
+                continue
+            if master not in pidfds and len(pidfds) < MAX_PIDFDS:
+                pidfds[master] = pidfd.open_pidfd(master)
+            handle = pidfds.get(master)
+            empty = None if handle is None else pidfd.listener_empty(handle, fd, ino)
+            if empty is None:
+                fds[ino] = None
+            elif empty:
+                out.add(ino)
+        return out
+
+    def _close_pidfds(self) -> None:
+        for handle in self._pidfds.values():
+            if handle is not None:
+                os.close(handle)
+        self._pidfds = {}
 
     def _read_beats(self) -> list[tuple[HeartbeatStats, HeartbeatFile, float | None]]:
         """Every followed heartbeat file's last beat (stat() outside the lock)."""
@@ -284,11 +337,15 @@ class Sampler:
         than when idle). Stops at the first worker that is not: one is enough."""
         fds: dict[str, dict[int, int | None]] = {}
         all_busy: dict[str, bool] = {}
+        pids = {pid for idle in workers.values() for pid in idle}
+        if pids != self._fds_of:
+            self._fds.keep(pids)
+            self._fds_of = pids
         for app, idle in workers.items():
             counts = fds[app] = {}
             busy = True
             for pid, base in idle.items():
-                n = counts[pid] = count_fds(pid, self.proc, self._by_size)
+                n = counts[pid] = self._fds.count(pid)
                 if n is None or n <= base:   # idle, or gone (a worker being replaced)
                     busy = False
                     break
@@ -323,6 +380,9 @@ class Sampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+            if not self._thread.is_alive():
+                self._fds.close()
+                self._close_pidfds()
 
     # --- what a scrape reports ---------------------------------------------------------
 
