@@ -96,3 +96,52 @@ def _listening(fd: int) -> bool:
                         ctypes.byref(size)) != 0:
         return False
     return value.value == 1
+
+
+class ListenerPolls:
+    """`listener_empty` for a caller that asks many times a second: each listener's fd
+    is looked for once until `reset` (the caller's targets changed), a listener that
+    could not be polled is not tried again until then, and the pidfds of at most
+    MAX_PIDFDS owners are kept open between calls."""
+
+    MAX_PIDFDS = 64
+
+    def __init__(self, proc: str = "/proc"):
+        self.proc = proc
+        self._fds: dict[int, int | None] = {}       # inode -> its owner's fd; None: no poll
+        self._pidfds: dict[int, int | None] = {}    # owner pid -> its pidfd
+
+    def empty(self, listeners: list[tuple[int, int]]) -> set[int]:
+        """The inodes among `listeners` ((inode, owner pid), pid 0: unknown) whose accept
+        queue is empty now."""
+        out = set()
+        for ino, pid in listeners:
+            if ino not in self._fds:
+                self._fds[ino] = find_fd(pid, ino, self.proc) if pid > 0 else None
+            fd = self._fds[ino]
+            if fd is None:
+                continue
+            if pid not in self._pidfds and len(self._pidfds) < self.MAX_PIDFDS:
+                self._pidfds[pid] = open_pidfd(pid)
+            handle = self._pidfds.get(pid, -1)
+            if handle == -1:                # over the limit: one for this call
+                handle = open_pidfd(pid)
+                empty = None if handle is None else listener_empty(handle, fd, ino)
+                if handle is not None:
+                    os.close(handle)
+            else:
+                empty = None if handle is None else listener_empty(handle, fd, ino)
+            if empty is None:
+                self._fds[ino] = None
+            elif empty:
+                out.add(ino)
+        return out
+
+    def reset(self) -> None:
+        for handle in self._pidfds.values():
+            if handle is not None:
+                os.close(handle)
+        self._pidfds = {}
+        self._fds = {}
+
+    close = reset

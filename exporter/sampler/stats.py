@@ -5,6 +5,7 @@ worker's fds. Used by the sampler thread (exporter/sampler/__init__.py) under it
 from __future__ import annotations
 
 import os
+import resource
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -132,20 +133,23 @@ class FdCounter:
     open between samples: one fstat(), no path lookup (64 workers: 0.16 ms against 0.25
     for a stat() by path, with the caches cold). The descriptor is bound to the process
     it was opened for, not to its pid: once that process has exited, fstat() fails
-    (ENOENT) whoever reuses the pid. At most MAX_OPEN are kept; the rest are counted by
-    path. Used by the sampler thread only."""
+    (ENOENT) whoever reuses the pid. At most MAX_OPEN are kept, and a quarter of the
+    process's fd limit; the rest are counted by path. Used by the sampler thread only."""
 
     MAX_OPEN = 1024
 
     def __init__(self, proc: str = "/proc", by_size: bool = False):
         self.proc = proc
         self.by_size = by_size
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.max_open = self.MAX_OPEN if soft == resource.RLIM_INFINITY else \
+            min(self.MAX_OPEN, soft // 4)
         self._open: dict[int, int] = {}      # pid -> O_PATH fd of its /proc/PID/fd
 
     def count(self, pid: int) -> int | None:
         fd = self._open.get(pid)
         if fd is None:
-            if not self.by_size or len(self._open) >= self.MAX_OPEN:
+            if not self.by_size or len(self._open) >= self.max_open:
                 return count_fds(pid, self.proc, self.by_size)
             try:
                 fd = self._open[pid] = os.open(
