@@ -11,6 +11,8 @@ request that waits on a peer that never answers (64 outbound connections, all wa
 against the same processes and sockets: scrapes interleaved (before, after, before, ...),
 then idle windows in which both are measured at once (the sampler's CPU, which the
 dependency clock adds to). Prints a markdown table; docs/performance.md#dependencies.
+`--reps 0` skips the scrapes: the sampler's windows only, e.g. a sampler change against
+its parent commit (`git archive HEAD^ | tar -x -C /tmp/before`).
 """
 
 from __future__ import annotations
