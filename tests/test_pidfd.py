@@ -30,19 +30,25 @@ def _fake_fds(root, pid: int, links: dict[int, str]) -> None:
         os.symlink(target, d / str(fd))
 
 
-def test_find_fd_by_the_link_naming_the_inode(tmp_path):
+def test_socket_fds_by_the_links_naming_inodes(tmp_path):
     _fake_fds(tmp_path, 10, {0: "/dev/null", 3: "socket:[771]", 5: "socket:[77]",
-                             7: "/tmp/socket:[77]"})
-    assert pidfd.find_fd(10, 77, str(tmp_path)) == 5
-    assert pidfd.find_fd(10, 78, str(tmp_path)) is None
-    assert pidfd.find_fd(11, 77, str(tmp_path)) is None      # no such process
+                             7: "/tmp/socket:[78]", 8: "socket:[x]", 9: "pipe:[79]"})
+    assert pidfd.socket_fds(10, str(tmp_path)) == ({771: 3, 77: 5}, 6)
+    assert pidfd.socket_fds(11, str(tmp_path)) == ({}, 0)     # no such process
 
 
-def test_find_fd_looks_at_max_fds_links_at_most(tmp_path, monkeypatch):
-    _fake_fds(tmp_path, 10, {i: f"socket:[{1000 + i}]" for i in range(10)})
-    monkeypatch.setattr(pidfd, "MAX_FDS", 4)
-    found = [pidfd.find_fd(10, 1000 + i, str(tmp_path)) for i in range(10)]
-    assert sum(f is not None for f in found) == 4           # whichever the kernel lists first
+def test_fd_links_read_are_bounded_per_owner_and_in_all(tmp_path, monkeypatch):
+    for pid in (10, 11, 12):
+        _fake_fds(tmp_path, pid, {i: f"socket:[{pid * 1000 + i}]" for i in range(10)})
+    assert len(pidfd.socket_fds(10, str(tmp_path), limit=4)[0]) == 4
+    monkeypatch.setattr(pidfd.ListenerPolls, "MAX_LINKS", 15)
+    polls = pidfd.ListenerPolls(str(tmp_path))
+    polls._poll = lambda pid, fd, ino: True        # literal owners: no process to poll
+    wanted = [(pid * 1000 + i, pid) for pid in (10, 11, 12) for i in range(10)]
+    assert len(polls.empty(wanted)) == 15          # 10 of the first owner, 5 of the next
+    assert polls._links_left == 0
+    polls.reset()
+    assert polls._links_left == 15 and polls._owners == {}
 
 
 def test_fd_counter_by_size_counts_what_a_listing_counts():
@@ -103,7 +109,7 @@ def holder():
 @pytest.mark.parametrize("kind", ["unix", "tcp"])
 def test_listener_empty_until_a_connection_waits(holder, kind):
     p, fd, ino, addr, other = holder(kind)
-    assert pidfd.find_fd(p.pid, ino) == fd
+    assert pidfd.socket_fds(p.pid)[0][ino] == fd
     handle = pidfd.open_pidfd(p.pid)
     try:
         assert ss_listen_queue(addr)[0] == 0

@@ -23,7 +23,7 @@ import select
 import socket
 
 SYS_PIDFD_GETFD = 438   # asm-generic: the same number on every architecture
-MAX_FDS = 4096          # fd links looked at to find the socket (a hostile process has more)
+MAX_FDS = 4096          # fd links read per process to find its sockets (a hostile one has more)
 
 _libc = None
 
@@ -39,23 +39,25 @@ def _pidfd_getfd(pidfd: int, fd: int) -> int:
     return r
 
 
-def find_fd(pid: int, inode: int, proc: str = "/proc") -> int | None:
-    """The fd number under which `pid` holds the socket `inode` (None: not among its
-    first MAX_FDS fds, or unreadable)."""
-    link = f"socket:[{inode}]"
+def socket_fds(pid: int, proc: str = "/proc", limit: int = MAX_FDS) -> tuple[dict[int, int], int]:
+    """The sockets among the first `limit` fds of `pid`: ({inode: fd}, links read)."""
+    out: dict[int, int] = {}
+    n = 0
     try:
         with os.scandir(f"{proc}/{pid}/fd") as it:
-            for i, e in enumerate(it):
-                if i >= MAX_FDS:
-                    return None
+            for e in it:
+                if n >= limit:
+                    break
+                n += 1
                 try:
-                    if os.readlink(e.path) == link:
-                        return int(e.name)
+                    link = os.readlink(e.path)
+                    if link.startswith("socket:[") and link.endswith("]"):
+                        out.setdefault(int(link[8:-1]), int(e.name))
                 except (OSError, ValueError):
                     continue
     except OSError:
-        return None
-    return None
+        pass
+    return out, n
 
 
 def open_pidfd(pid: int) -> int | None:
@@ -99,49 +101,59 @@ def _listening(fd: int) -> bool:
 
 
 class ListenerPolls:
-    """`listener_empty` for a caller that asks many times a second: each listener's fd
-    is looked for once until `reset` (the caller's targets changed), a listener that
-    could not be polled is not tried again until then, and the pidfds of at most
-    MAX_PIDFDS owners are kept open between calls."""
+    """`listener_empty` for a caller that asks many times a second: each owner's socket
+    fds are listed once until `reset` (the caller's targets changed; at most MAX_LINKS
+    fd links in all between two resets, so hostile owners with huge fd tables cost a
+    bounded scan), a listener that could not be polled is not tried again until then,
+    and the pidfds of at most MAX_PIDFDS owners are kept open between calls."""
 
     MAX_PIDFDS = 64
+    MAX_LINKS = 16384
 
     def __init__(self, proc: str = "/proc"):
         self.proc = proc
-        self._fds: dict[int, int | None] = {}       # inode -> its owner's fd; None: no poll
-        self._pidfds: dict[int, int | None] = {}    # owner pid -> its pidfd
+        self.reset()
 
     def empty(self, listeners: list[tuple[int, int]]) -> set[int]:
         """The inodes among `listeners` ((inode, owner pid), pid 0: unknown) whose accept
         queue is empty now."""
         out = set()
         for ino, pid in listeners:
-            if ino not in self._fds:
-                self._fds[ino] = find_fd(pid, ino, self.proc) if pid > 0 else None
-            fd = self._fds[ino]
-            if fd is None:
+            if pid <= 0 or ino in self._failed:
                 continue
-            if pid not in self._pidfds and len(self._pidfds) < self.MAX_PIDFDS:
-                self._pidfds[pid] = open_pidfd(pid)
-            handle = self._pidfds.get(pid, -1)
-            if handle == -1:                # over the limit: one for this call
-                handle = open_pidfd(pid)
-                empty = None if handle is None else listener_empty(handle, fd, ino)
-                if handle is not None:
-                    os.close(handle)
-            else:
-                empty = None if handle is None else listener_empty(handle, fd, ino)
+            if pid not in self._owners:
+                limit = min(MAX_FDS, self._links_left)
+                self._owners[pid], used = socket_fds(pid, self.proc, limit) if limit else ({}, 0)
+                self._links_left -= used
+            fd = self._owners[pid].get(ino)
+            empty = None if fd is None else self._poll(pid, fd, ino)
             if empty is None:
-                self._fds[ino] = None
+                self._failed.add(ino)
             elif empty:
                 out.add(ino)
         return out
 
+    def _poll(self, pid: int, fd: int, ino: int) -> bool | None:
+        if pid not in self._pidfds and len(self._pidfds) < self.MAX_PIDFDS:
+            self._pidfds[pid] = open_pidfd(pid)
+        if pid in self._pidfds:
+            handle = self._pidfds[pid]
+            return None if handle is None else listener_empty(handle, fd, ino)
+        handle = open_pidfd(pid)            # over the limit: one for this call
+        if handle is None:
+            return None
+        try:
+            return listener_empty(handle, fd, ino)
+        finally:
+            os.close(handle)
+
     def reset(self) -> None:
-        for handle in self._pidfds.values():
+        for handle in getattr(self, "_pidfds", {}).values():
             if handle is not None:
                 os.close(handle)
-        self._pidfds = {}
-        self._fds = {}
+        self._pidfds: dict[int, int | None] = {}     # owner pid -> its pidfd
+        self._owners: dict[int, dict[int, int]] = {}  # owner pid -> {socket inode: fd}
+        self._failed: set[int] = set()                # listeners not to poll again
+        self._links_left = self.MAX_LINKS
 
     close = reset
