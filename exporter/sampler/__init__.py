@@ -52,8 +52,8 @@ kernel) and other worker classes are read at every sample. Workers' fd counts st
 the first idle worker: one is enough to say not all are busy. Every listener read at a
 sample is polled first (unix ones only when their walk is costly): an empty queue then
 costs no netlink read at all, which with every sync worker busy and nothing queued (the
-worst case of the old rule) leaves the sampler at 0.6 % of a core instead of 1.9 %, at
-64 workers and 12k unix sockets (docs/performance.md).
+worst case of the old rule) leaves the sampler at 0.6-0.8 % of a core instead of
+1.6-2.8 %, at 64 workers and 12k unix sockets (docs/performance.md).
 
 Heartbeats are read once a second (HEARTBEAT_READ), not at every sample: a stat() of
 each worker's heartbeat file (`/proc/PID/fd/N`, checked to be the same file by device
