@@ -132,6 +132,48 @@ def test_listener_empty_until_a_connection_waits(holder, kind):
         os.close(handle)
 
 
+def _my_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.slow
+def test_what_is_not_the_listener_is_closed_on_the_closer_thread(holder):
+    """A file swapped onto the listener's fd number (a FUSE file's close would ask its
+    daemon) is never closed on the caller's thread, and is closed: no fd is left."""
+    p, fd, ino, _addr, other = holder("unix")
+    handle = pidfd.open_pidfd(p.pid)
+    try:
+        before = _my_fds()
+        closes = []
+        real_close = os.close
+        main = __import__("threading").get_ident()
+
+        def spying_close(n):
+            closes.append(__import__("threading").get_ident() == main)
+            real_close(n)
+        pidfd.os.close = spying_close
+        try:
+            assert pidfd.listener_empty(handle, other, ino) is None     # /dev/null
+            assert pidfd.listener_empty(handle, fd, ino) is True        # the listener
+            poll(lambda: pidfd._closing == 0 and _my_fds() == before, 5,
+                 message="the duplicate of /dev/null was not closed")
+        finally:
+            pidfd.os.close = real_close
+        assert closes.count(True) == 1 and closes.count(False) == 1, closes  # listener inline
+    finally:
+        os.close(handle)
+
+
+def test_no_duplicate_is_taken_while_the_closer_is_behind(monkeypatch):
+    """While MAX_CLOSING duplicates wait for the closer (a close that hangs), every
+    listener is unknown and pidfd_getfd is not called at all."""
+    taken = []
+    monkeypatch.setattr(pidfd, "_pidfd_getfd", lambda *a: taken.append(a) or 0)
+    monkeypatch.setattr(pidfd, "_closing", pidfd.MAX_CLOSING)
+    assert pidfd.listener_empty(3, 4, 5) is None
+    assert taken == []
+
+
 @pytest.mark.slow
 def test_a_process_that_exited_is_unknown(holder):
     p, fd, ino, _addr, _other = holder("unix")

@@ -1,7 +1,8 @@
 """Whether a listening unix socket of another process has connections waiting, in
-constant time: a duplicate of the socket taken through pidfd_getfd(2) (Linux >= 5.6,
-the same right as reading /proc/PID/fd: CAP_SYS_PTRACE or the process's user), polled
-with a zero timeout, and closed at once. Never accepted from, never read.
+constant time: a duplicate of the socket taken through pidfd_getfd(2) (Linux >= 5.6; the
+right to ptrace-attach: CAP_SYS_PTRACE, or the process's user where Yama's ptrace_scope
+is 0; without it the answer is "unknown" and the slow way is taken), polled with a zero
+timeout, and closed at once. Never accepted from, never read.
 
 sock_diag has no index of unix sockets by inode: the kernel walks every unix socket of
 the network namespace to find one (2 ms at 12k unix sockets with the caches cold, ten
@@ -13,17 +14,33 @@ inode (kernel text), and what pidfd_getfd hands over is trusted only if it is a 
 (getsockopt, which no file system answers: a FUSE file cannot make us wait), listening,
 with that inode. Anything else is None: unknown, read it the slow way. The same holds
 for a TCP listener (poll() answers POLLIN iff its accept queue is not empty).
+
+Closing a duplicate can wait in the kernel when it is not what was asked for: close()
+of a FUSE file asks its daemon (FUSE_FLUSH), and the last close of a connected socket
+with SO_LINGER waits for its unsent data; a hostile process can swap such a file onto
+the fd number between the lookup and pidfd_getfd. So only a duplicate proven to be the
+listener is closed here (closing a listener never waits); anything else goes to one
+closer thread, and while MAX_CLOSING of those are not closed yet, no duplicate is taken
+at all (every listener is read the slow way): a hostile process can cost a few fds and
+this shortcut, never the sampler's time.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import select
 import socket
+import threading
 
 SYS_PIDFD_GETFD = 438   # asm-generic: the same number on every architecture
 MAX_FDS = 4096          # fd links read per process to find its sockets (a hostile one has more)
+MAX_CLOSING = 4         # duplicates handed to the closer and not closed yet: above, none taken
+
+_closing = 0            # handed to the closer, not closed yet
+_closing_lock = threading.Lock()
+_closer: queue.SimpleQueue[int] | None = None
 
 _libc = None
 
@@ -70,7 +87,10 @@ def open_pidfd(pid: int) -> int | None:
 
 def listener_empty(pidfd: int, fd: int, inode: int) -> bool | None:
     """Whether the listening socket `inode`, fd `fd` of the process of `pidfd`, has an
-    empty accept queue (None: unknown: gone, not that socket, no right to it)."""
+    empty accept queue (None: unknown: gone, not that socket, no right to it, or the
+    closer is behind)."""
+    if _closing >= MAX_CLOSING:
+        return None
     try:
         dup = _pidfd_getfd(pidfd, fd)
     except OSError:
@@ -79,14 +99,43 @@ def listener_empty(pidfd: int, fd: int, inode: int) -> bool | None:
         # a socket (else ENOTSOCK, without asking any file system), listening, and that
         # socket: socket inodes are unique, and fstat() of a socket asks no file system
         if not _listening(dup) or os.fstat(dup).st_ino != inode:
+            _close_elsewhere(dup)
             return None
+    except OSError:
+        _close_elsewhere(dup)
+        return None
+    try:
         p = select.poll()           # not select(): any fd number
         p.register(dup, select.POLLIN)
         return not p.poll(0)
     except OSError:
         return None
     finally:
-        os.close(dup)
+        os.close(dup)               # a listener: its close never waits
+
+
+def _close_elsewhere(fd: int) -> None:
+    """Close `fd`, which may wait in the kernel, on the closer thread."""
+    global _closing, _closer
+    with _closing_lock:
+        _closing += 1
+        if _closer is None:
+            _closer = queue.SimpleQueue()
+            threading.Thread(target=_close_loop, args=(_closer,), name="pidfd-closer",
+                             daemon=True).start()
+    _closer.put(fd)
+
+
+def _close_loop(q: queue.SimpleQueue[int]) -> None:
+    global _closing
+    while True:
+        fd = q.get()
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        with _closing_lock:
+            _closing -= 1
 
 
 def _listening(fd: int) -> bool:
