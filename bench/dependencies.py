@@ -11,6 +11,8 @@ request that waits on a peer that never answers (64 outbound connections, all wa
 against the same processes and sockets: scrapes interleaved (before, after, before, ...),
 then idle windows in which both are measured at once (the sampler's CPU, which the
 dependency clock adds to). Prints a markdown table; docs/performance.md#dependencies.
+`--reps 0` skips the scrapes: the sampler's windows only, e.g. a sampler change against
+its parent commit (`git archive HEAD^ | tar -x -C /tmp/before`).
 """
 
 from __future__ import annotations
@@ -47,13 +49,15 @@ def measure(before: str, after: str, sockets: int, reps: int, windows: int,
     try:
         pairs = [(label, "before"), (label, "after")]
         warm(nss, pairs, 5)
-        log(f"{reps} interleaved rounds")
         steps = [(label, "scrape", (("target", t),)) for _, t in pairs]
-        busy = Others(nss)
-        cpu0 = cpu_of(nss, pairs)
-        lat = interleaved(nss, steps, reps)
-        cpu1 = cpu_of(nss, pairs)
-        load = busy.share()
+        lat, cpu0, cpu1, load = {s: [] for s in steps}, {}, {}, None
+        if reps:        # --reps 0: the sampler's idle windows only
+            log(f"{reps} interleaved rounds")
+            busy = Others(nss)
+            cpu0 = cpu_of(nss, pairs)
+            lat = interleaved(nss, steps, reps)
+            cpu1 = cpu_of(nss, pairs)
+            load = busy.share()
         idle = {"before": [], "after": [], "after, sampler off": []}
         log(f"{windows} idle windows of {seconds:.0f} s")
         busy_idle = Others(nss)
@@ -69,16 +73,16 @@ def measure(before: str, after: str, sockets: int, reps: int, windows: int,
         close_all(nss)
     return {"info": info[label], "reps": reps, "load": load, "load_idle": load_idle,
             "lat": {t: lat[s] for (_, t), s in zip(pairs, steps)},
-            "cpu": {t: (cpu1[(label, t)] - cpu0[(label, t)]) / CLK_TCK / reps for _, t in pairs},
+            "cpu": {t: (cpu1[(label, t)] - cpu0[(label, t)]) / CLK_TCK / reps
+                    for _, t in pairs if reps},
             "idle": idle, "windows": windows, "seconds": seconds, "bytes": text.get("bytes")}
 
 
 def render(r: dict, before: str, after: str, sockets: int) -> str:
-    b, a = r["lat"]["before"], r["lat"]["after"]
-    ratios = sorted(y / x for x, y in zip(b, a))
     seen = r["info"]["seen"]
     workers = ", ".join("%s: %.0f" % (k, sum(v["workers"].values())) for k, v in seen.items())
     active = ", ".join("%s: %.0f" % (k, v["active"]) for k, v in seen.items())
+    scraped = bool(r["reps"])
     lines = [
         f"64 sync workers, each in a request waiting on a peer that never answers; "
         f"{r['info']['ss_lines']:,} sockets (`ss -xtan`) in the namespace; both exporters saw "
@@ -87,26 +91,33 @@ def render(r: dict, before: str, after: str, sockets: int) -> str:
         f"*after* saw {seen['after']['waiting_on_dependencies']:.0f} workers waiting on a dependency. "
         f"*before*: `{before}`, *after*: `{after}`; default flags (the sampler at 100 ms).",
         "",
-        f"| | scrape ms: median (min-max), {r['reps']} interleaved rounds "
-        f"(others' CPU {pct(r['load'])}) | CPU/scrape ms | idle CPU, share of a core: "
-        f"median (min-max), {r['windows']} × {r['seconds']:.0f} s (others' CPU "
-        f"{pct(r['load_idle'])}) |",
-        "|---|---:|---:|---:|",
+        (f"| | scrape ms: median (min-max), {r['reps']} interleaved rounds "
+         f"(others' CPU {pct(r['load'])}) | CPU/scrape ms " if scraped else "| ")
+        + f"| idle CPU, share of a core: median (min-max), {r['windows']} × "
+        f"{r['seconds']:.0f} s (others' CPU {pct(r['load_idle'])}) |",
+        "|---|---:|---:|---:|" if scraped else "|---|---:|",
     ]
     for t in ("before", "after", "after, sampler off"):
         idle = r["idle"][t]
-        scrape = (f"{spread(r['lat'][t])} | {1000 * r['cpu'][t]:.1f}" if t in r["lat"]
-                  else "(not scraped) | ")
-        lines.append(f"| {t} | {scrape} | {pct(med(idle))} "
+        scrape = ""
+        if scraped:
+            scrape = (f" {spread(r['lat'][t])} | {1000 * r['cpu'][t]:.1f} |" if t in r["cpu"]
+                      else " (not scraped) | |")
+        lines.append(f"| {t} |{scrape} {pct(med(idle))} "
                      f"({pct(min(idle))}-{pct(max(idle))}) |")
-    sampler = [a - o for a, o in zip(r["idle"]["after"], r["idle"]["after, sampler off"])]
-    lines += ["", f"after / before, scrape latency per round: median "
-              f"{med(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}); CPU per scrape "
-              f"{r['cpu']['after'] / r['cpu']['before']:.2f}x; idle CPU (the sampler with its "
-              f"dependency clock against without) {med(r['idle']['after']) - med(r['idle']['before']):+.2%}"
-              f" of a core; the sampler with its dependency clock (after less after with the "
-              f"sampler off, per window) {pct(med(sampler))} ({pct(min(sampler))}-"
-              f"{pct(max(sampler))}) of a core."]
+    off = r["idle"]["after, sampler off"]
+    sampler = {t: [a - o for a, o in zip(r["idle"][t], off)] for t in ("before", "after")}
+    lines += [""]
+    if scraped:
+        b, a = r["lat"]["before"], r["lat"]["after"]
+        ratios = sorted(y / x for x, y in zip(b, a))
+        lines += [f"after / before, scrape latency per round: median "
+                  f"{med(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}); CPU per scrape "
+                  f"{r['cpu']['after'] / r['cpu']['before']:.2f}x.", ""]
+    lines += ["The sampler, per window (the exporter less *after* with the sampler off): "
+              + "; ".join(f"{t} {pct(med(v))} ({pct(min(v))}-{pct(max(v))})"
+                          for t, v in sampler.items())
+              + f" of a core; after - before {med(r['idle']['after']) - med(r['idle']['before']):+.2%}."]
     return "\n".join(lines)
 
 
@@ -115,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before", required=True, help="a checkout without dependency attribution")
     ap.add_argument("--after", required=True, help="a checkout with it")
     ap.add_argument("--sockets", type=int, default=20000)
-    ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--reps", type=int, default=40,
+                    help="interleaved scrape rounds (0: only the idle windows, the sampler)")
     ap.add_argument("--windows", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10.0)
     args = ap.parse_args(argv)

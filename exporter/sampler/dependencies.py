@@ -7,8 +7,10 @@ a 2 s stall every 10 s at most by luck; this counts each.
 
 What it reads per read: tcp_info of the known outbound TCP connections (exact sock_diag
 lookups, in each connection's network namespace: `read_times`), and for a sync worker
-holding outbound connections, where it sleeps (/proc/PID/wchan), whether it is in a
-request (its fd count above what it holds idle) and since when (its heartbeat file).
+none of whose TCP connections awaits a reply (that answer needs nothing else), where it
+sleeps (/proc/PID/wchan), whether it is in a request (its fd count above what it holds
+idle: the count the busy sampling took in the same tick, when it took one) and since
+when (its heartbeat file).
 A connection opened and closed between two scrapes is not known to it: pooled and
 kept-alive connections (a database, a cache, an HTTP session) are; a library that
 opens a connection per call is seen only while one is open at a scrape.
@@ -46,10 +48,11 @@ class Target:
 
 
 class DependencyClock:
-    def __init__(self, read_times, proc: str = "/proc"):
+    def __init__(self, read_times, proc: str = "/proc", by_size: bool = False):
         # {namespace: (a pid in it, [InetSocket])} -> {inode: TcpTimes}
         self.read_times = read_times
         self.proc = proc
+        self.by_size = by_size      # count fds by /proc/PID/fd's size (stats.count_fds)
         self._lock = threading.Lock()
         self._targets: list[Target] = []
         self._seconds: dict[tuple[str, str], float] = {}
@@ -86,10 +89,12 @@ class DependencyClock:
                     del self._seen[key]
                     self._seconds.pop(key, None)
 
-    def tick(self, now: float) -> None:
-        """Called at every sample; reads once every DEPENDENCY_READ."""
+    def tick(self, now: float, counted: dict[str, dict[int, int | None]] | None = None) -> None:
+        """Called at every sample; reads once every DEPENDENCY_READ. `counted`: per app,
+        pid -> fd count, as the sample just counted them."""
         if now < self._next:
             return
+        fds = {pid: n for counts in (counted or {}).values() for pid, n in counts.items()}
         self._next = now + DEPENDENCY_READ
         with self._lock:
             targets = list(self._targets)
@@ -105,8 +110,11 @@ class DependencyClock:
         waiting: dict[tuple[str, str], int] = {}
         if times is not None:
             for t in targets:
-                wchan, age = self._sync_state(t) if t.sync else (None, None)
-                for w in dependencies.waits(list(t.conns), times, wchan, age):
+                conns = list(t.conns)
+                ws = dependencies.waits(conns, times, None)   # a TCP wait needs nothing else
+                if not ws and t.sync:
+                    ws = dependencies.waits(conns, times, *self._sync_state(t, fds))
+                for w in ws:
                     key = (t.app, w.peer if w.peer in t.peers else dependencies.OTHER)
                     waiting[key] = waiting.get(key, 0) + 1
                     if t.sync:
@@ -119,7 +127,8 @@ class DependencyClock:
                     self._seconds[key] = self._seconds.get(key, 0.0) + n * dt
             self.reads += 1
 
-    def _sync_state(self, t: Target) -> tuple[str | None, float | None]:
+    def _sync_state(self, t: Target, fds: dict[int, int | None]
+                    ) -> tuple[str | None, float | None]:
         """Where a sync worker sleeps, and how long its request has run (None: not in a
         request by its fd count, or unknown)."""
         try:
@@ -127,8 +136,9 @@ class DependencyClock:
                 wchan = f.read(64).decode("ascii", "replace").strip()
         except OSError:
             return None, None
-        fds = count_fds(t.pid, self.proc)
-        if t.idle_fds is None or fds is None or fds <= t.idle_fds or t.beat is None:
+        n = fds[t.pid] if fds.get(t.pid) is not None else count_fds(t.pid, self.proc,
+                                                                     self.by_size)
+        if t.idle_fds is None or n is None or n <= t.idle_fds or t.beat is None:
             return wchan, None
         try:
             st = os.stat(f"{self.proc}/{t.pid}/fd/{t.beat.fd}")

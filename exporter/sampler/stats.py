@@ -5,6 +5,7 @@ worker's fds. Used by the sampler thread (exporter/sampler/__init__.py) under it
 from __future__ import annotations
 
 import os
+import resource
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -124,6 +125,51 @@ def count_fds(pid: int, proc: str = "/proc", by_size: bool = False) -> int | Non
         return len(os.listdir(f"{proc}/{pid}/fd"))
     except OSError:
         return None
+
+
+class FdCounter:
+    """count_fds for the sampler's workers, ten times a second: where /proc/PID/fd's
+    size counts fds, through an O_PATH descriptor of each worker's /proc/PID/fd kept
+    open between samples: one fstat(), no path lookup (64 workers: 0.16 ms against 0.25
+    for a stat() by path, with the caches cold). The descriptor is bound to the process
+    it was opened for, not to its pid: once that process has exited, fstat() fails
+    (ENOENT) whoever reuses the pid. At most MAX_OPEN are kept, and a quarter of the
+    process's fd limit; the rest are counted by path. Used by the sampler thread only."""
+
+    MAX_OPEN = 1024
+
+    def __init__(self, proc: str = "/proc", by_size: bool = False):
+        self.proc = proc
+        self.by_size = by_size
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.max_open = self.MAX_OPEN if soft == resource.RLIM_INFINITY else \
+            min(self.MAX_OPEN, soft // 4)
+        self._open: dict[int, int] = {}      # pid -> O_PATH fd of its /proc/PID/fd
+
+    def count(self, pid: int) -> int | None:
+        fd = self._open.get(pid)
+        if fd is None:
+            if not self.by_size or len(self._open) >= self.max_open:
+                return count_fds(pid, self.proc, self.by_size)
+            try:
+                fd = self._open[pid] = os.open(
+                    f"{self.proc}/{pid}/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        try:
+            n = os.fstat(fd).st_size
+        except OSError:                 # the process is gone
+            os.close(self._open.pop(pid))
+            return None
+        return n or count_fds(pid, self.proc)
+
+    def keep(self, pids) -> None:
+        """Close the descriptors of processes no longer counted."""
+        for pid in [p for p in self._open if p not in pids]:
+            os.close(self._open.pop(pid))
+
+    def close(self) -> None:
+        self.keep(())
 
 
 def fd_dir_size_counts(proc: str = "/proc") -> bool:
