@@ -2,7 +2,9 @@
 
 import os
 
-from exporter.linux.procfs import (ProcFS, parse_environ, parse_fdinfo_mnt_id,
+from exporter.gunicorn.discovery import ProcfsProbe
+from exporter.linux.procfs import (FdScan, ProcFS, parse_environ, parse_fdinfo_identity,
+                                   parse_fdinfo_mnt_id,
                                    parse_limits_nofile, parse_mountinfo, parse_nul_list,
                                    parse_snmp_table, parse_stat, parse_status)
 
@@ -129,6 +131,37 @@ def test_mountinfo_and_fdinfo_literals():
     assert parse_fdinfo_mnt_id("pos:\t0\nflags:\t02\nmnt_id:\t27\nino:\t5\n") == 27
     assert parse_fdinfo_mnt_id("pos:\t0\n") is None
     assert parse_fdinfo_mnt_id("mnt_id:\t-3\n") is None
+    assert parse_fdinfo_identity("pos:\t0\nflags:\t02\nmnt_id:\t27\nino:\t18446744073709551615\n") \
+        == (27, 2**64 - 1)
+    assert parse_fdinfo_identity("pos:\t0\nmnt_id:\t27\n") is None        # before Linux 5.14
+    assert parse_fdinfo_identity("mnt_id:\t27\nino:\t1" + "0" * 30 + "\n") is None
+
+
+def _heartbeat_tree(root, fdinfo: str, mountinfo: str) -> FdScan:
+    (root / "10" / "fdinfo").mkdir(parents=True)
+    (root / "10" / "fd").mkdir()
+    os.symlink("/home/u/fuse/wgunicorn-x (deleted)", root / "10" / "fd" / "5")
+    (root / "10" / "fdinfo" / "5").write_text(fdinfo)
+    (root / "10" / "mountinfo").write_text(mountinfo)
+    return FdScan([], [(5, "/home/u/fuse/wgunicorn-x (deleted)")], 1, False, [])
+
+
+def test_heartbeat_identity_never_asks_the_files_file_system(tmp_path, monkeypatch):
+    """A file named like a heartbeat on a FUSE mount (any local user can hold one): its
+    identity comes from fdinfo, and it is never stat()ed (a FUSE daemon that never answers
+    would stall discovery for every app); before Linux 5.14 (no `ino:`), it is stat()ed
+    only on a file system the kernel answers itself."""
+    fuse = "31 22 0:40 / /home/u/fuse rw - fuse.sshfs u@h:/ rw\n"
+    probe = ProcfsProbe(ProcFS(str(tmp_path)))
+    stats = []
+    monkeypatch.setattr(ProcFS, "fd_stat", lambda self, pid, fd: stats.append(fd) or os.stat("/"))
+    scan = _heartbeat_tree(tmp_path, "pos:\t0\nmnt_id:\t31\nino:\t77\n", fuse)
+    assert probe.heartbeats(10, scan) == frozenset({(31, 77)}) and stats == []
+    (tmp_path / "10" / "fdinfo" / "5").write_text("pos:\t0\nmnt_id:\t31\n")
+    assert probe.heartbeats(10, scan) == frozenset() and stats == []
+    (tmp_path / "10" / "mountinfo").write_text(fuse.replace("fuse.sshfs", "tmpfs"))
+    st = os.stat("/")
+    assert probe.heartbeats(10, scan) == frozenset({(st.st_dev, st.st_ino)}) and stats == [5]
 
 
 def test_fd_fstype_of_a_real_fd_and_of_a_fixture(tmp_path):
@@ -142,3 +175,24 @@ def test_fd_fstype_of_a_real_fd_and_of_a_fixture(tmp_path):
     (tmp_path / "10" / "mountinfo").write_text(
         "22 1 0:21 / / rw - ext4 /dev/vda rw\n31 22 0:40 / /mnt rw - fuse.sshfs h:/ rw\n")
     assert ProcFS(str(tmp_path)).fd_fstype(10, 5) == "fuse.sshfs"
+
+
+def test_stat_nosync_is_stat_on_local_files_and_passes_dont_sync(tmp_path, monkeypatch):
+    """statx with AT_STATX_DONT_SYNC answers what os.stat answers on local files (the
+    oracle), an unlinked file through /proc/self/fd included; the flag is what keeps a
+    FUSE daemon from being asked (its value from <linux/fcntl.h>)."""
+    from exporter.linux import statx
+    assert statx.AT_STATX_DONT_SYNC == 0x4000
+    with open(tmp_path / "beat", "w") as f:
+        os.utime(f.fileno(), (1_000_000_000.25, 1_000_000_000.5))
+        os.unlink(f.name)
+        for path in (f"/proc/self/fd/{f.fileno()}", str(tmp_path), "/dev/null"):
+            a, b = statx.stat_nosync(path), os.stat(path)
+            assert (a.st_dev, a.st_ino, a.st_mtime, a.st_ctime) == \
+                (b.st_dev, b.st_ino, b.st_mtime, b.st_ctime), path
+        assert statx.stat_nosync(f"/proc/self/fd/{f.fileno()}").st_mtime == 1_000_000_000.5
+    try:
+        statx.stat_nosync(str(tmp_path / "gone"))
+        raise AssertionError("no error for a missing file")
+    except FileNotFoundError:
+        pass

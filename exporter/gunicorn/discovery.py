@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from exporter.gunicorn.cmdline import gunicorn_args, parse_title
-from exporter.linux.procfs import FdScan, ProcFS, ProcStat, ProcStatus
+from exporter.gunicorn.heartbeat import SAFE_FSTYPES
+from exporter.linux.procfs import FdScan, ProcFS, ProcStat, ProcStatus, parse_fdinfo_identity
 
 MAX_MASTERS = 256
 MAX_WORKERS_PER_MASTER = 1024
@@ -171,13 +172,22 @@ class ProcfsProbe:
         return scan
 
     def heartbeats(self, pid: int, scan: FdScan) -> frozenset[tuple[int, int]]:
+        """The heartbeat files a process holds, as (mnt_id, ino) from its fdinfo: the
+        kernel's own account, so a file on a FUSE mount (any process may hold one named
+        like a heartbeat) is never asked anything. A kernel older than 5.14 writes no
+        `ino:`; then the file is stat()ed, and only on a file system the kernel answers
+        itself (heartbeat.SAFE_FSTYPES)."""
         out = set()
         for fd, _target in scan.heartbeats[:MAX_WORKERS_PER_MASTER]:
             try:
-                st = self.procfs.fd_stat(pid, fd)
+                ident = parse_fdinfo_identity(self.procfs.read_text(pid, "fdinfo", fd))
+                if ident is None and self.procfs.fd_fstype(pid, fd) in SAFE_FSTYPES:
+                    st = self.procfs.fd_stat(pid, fd)
+                    ident = (st.st_dev, st.st_ino)
             except OSError:
                 continue
-            out.add((st.st_dev, st.st_ino))
+            if ident is not None:
+                out.add(ident)
         return frozenset(out)
 
     def environ(self, pid: int) -> dict[str, str] | None:

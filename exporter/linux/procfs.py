@@ -13,6 +13,8 @@ import re
 import stat
 from dataclasses import dataclass, field
 
+from exporter.linux.statx import FileStat, stat_nosync
+
 # Bound every read: a /proc file we parse is small; anything bigger is not what we expect.
 MAX_SMALL_FILE = 64 * 1024
 MAX_ENVIRON = 256 * 1024
@@ -135,11 +137,11 @@ class ProcFS:
         """Inodes of the files an epoll instance watches (its fdinfo's tfd lines)."""
         return parse_epoll_targets(self.read_text(pid, "fdinfo", fd, limit=MAX_EPOLL_FDINFO))
 
-    def fd_stat(self, pid: int, fd: int) -> os.stat_result:
-        """stat() of the file behind an fd (follows the magic link, works for unlinked files).
-        It asks the file's file system: see `fd_fstype` before calling it on a file another
-        user chose."""
-        return os.stat(self.path(pid, "fd", fd))
+    def fd_stat(self, pid: int, fd: int) -> FileStat:
+        """Device, inode and times of the file behind an fd (follows the magic link, works
+        for unlinked files), from what the kernel holds: a FUSE or network file system is
+        never asked (statx AT_STATX_DONT_SYNC, exporter/linux/statx.py)."""
+        return stat_nosync(self.path(pid, "fd", fd))
 
     def fd_fstype(self, pid: int, fd: int) -> str | None:
         """The type of the file system that holds the file behind an fd (`tmpfs`,
@@ -230,11 +232,22 @@ def parse_epoll_targets(text: str) -> set[int]:
 
 def parse_fdinfo_mnt_id(text: str) -> int | None:
     """The `mnt_id:` of a /proc/PID/fdinfo/FD text."""
+    return _fdinfo_field(text, "mnt_id")
+
+
+def parse_fdinfo_identity(text: str) -> tuple[int, int] | None:
+    """(mnt_id, ino) of a /proc/PID/fdinfo/FD text (Linux >= 5.14 writes `ino:`): which
+    file an fd holds, as the kernel says it, without asking the file's file system."""
+    mnt_id, ino = _fdinfo_field(text, "mnt_id"), _fdinfo_field(text, "ino")
+    return None if mnt_id is None or ino is None else (mnt_id, ino)
+
+
+def _fdinfo_field(text: str, name: str) -> int | None:
     for line in text.splitlines()[:64]:
         key, _, value = line.partition(":")
-        if key == "mnt_id":
+        if key == name:
             value = value.strip()
-            return int(value) if value.isdigit() and len(value) < 12 else None
+            return int(value) if value.isdigit() and len(value) < 21 else None
     return None
 
 

@@ -18,7 +18,6 @@ opens a connection per call is seen only while one is open at a scrape.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from exporter.gunicorn import dependencies, heartbeat
 from exporter.gunicorn.dependencies import Outbound
 from exporter.gunicorn.heartbeat import HeartbeatFile
 from exporter.linux.sockets import InetSocket
+from exporter.linux.statx import stat_nosync
 from exporter.sampler.stats import count_fds
 
 DEPENDENCY_READ = 1.0     # seconds between two reads
@@ -141,7 +141,7 @@ class DependencyClock:
         if t.idle_fds is None or n is None or n <= t.idle_fds or t.beat is None:
             return wchan, None
         try:
-            st = os.stat(f"{self.proc}/{t.pid}/fd/{t.beat.fd}")
+            st = stat_nosync(f"{self.proc}/{t.pid}/fd/{t.beat.fd}")
         except OSError:
             return wchan, None
         if (st.st_dev, st.st_ino) != (t.beat.dev, t.beat.ino):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from exporter.gunicorn import heartbeat
 from exporter.gunicorn.heartbeat import HeartbeatFile
+from exporter.linux.statx import stat_nosync
 
 
 class SlidingMax:
@@ -95,7 +96,7 @@ class HeartbeatStats:
         """The last beat now (None: the file is gone, or no longer this worker's)."""
         f = self.file
         try:
-            st = os.stat(self.path)
+            st = stat_nosync(self.path)     # a FUSE file swapped in cannot make us wait
         except OSError:
             return None
         if (st.st_dev, st.st_ino) != (f.dev, f.ino):
