@@ -14,6 +14,8 @@ import ctypes
 import os
 import struct
 
+from exporter.linux.libc import libc
+
 IN_MODIFY = 0x002
 IN_ATTRIB = 0x004
 IN_CLOSE_WRITE = 0x008
@@ -26,14 +28,6 @@ IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
 _EVENT = struct.Struct("iIII")      # wd, mask, cookie, len (then len bytes of name)
-_libc = None
-
-
-def _lib():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
 
 
 class Inotify:
@@ -41,7 +35,7 @@ class Inotify:
     `read()` -> [(mask, name)] without blocking, `close()`."""
 
     def __init__(self):
-        fd = _lib().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        fd = libc().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e))
@@ -51,7 +45,7 @@ class Inotify:
         return self.fd
 
     def add_watch(self, path: str, mask: int) -> int:
-        wd = _lib().inotify_add_watch(self.fd, os.fsencode(path), ctypes.c_uint32(mask))
+        wd = libc().inotify_add_watch(self.fd, os.fsencode(path), ctypes.c_uint32(mask))
         if wd < 0:
             e = ctypes.get_errno()
             raise OSError(e, f"{os.strerror(e)}: {path}")

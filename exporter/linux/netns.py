@@ -27,6 +27,7 @@ import socket
 import threading
 
 from exporter.linux.diagmsg import NETLINK_SOCK_DIAG
+from exporter.linux.libc import libc
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,7 @@ CLONE_NEWNET = 0x40000000
 MAX_NAMESPACES = 1024        # sockets kept open at most (one fd each)
 SOMAXCONN_MAX = 1 << 31      # the sysctl is an int
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_setns = _libc.setns
+_setns = libc().setns
 _setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _setns.restype = ctypes.c_int
 

@@ -34,6 +34,8 @@ import select
 import socket
 import threading
 
+from exporter.linux.libc import libc
+
 SYS_PIDFD_GETFD = 438   # asm-generic: the same number on every architecture
 MAX_FDS = 4096          # fd links read per process to find its sockets (a hostile one has more)
 MAX_CLOSING = 4         # duplicates handed to the closer and not closed yet: above, none taken
@@ -42,14 +44,8 @@ _closing = 0            # handed to the closer, not closed yet
 _closing_lock = threading.Lock()
 _closer: queue.SimpleQueue[int] | None = None
 
-_libc = None
-
-
 def _pidfd_getfd(pidfd: int, fd: int) -> int:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    r = _libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+    r = libc().syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
     if r < 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
@@ -139,11 +135,8 @@ def _close_loop(q: queue.SimpleQueue[int]) -> None:
 
 
 def _listening(fd: int) -> bool:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
     value, size = ctypes.c_int(0), ctypes.c_uint32(4)
-    if _libc.getsockopt(fd, socket.SOL_SOCKET, socket.SO_ACCEPTCONN, ctypes.byref(value),
+    if libc().getsockopt(fd, socket.SOL_SOCKET, socket.SO_ACCEPTCONN, ctypes.byref(value),
                         ctypes.byref(size)) != 0:
         return False
     return value.value == 1

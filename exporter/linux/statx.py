@@ -16,6 +16,8 @@ import ctypes
 import os
 from typing import NamedTuple
 
+from exporter.linux.libc import libc
+
 AT_STATX_DONT_SYNC = 0x4000
 STATX_BASIC_STATS = 0x07FF
 
@@ -53,10 +55,9 @@ def stat_nosync(path: str) -> FileStat:
     """statx(path) with AT_STATX_DONT_SYNC (follows symlinks, as os.stat does)."""
     global _statx
     if _statx is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if not hasattr(libc, "statx"):
+        if not hasattr(libc(), "statx"):
             raise OSError("statx() not in this C library")
-        _statx = libc.statx
+        _statx = libc().statx
         _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
                            ctypes.POINTER(_Statx)]
     buf = _Statx()
