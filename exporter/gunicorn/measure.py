@@ -302,9 +302,11 @@ class Measurer(ConnectionStates):
             raw.workers.append(WorkerRaw(w.pid, w.stat, scan, limit, beat))
 
     def _beat_safe(self, w, fd: int) -> bool:
-        """Whether the worker's heartbeat file lies on a file system whose stat() the
-        kernel answers itself (heartbeat.SAFE_FSTYPES), not a FUSE or network one that
-        could stall the reader: known per worker and fd (the file never moves)."""
+        """Whether the worker's heartbeat file lies on a file system whose times the
+        kernel holds itself (heartbeat.SAFE_FSTYPES): on a FUSE or network one, the
+        stat that never asks the server (procfs.fd_stat) answers with cached times, so
+        no age is read from it. Known per worker and fd; a file swapped in later cannot
+        stall the reader either way."""
         key = (w.key, fd)
         safe = self._beat_fs.get(key)
         if safe is None:
