@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from tests.exposition import scrape, select, value
+from tests.harness.masters import Gunicorn
 from tests.harness.procs import pid_alive, poll, unique_name
-from tests.harness.servers import running_exporter
+from tests.harness.servers import running_exporter, silent_peer
 from tests.hostile import fake_gunicorn, real_app_fixture, throwaway_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -203,3 +204,43 @@ def test_two_hundred_stuck_workers_are_captured_within_the_budget(tmp_path, real
         assert counted < 200          # not every stuck worker, though all are stuck
         assert med["stacks"] <= med["none"] * 1.5 + 0.05, med
         assert max(times["stacks"]) < 2.5    # a shared host: no tighter bound on one scrape
+
+
+def test_a_users_many_stuck_workers_do_not_hold_back_another_users_capture(tmp_path):
+    """A hostile user's 200 fake workers look stuck and nearer their timeout than any real
+    one (heartbeats hours old), and take the captures' CPU budget for minutes. A real
+    app's worker (root's) that gets stuck meanwhile is captured on time all the same, by
+    its own line: the owners take turns. (Its capture used to wait behind every fake.)"""
+    from tests.test_stacks import blocking_line, holder_of, send_stuck_request
+    fake = f"fake-crowd-{secrets.token_hex(2)}"
+    name = unique_name("crowded")
+    with throwaway_user() as user, \
+            Gunicorn.start(tmp_path / "g", name=name, workers=1, bind="tcp", timeout=10) as g, \
+            silent_peer() as port, running_exporter(tmp_path, *ARGS) as base:
+        fake_gunicorn(user, ["--timeout", "30", fake], mode="workers",
+                      env={"FAKE_WORKER": "sleep", "FAKE_WORKERS": "200"})
+
+        def fakes_being_captured():
+            series = scrape(base)
+            return (value(series, "gunicorn_workers", app=fake) == 200
+                    and value(series, "gunicorn_workers", app=name) == 1
+                    and sum(select(series, "gunicorn_stack_captures_total", app=fake).values()) >= 1)
+        poll(fakes_being_captured, 60, message="the fake workers were not seen and captured")
+        sent = time.monotonic()
+        with send_stuck_request(g, port):
+            pid = holder_of(g, port)
+
+            def captured():
+                series = scrape(base)
+                return select(series, "gunicorn_worker_stuck_frame_info", app=name) and series
+            series = poll(captured, 9, interval=0.2,
+                          message="the real app's stuck worker was not captured in time")
+            took = time.monotonic() - sent
+            fakes = sum(select(series, "gunicorn_stack_captures_total", app=fake).values())
+            print(f"real capture {took:.1f} s after the request; {fakes:.0f} of 200 fakes captured")
+            [(labels, _)] = select(series, "gunicorn_worker_stuck_frame_info", app=name).items()
+            assert dict(labels)["frame"] == f"app (wsgi_app.py:{blocking_line()})"
+            assert value(series, "gunicorn_worker_pid", app=name, worker=dict(labels)["worker"]) == pid
+            # stuck past 10 * 0.5 + 0.5 s, then one turn, while fakes still wait for theirs
+            assert 5.5 <= took < 5.5 + 3.0, took
+            assert fakes < 200, fakes     # the fakes' queue was not drained first

@@ -153,8 +153,9 @@ def test_the_error_line_is_the_first_line_cut():
 # --- the schedule --------------------------------------------------------------------
 
 
-def worker(pid, *, app="shop", timeout=30.0, age=0.0, cls="sync", dep=None):
-    return (pid, 1000.0 + pid), Worker(app, pid % 100, pid, timeout, cls, age=age, dependency=dep)
+def worker(pid, *, app="shop", timeout=30.0, age=0.0, cls="sync", dep=None, owner=0):
+    return (pid, 1000.0 + pid), Worker(app, pid % 100, pid, timeout, cls, owner=owner,
+                                       age=age, dependency=dep)
 
 
 def alive(sched, ages, now):
@@ -246,6 +247,30 @@ def test_one_capture_per_worker_per_interval_and_max_concurrent_at_once():
     assert s.due(10.9) == []                           # nobody again within the interval
     again = s.due(11.0)
     assert [w.pid for w in again] == [5, 4]            # all captured: the longest ago first
+
+
+def test_owners_then_their_apps_take_turns_whatever_one_owner_has_stuck():
+    """A hostile user (uid 1000) with 200 stuck workers nearer their timeout than anyone's
+    (a fake heartbeat hours old) gets the first capture, and www-data's one stuck worker the
+    next: turns go by owner, then by app within an owner, only then by nearness."""
+    s = Schedule(interval=10.0, max_concurrent=1, max_cpu=1.0)
+    fakes = [worker(i, app="fake", owner=1000, age=24834.0) for i in range(1000, 1200)]
+    s.learn(fakes + [worker(1, app="shop", owner=33), worker(2, app="blog", owner=33),
+                     worker(3, app="fake2", owner=1000, age=16.0)], 0.0)
+    alive(s, {**{i: 24834.0 for i in range(1000, 1200)}, 1: 16.0, 2: 17.0, 3: 16.0}, 1.0)
+    order = []
+    for t in range(6):
+        [w] = s.due(2.0 + t)
+        order.append((w.owner, w.app))
+        s.finished(w, _capture(mono=2.0 + t))
+    # owners alternate; within an owner its apps alternate; within an app the nearest first
+    assert order == [(1000, "fake"), (33, "blog"), (1000, "fake2"), (33, "shop"),
+                     (1000, "fake"), (1000, "fake")]
+    # with two at once, both owners get one
+    s2 = Schedule(interval=10.0, max_concurrent=2, max_cpu=1.0)
+    s2.learn(fakes + [worker(1, app="shop", owner=33)], 0.0)
+    alive(s2, {**{i: 24834.0 for i in range(1000, 1200)}, 1: 16.0}, 1.0)
+    assert sorted(w.owner for w in s2.due(2.0)) == [33, 1000]
 
 
 def test_the_cpu_budget_holds_captures_back_once_spent():

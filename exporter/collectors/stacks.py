@@ -212,7 +212,7 @@ def workers_of(g: GunicornSnapshot, proc: str = "/proc") -> list[tuple[tuple[int
             bf = ws.heartbeat_file
             out.append(((ws.pid, ws.start_time), Worker(
                 app=a.app, slot=ws.slot, pid=ws.pid, timeout=a.timeout,
-                worker_class=a.worker_class,
+                worker_class=a.worker_class, owner=a.uid,
                 beat_path=f"{proc}/{ws.pid}/fd/{bf.fd}" if bf is not None else None,
                 beat_id=(bf.dev, bf.ino) if bf is not None else None,
                 monotonic=bf.monotonic if bf is not None else True,

@@ -16,8 +16,11 @@ one). A stuck worker is captured:
   worth, each finished capture takes what it used, and no capture starts while it is
   empty. When every worker of a big app is stuck at once, the first BURST seconds'
   worth are captured at once, the rest as the budget allows;
-* workers not yet captured in this episode first, nearest their timeout first; then
-  those captured longest ago.
+* workers not yet captured in this episode first; among them, and then among those
+  captured before, the owners (the uid of each worker's master) take turns, and the apps
+  of one owner take turns, so one user's stuck workers, a hostile user's 200 fake ones
+  included, never hold back another user's capture for more than one turn; within an app,
+  nearest their timeout first, then those captured longest ago.
 
 A worker that was captured and then disappears (its heartbeat file and process gone)
 with a heartbeat age, at the last reading plus the time since, at or over its timeout
@@ -63,6 +66,7 @@ class Worker:
     pid: int
     timeout: float | None
     worker_class: str = "sync"
+    owner: int | None = None        # uid of its master: owners take turns for captures
     beat_path: str | None = None    # /proc/PID/fd/N of its heartbeat file
     beat_id: tuple[int, int] | None = None   # (st_dev, st_ino) of that file
     monotonic: bool = True          # the beat is time.monotonic() (gunicorn >= 22)
@@ -109,6 +113,8 @@ class Schedule:
     tokens: float | None = None     # CPU seconds that may be spent now
     _dead: dict[tuple[int, float], float] = field(default_factory=dict)  # key -> when, oldest first
     _refilled: float | None = None
+    _turn: int = 0                  # captures started so far
+    _turns: dict[tuple, int] = field(default_factory=dict)   # owner / (owner, app) -> last turn
 
     # --- what the scrapes found ----------------------------------------------------
 
@@ -129,7 +135,7 @@ class Schedule:
                     self.workers[key] = w
                 continue
             old.app, old.slot, old.timeout, old.dependency = w.app, w.slot, w.timeout, w.dependency
-            old.worker_class = w.worker_class
+            old.worker_class, old.owner = w.worker_class, w.owner
             old.missing = False
             if (w.beat_path, w.beat_id) != (old.beat_path, old.beat_id):
                 old.beat_path, old.beat_id, old.monotonic = w.beat_path, w.beat_id, w.monotonic
@@ -211,12 +217,21 @@ class Schedule:
         ready = [w for w in self.workers.values()
                  if w.stuck_since is not None and not w.running and not w.missing
                  and (w.last_attempt is None or now - w.last_attempt >= self.interval)]
-        ready.sort(key=lambda w: (w.captured_in_episode, -_nearness(w),
-                                  w.last_attempt if w.last_attempt is not None else -1e18))
-        picked = ready[:free]
-        for w in picked:
+        picked = []
+        for _ in range(min(free, len(ready))):
+            w = min(ready, key=lambda w: (
+                w.captured_in_episode, self._turns.get((w.owner,), -1),
+                self._turns.get((w.owner, w.app), -1), -_nearness(w),
+                w.last_attempt if w.last_attempt is not None else -1e18))
+            ready.remove(w)
+            picked.append(w)
             w.running = True
             w.last_attempt = now
+            self._turn += 1
+            self._turns[(w.owner,)] = self._turns[(w.owner, w.app)] = self._turn
+        if len(self._turns) > 2 * MAX_WORKERS:      # owners and apps that are gone
+            present = {k for w in self.workers.values() for k in ((w.owner,), (w.owner, w.app))}
+            self._turns = {k: v for k, v in self._turns.items() if k in present}
         return picked
 
     def finished(self, w: Worker, capture: Capture) -> None:
