@@ -3,7 +3,7 @@ real 15 s scrapes and rule evaluations, the rules exactly as shipped
 (alerts/gunicorn.rules.yml, no time scaling). Time-scaled runs hide what matters here:
 a page that flaps during one outage, a threshold that a sampled value aliases around.
 
-    python -m tests.cadence OUTDIR        # about 15 minutes; writes OUTDIR/results.json
+    python -m tests.cadence OUTDIR        # about 14 minutes; writes OUTDIR/results.json
 
 tests/test_alerts_cadence.py starts it in the background when the session starts (it
 spends most of its time waiting for Prometheus' clock, so the rest of the suite runs
