@@ -18,6 +18,9 @@ what aiohttp does not:
   scrape that arrived among them; the total stays under `ceiling` (twice the cap, and
   below the fd limit), where the oldest is pushed out whatever its age. Only when every
   connection is being served is a newcomer refused (503 on plain HTTP);
+* **a share of TLS handshakes per local user**: a handshake costs a signature, so each
+  local uid (the owner of the client's socket, by sock_diag) starts at most its share a
+  second (`exporter/handshakes.py`); past it, its connections are closed at accept;
 * **TLS per connection**: the handshake runs through `loop.start_tls` with the
   `ssl.SSLContext` in force when the connection arrived (`exporter/webconfig.py`), so
   a reload changes every TLS setting for the next connection; handshakes count against
@@ -38,6 +41,7 @@ import socket
 import time
 from collections import Counter, OrderedDict
 
+from exporter.handshakes import HandshakeBudget
 from exporter.webtls import peer_sans
 
 log = logging.getLogger(__name__)
@@ -53,7 +57,7 @@ MAX_CEILING = 4096
 BUSY_503 = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
             b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n")
 REASONS = ("evicted", "over_limit", "header_timeout", "write_timeout", "tls_handshake",
-           "client_certificate", "oversized_request")
+           "client_certificate", "oversized_request", "handshake_rate")
 
 
 class Conn(asyncio.Protocol):
@@ -227,6 +231,7 @@ class Guard:
         self._tasks: set[asyncio.Task] = set()
         self._paused: set[socket.socket] = set()
         self._noted: dict[str, tuple[float, int]] = {}
+        self.handshakes = HandshakeBudget()     # TLS: each local user's handshakes a second
 
     # --- listening ---------------------------------------------------------------------
 
@@ -269,6 +274,10 @@ class Guard:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
+            sock.close()
+            return
+        if self.web.config.ssl is not None and not self.handshakes.admit(sock):
+            self.note("handshake_rate")
             sock.close()
             return
         if not self._make_room():
@@ -351,6 +360,7 @@ class Guard:
                 self.loop.remove_reader(sock.fileno())
             sock.close()
         self._listeners.clear()
+        self.handshakes.close()
         for conn in list(self.conns):
             if conn.inner is None:
                 conn.close(None)
@@ -364,6 +374,8 @@ _MESSAGES = {
     "client_certificate": "a client certificate without an allowed SAN "
                           "(client_allowed_sans) was refused",
     "oversized_request": "a client sent more than 32 KiB without a complete request; closed",
+    "handshake_rate": "a local user opened TLS connections faster than 50 a second "
+                      "(exporter/handshakes.py); closed before the handshake",
 }
 
 

@@ -40,7 +40,7 @@ __all__ = [
     "UnixSocket", "InetSocket", "SocketTable", "TcpTimes", "SockDiagError",
     "read_unix", "read_tcp", "read_all", "tcp_idle", "tcp_times", "parse_listen_drops",
     "parse_tcp_idle", "parse_tcp_times",
-    "ListenQueues",
+    "ListenQueues", "peer_uid",
 ]
 
 # Netlink sock_diag is unavailable, or a request failed or timed out: an OSError.
@@ -348,3 +348,27 @@ class ListenQueues:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def peer_uid(diag: socket.socket, conn: socket.socket, timeout: float = 0.05) -> int | None:
+    """The uid that owns the other end of an accepted TCP connection, when that end is a
+    socket of this network namespace (a local client): one exact lookup of the client's
+    socket by its addresses and ports, which the kernel answers from its hash table. None
+    for a remote client, or when the kernel did not say. An IPv4 client of a dual-stack
+    listener (``::ffff:a.b.c.d``) is looked up as the IPv4 socket it is."""
+    local, peer = conn.getsockname(), conn.getpeername()
+    family = conn.family
+    laddr, raddr = local[0], peer[0]
+    if family == socket.AF_INET6 and raddr.startswith("::ffff:") and "." in raddr:
+        family, laddr, raddr = socket.AF_INET, laddr.removeprefix("::ffff:"), raddr[7:]
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    client = InetSocket(0, family, TCP_ESTABLISHED, raddr, peer[1], laddr, local[1],
+                        None, None, -1)
+    out: dict = {}
+    lookups(diag, lookup_requests([client], 1, ext=0), 1, 1, time.monotonic() + timeout,
+            decode_inet_lookups, out)
+    for s in out.values():
+        if (s.local_port, s.remote_port) == (peer[1], local[1]) and s.uid >= 0:
+            return s.uid
+    return None

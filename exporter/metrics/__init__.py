@@ -150,7 +150,8 @@ def render_web(reload_ok: bool, counts: tuple[int, dict[str, int]] = (0, {})) ->
         "(pushed out to make room), over_limit (503: every connection being served), "
         "header_timeout, write_timeout, tls_handshake, client_certificate (no allowed SAN), "
         "oversized_request, rate_limited (429), unauthorized (401), auth_busy (429: too "
-        "many password checks waiting).", labels=["reason"])
+        "many password checks waiting), handshake_rate (a local user's TLS connections past "
+        "its handshakes a second).", labels=["reason"])
     for reason, n in sorted(refused.items()):
         r.add_metric([reason], n)
     yield r

@@ -1,0 +1,104 @@
+"""How often each local user may make the exporter start a TLS handshake
+(`exporter/guard.py` asks for every accepted TLS connection).
+
+A handshake costs the server a signature (RSA-2048: about 1 ms of a core) as soon as the
+ClientHello arrives, whoever sent it: 2,000 connections reopening handshakes as fast as
+they are closed kept a core busy signing, and a real scrape waited behind them for more
+than a second. The connection itself cannot tell Prometheus from the attacker; the
+kernel can: the client's end of a local connection is a socket of this network
+namespace, owned by a uid (one exact sock_diag lookup by addresses and ports,
+`exporter.linux.sockdiag.peer_uid`). Each uid gets RATE handshakes a second on average,
+BURST at once; past that its connections are closed before any TLS work. A user's flood
+then costs the others nothing but accept and close.
+
+Remote clients (no socket of theirs here) are not limited: a remote flood is the
+firewall's. A client from an address of this host whose socket the kernel no longer has
+is gone (reset, perhaps on purpose to escape its share): it is closed too, since a
+handshake for it would be signed for nobody.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections import OrderedDict
+
+import psutil
+
+from exporter.linux import sockdiag
+
+RATE = 50.0             # handshakes a second, per local uid, on average
+BURST = 100.0           # handshakes at once, per local uid
+MAX_USERS = 1024        # uids remembered (least recently seen forgotten: a full bucket again)
+LOOKUP_TIMEOUT = 0.05   # seconds: the kernel answers an exact lookup at once
+ADDRESSES_TTL = 10.0    # seconds the host's interface addresses are kept
+
+
+class HandshakeBudget:
+    def __init__(self, rate: float = RATE, burst: float = BURST):
+        self.rate, self.burst = rate, burst
+        self._users: OrderedDict[int, tuple[float, float]] = OrderedDict()  # uid -> tokens, at
+        self._diag: socket.socket | None = None
+        self._addresses: tuple[float, frozenset[str]] | None = None
+
+    def admit(self, conn: socket.socket) -> bool:
+        """May this accepted connection start a handshake?"""
+        try:
+            local, peer = conn.getsockname(), conn.getpeername()
+        except OSError:
+            return False                    # gone already
+        uid = self._uid(conn)
+        if uid is None:
+            return not is_local(peer[0], local[0], self._host_addresses())
+        return self.take(uid, time.monotonic())
+
+    def _host_addresses(self) -> frozenset[str]:
+        """The addresses of this network namespace's interfaces (psutil), read at most
+        every ADDRESSES_TTL seconds."""
+        now = time.monotonic()
+        if self._addresses is None or now - self._addresses[0] >= ADDRESSES_TTL:
+            try:
+                found = frozenset(a.address.split("%", 1)[0]
+                                  for addrs in psutil.net_if_addrs().values() for a in addrs
+                                  if a.family in (socket.AF_INET, socket.AF_INET6))
+            except OSError:
+                found = frozenset()
+            self._addresses = (now, found)
+        return self._addresses[1]
+
+    def take(self, uid: int, now: float) -> bool:
+        """One handshake from `uid`'s bucket, if it has one (pure but for the bucket)."""
+        tokens, at = self._users.pop(uid, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
+        ok = tokens >= 1.0
+        self._users[uid] = (tokens - 1.0 if ok else tokens, now)
+        if len(self._users) > MAX_USERS:
+            self._users.popitem(last=False)
+        return ok
+
+    def _uid(self, conn: socket.socket) -> int | None:
+        try:
+            if self._diag is None:
+                self._diag = sockdiag.open_socket(LOOKUP_TIMEOUT)
+            return sockdiag.peer_uid(self._diag, conn, LOOKUP_TIMEOUT)
+        except OSError:                     # no sock_diag, or a late answer: start afresh
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._diag is not None:
+            self._diag.close()
+            self._diag = None
+
+
+def is_local(peer: str, local: str, host_addresses: frozenset[str] = frozenset()) -> bool:
+    """A client on this host: a loopback address, the address it connected to (the kernel
+    picks that as the source of a connection to one of its own addresses), or any other
+    address of this host's interfaces (a client may bind its source to one)."""
+    try:
+        addr = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    addr = getattr(addr, "ipv4_mapped", None) or addr
+    return addr.is_loopback or peer == local or str(addr) in host_addresses
