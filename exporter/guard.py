@@ -276,7 +276,12 @@ class Guard:
         except OSError:
             sock.close()
             return
-        if self.web.config.ssl is not None and not self.handshakes.admit(sock):
+        try:
+            admitted = self.web.config.ssl is None or self.handshakes.admit(sock)
+        except Exception:   # noqa: BLE001 - one connection's oddity never stops the accepts
+            log.debug("handshake share: lookup failed", exc_info=True)
+            admitted = True
+        if not admitted:
             self.note("handshake_rate")
             sock.close()
             return

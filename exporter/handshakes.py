@@ -11,6 +11,11 @@ namespace, owned by a uid (one exact sock_diag lookup by addresses and ports,
 BURST at once; past that its connections are closed before any TLS work. A user's flood
 then costs the others nothing but accept and close.
 
+A user may hold a range of subordinate uids (/etc/subuid, for rootless containers):
+inside a user namespace it can setuid to any of them and connect from each, so every uid
+of a range is charged to one bucket, the range's (a user has its own uid's share and one
+per range of theirs, never 65,536).
+
 Remote clients (no socket of theirs here) are not limited: a remote flood is the
 firewall's. A client from an address of this host whose socket the kernel no longer has
 is gone (reset, perhaps on purpose to escape its share): it is closed too, since a
@@ -19,7 +24,9 @@ handshake for it would be signed for nobody.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
+import os
 import socket
 import time
 from collections import OrderedDict
@@ -33,25 +40,33 @@ BURST = 100.0           # handshakes at once, per local uid
 MAX_USERS = 1024        # uids remembered (least recently seen forgotten: a full bucket again)
 LOOKUP_TIMEOUT = 0.05   # seconds: the kernel answers an exact lookup at once
 ADDRESSES_TTL = 10.0    # seconds the host's interface addresses are kept
+SUBUID = "/etc/subuid"
+SUBUID_TTL = 10.0       # seconds between looks at whether /etc/subuid changed
+MAX_SUBUID = 1 << 20    # bytes of /etc/subuid read
 
 
 class HandshakeBudget:
     def __init__(self, rate: float = RATE, burst: float = BURST):
         self.rate, self.burst = rate, burst
-        self._users: OrderedDict[int, tuple[float, float]] = OrderedDict()  # uid -> tokens, at
+        self._users: OrderedDict[object, tuple[float, float]] = OrderedDict()  # -> tokens, at
+        self._subuids = SubordinateIds()
         self._diag: socket.socket | None = None
         self._addresses: tuple[float, frozenset[str]] | None = None
 
     def admit(self, conn: socket.socket) -> bool:
-        """May this accepted connection start a handshake?"""
+        """May this accepted connection start a handshake? (Only TCP ones are asked: a
+        unix socket's peer is the listener's file's business.)"""
+        if conn.family not in (socket.AF_INET, socket.AF_INET6):
+            return True
         try:
             local, peer = conn.getsockname(), conn.getpeername()
         except OSError:
             return False                    # gone already
         uid = self._uid(conn)
+        now = time.monotonic()
         if uid is None:
             return not is_local(peer[0], local[0], self._host_addresses())
-        return self.take(uid, time.monotonic())
+        return self.take(self._subuids.charged(uid, now), now)
 
     def _host_addresses(self) -> frozenset[str]:
         """The addresses of this network namespace's interfaces (psutil), read at most
@@ -67,12 +82,13 @@ class HandshakeBudget:
             self._addresses = (now, found)
         return self._addresses[1]
 
-    def take(self, uid: int, now: float) -> bool:
-        """One handshake from `uid`'s bucket, if it has one (pure but for the bucket)."""
-        tokens, at = self._users.pop(uid, (self.burst, now))
+    def take(self, who: object, now: float) -> bool:
+        """One handshake from the bucket of `who` (a uid, or a subordinate range), if it
+        has one (pure but for the bucket)."""
+        tokens, at = self._users.pop(who, (self.burst, now))
         tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
         ok = tokens >= 1.0
-        self._users[uid] = (tokens - 1.0 if ok else tokens, now)
+        self._users[who] = (tokens - 1.0 if ok else tokens, now)
         if len(self._users) > MAX_USERS:
             self._users.popitem(last=False)
         return ok
@@ -102,3 +118,62 @@ def is_local(peer: str, local: str, host_addresses: frozenset[str] = frozenset()
         return False
     addr = getattr(addr, "ipv4_mapped", None) or addr
     return addr.is_loopback or peer == local or str(addr) in host_addresses
+
+
+class SubordinateIds:
+    """Which bucket a uid is charged to: a uid inside a range of /etc/subuid is charged to
+    the range (its owner's containers), any other uid to itself. The file is read again
+    when it changes (looked at every SUBUID_TTL seconds); an unreadable one has no ranges."""
+
+    def __init__(self, path: str = SUBUID):
+        self.path = path
+        self._looked: float | None = None
+        self._stamp: tuple | None = None
+        self._starts: list[int] = []
+        self._ranges: list[tuple[int, int, str]] = []
+
+    def charged(self, uid: int, now: float) -> object:
+        if self._looked is None or now - self._looked >= SUBUID_TTL:
+            self._looked = now
+            self._refresh()
+        i = bisect.bisect_right(self._starts, uid) - 1
+        if i >= 0:
+            start, end, owner = self._ranges[i]
+            if start <= uid < end:
+                return ("subuid", owner, start)
+        return uid
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if stamp == self._stamp:
+                return
+            with open(self.path, "rb") as f:
+                text = f.read(MAX_SUBUID).decode("utf-8", "replace")
+        except OSError:
+            stamp, text = None, ""
+        self._stamp = stamp
+        self._ranges = parse_subuid(text)
+        self._starts = [r[0] for r in self._ranges]
+
+
+def parse_subuid(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, owner) of each range of an /etc/subuid (`owner:start:count` lines),
+    sorted, overlaps cut off; malformed lines are left out."""
+    out = []
+    for line in text.splitlines():
+        parts = line.strip().split(":")
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            continue
+        start, count = int(parts[1]), int(parts[2])
+        if count > 0 and start + count <= 1 << 32:
+            out.append((start, start + count, parts[0][:64]))
+    out.sort()
+    kept: list[tuple[int, int, str]] = []
+    for start, end, owner in out:
+        if kept and start < kept[-1][1]:
+            start = kept[-1][1]
+        if start < end:
+            kept.append((start, end, owner))
+    return kept

@@ -128,16 +128,18 @@ def udp_request(family: int, seq: int) -> bytes:
                                         ALL_STATES_MASK, _NOCOOKIE_SOCKID))
 
 
-def sockid(s: InetSocket) -> bytes:
-    """struct inet_diag_sockid of a connection (ports and addresses big-endian)."""
+def sockid(s: InetSocket, ifindex: int = 0) -> bytes:
+    """struct inet_diag_sockid of a connection (ports and addresses big-endian; the
+    interface, host order, only matters for a socket bound to one)."""
     size = 4 if s.family == socket.AF_INET else 16
     src = socket.inet_pton(s.family, s.local_addr)[:size].ljust(16, b"\0")
     dst = socket.inet_pton(s.family, s.remote_addr)[:size].ljust(16, b"\0")
-    return struct.pack(">HH", s.local_port, s.remote_port) + src + dst + b"\0" * 4 + b"\xff" * 8
+    return (struct.pack(">HH", s.local_port, s.remote_port) + src + dst
+            + struct.pack("=I", ifindex) + b"\xff" * 8)
 
 
 def lookup_requests(sockets: list[InetSocket], seq: int,
-                    ext: int = 1 << (INET_DIAG_INFO - 1)) -> bytes:
+                    ext: int = 1 << (INET_DIAG_INFO - 1), ifindex: int = 0) -> bytes:
     """One exact lookup per socket (by its addresses and ports; with INET_DIAG_INFO,
     tcp_info, by default; ``ext=0``: the bare message), sequence numbers ``seq``,
     ``seq + 1``, ...; each is answered by one message or an NLMSG_ERROR. The kernel
@@ -145,7 +147,7 @@ def lookup_requests(sockets: list[InetSocket], seq: int,
     return b"".join(
         frame(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq + i,
               _INET_DIAG_REQ_V2.pack(s.family, socket.IPPROTO_TCP, ext, 0,
-                                     ALL_STATES_MASK, sockid(s)))
+                                     ALL_STATES_MASK, sockid(s, ifindex)))
         for i, s in enumerate(sockets))
 
 

@@ -17,6 +17,7 @@ Prometheus or gunicorn.
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 import time
 
@@ -355,20 +356,31 @@ def peer_uid(diag: socket.socket, conn: socket.socket, timeout: float = 0.05) ->
     socket of this network namespace (a local client): one exact lookup of the client's
     socket by its addresses and ports, which the kernel answers from its hash table. None
     for a remote client, or when the kernel did not say. An IPv4 client of a dual-stack
-    listener (``::ffff:a.b.c.d``) is looked up as the IPv4 socket it is."""
+    listener (``::ffff:a.b.c.d``) is looked up as the IPv4 socket it is. The interface
+    asked is the one a local connection came in on, `lo` (or an IPv6 link-local peer's
+    scope), so a client bound to it (SO_BINDTODEVICE) is found too."""
     local, peer = conn.getsockname(), conn.getpeername()
     family = conn.family
-    laddr, raddr = local[0], peer[0]
-    if family == socket.AF_INET6 and raddr.startswith("::ffff:") and "." in raddr:
-        family, laddr, raddr = socket.AF_INET, laddr.removeprefix("::ffff:"), raddr[7:]
     if family not in (socket.AF_INET, socket.AF_INET6):
         return None
+    laddr, raddr = local[0].split("%", 1)[0], peer[0].split("%", 1)[0]
+    if family == socket.AF_INET6 and raddr.startswith("::ffff:") and "." in raddr:
+        family, laddr, raddr = socket.AF_INET, laddr.removeprefix("::ffff:"), raddr[7:]
+    scope = peer[3] if len(peer) > 3 else 0
     client = InetSocket(0, family, TCP_ESTABLISHED, raddr, peer[1], laddr, local[1],
                         None, None, -1)
     out: dict = {}
-    lookups(diag, lookup_requests([client], 1, ext=0), 1, 1, time.monotonic() + timeout,
-            decode_inet_lookups, out)
+    lookups(diag, lookup_requests([client], 1, ext=0, ifindex=scope or _loopback_index()),
+            1, 1, time.monotonic() + timeout, decode_inet_lookups, out)
     for s in out.values():
         if (s.local_port, s.remote_port) == (peer[1], local[1]) and s.uid >= 0:
             return s.uid
     return None
+
+
+@functools.cache
+def _loopback_index() -> int:
+    try:
+        return socket.if_nametoindex("lo")
+    except OSError:
+        return 0
