@@ -55,13 +55,24 @@ def test_fd_counter_by_size_counts_what_a_listing_counts():
     require(fd_dir_size_counts(), "/proc/PID/fd sizes count fds from Linux 6.2 on")
     counter = FdCounter(by_size=True)
     try:
-        n = counter.count(os.getpid())      # its kept O_PATH descriptor included
+        counter.count(os.getpid())          # its kept O_PATH descriptor included
         assert len(counter._open) == 1
-        assert n == len(os.listdir("/proc/self/fd")) - 1    # less the listing's own fd
-        assert counter.count(os.getpid()) == n              # through the kept descriptor
+        # through the kept descriptor, what a listing counts less its own fd (asked until
+        # no other thread of this process opened or closed one in between)
+        poll(lambda: counter.count(os.getpid()) == len(os.listdir("/proc/self/fd")) - 1, 5,
+             interval=0.01, message="the size never matched the listing")
     finally:
         counter.close()
     assert counter._open == {}
+
+
+def test_the_fd_size_probe_says_no_where_sizes_do_not_count(tmp_path):
+    fd = tmp_path / "self" / "fd"
+    fd.mkdir(parents=True)
+    for name in ("0", "1", "2"):
+        (fd / name).write_text("")
+    assert fd_dir_size_counts(str(tmp_path)) is False      # a directory's size, not 2
+    assert fd_dir_size_counts(str(tmp_path / "nowhere")) is False
 
 
 def test_fd_counter_on_a_proc_without_sizes_lists(tmp_path):

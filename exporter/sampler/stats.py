@@ -173,12 +173,18 @@ class FdCounter:
         self.keep(())
 
 
-def fd_dir_size_counts(proc: str = "/proc") -> bool:
+def fd_dir_size_counts(proc: str = "/proc", tries: int = 5) -> bool:
     """Whether this proc's /proc/PID/fd sizes count open fds (Linux >= 6.2, a real
     procfs): our own fd directory's size equals its listing, less the fd the listing
-    opened."""
-    try:
-        size = os.stat(f"{proc}/self/fd").st_size
-        return size > 0 and size == len(os.listdir(f"{proc}/self/fd")) - 1
-    except OSError:
-        return False
+    opened. Another thread of ours may open or close an fd between the two reads, so a
+    difference is asked again (one match proves it; before 6.2 the size is 0)."""
+    for _ in range(tries):
+        try:
+            size = os.stat(f"{proc}/self/fd").st_size
+            if size <= 0:
+                return False
+            if size == len(os.listdir(f"{proc}/self/fd")) - 1:
+                return True
+        except OSError:
+            return False
+    return False
