@@ -34,6 +34,7 @@ from collections import OrderedDict
 import psutil
 
 from exporter.linux import sockdiag
+from exporter.webauth import RateLimit
 
 RATE = 50.0             # handshakes a second, per local uid, on average
 BURST = 100.0           # handshakes at once, per local uid
@@ -48,7 +49,7 @@ MAX_SUBUID = 1 << 20    # bytes of /etc/subuid read
 class HandshakeBudget:
     def __init__(self, rate: float = RATE, burst: float = BURST):
         self.rate, self.burst = rate, burst
-        self._users: OrderedDict[object, tuple[float, float]] = OrderedDict()  # -> tokens, at
+        self._users: OrderedDict[object, RateLimit] = OrderedDict()     # least recent first
         self._subuids = SubordinateIds()
         self._diag: socket.socket | None = None
         self._addresses: tuple[float, frozenset[str]] | None = None
@@ -85,13 +86,11 @@ class HandshakeBudget:
     def take(self, who: object, now: float) -> bool:
         """One handshake from the bucket of `who` (a uid, or a subordinate range), if it
         has one (pure but for the bucket)."""
-        tokens, at = self._users.pop(who, (self.burst, now))
-        tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
-        ok = tokens >= 1.0
-        self._users[who] = (tokens - 1.0 if ok else tokens, now)
+        bucket = self._users.pop(who, None) or RateLimit(1.0 / self.rate, self.burst, now)
+        self._users[who] = bucket
         if len(self._users) > MAX_USERS:
             self._users.popitem(last=False)
-        return ok
+        return bucket.allow(now)
 
     def _uid(self, conn: socket.socket) -> int | None:
         try:

@@ -97,13 +97,13 @@ class BasicAuth:
 class RateLimit:
     """Go's rate.Limiter(Every(interval), burst).Allow(): starts full."""
 
-    def __init__(self, interval: float, burst: int):
+    def __init__(self, interval: float, burst: float, now: float | None = None):
         self.interval, self.burst = interval, burst
         self._tokens = float(burst)
-        self._at = time.monotonic()
+        self._at = time.monotonic() if now is None else now
 
-    def allow(self) -> bool:
-        now = time.monotonic()
+    def allow(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
         self._tokens = min(float(self.burst), self._tokens + (now - self._at) / self.interval)
         self._at = now
         if self._tokens >= 1.0:
